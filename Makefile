@@ -1,0 +1,52 @@
+# busi-web: `make run` serves the app, `make test` runs the test suite. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+THREADS ?= 16
+
+.PHONY: run init test chromium lint bench-explain bench-train bench-serve bench-quality clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Re-install only when the project's metadata changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -e '.[test]'
+	@touch $@
+
+init: $(VENV)/.installed
+	$(BIN)/busi-web init
+
+run: init
+	HOST=$(HOST) PORT=$(PORT) THREADS=$(THREADS) $(BIN)/busi-web serve --host $(HOST) --port $(PORT) --threads $(THREADS)
+
+# Browser tests drive Debian's chromium; Playwright never downloads a browser of its own.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: $(VENV)/.installed-test chromium
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check busi_web plugins tests benchmarks wsgi.py
+
+bench-explain: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/explain.py
+bench-train: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/train.py
+bench-serve: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/serve.py
+bench-quality: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/quality.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,124 @@
+"""The dataset interface that dataset plugins implement.
+
+A dataset is an ordered list of :class:`Sample` plus a way to load each
+sample's pixels and, when it has one, its lesion mask. Loading is lazy so
+that ``busi-web datasets inspect`` and the split can look at a folder of
+thousands of images without decoding them all at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm")
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used as given; the message names the path and the fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image.
+
+    ``key`` identifies the sample in split files and reports (a path
+    relative to the dataset root for on-disk datasets). ``group`` forces
+    samples into the same split part (e.g. both breasts of one woman);
+    ``None`` lets the splitter group near-duplicates by perceptual hash.
+    """
+
+    key: str
+    label: int
+    path: str | None = None
+    mask_paths: tuple[str, ...] = ()
+    group: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+class ImageDataset:
+    """Base class for datasets. Subclasses fill ``classes`` and ``samples``.
+
+    ``load_image(i)`` returns an ``uint8`` array, ``(H, W)`` for grayscale
+    or ``(H, W, 3)`` RGB. ``load_mask(i)`` returns a ``bool`` array of the
+    image's size or ``None`` when the sample has no mask (a normal case
+    with an all-black mask returns an all-false mask).
+    """
+
+    name: str = ""
+    modality: str = "ultrasound"
+    channels: int = 3
+
+    def __init__(self, classes: list[str], samples: list[Sample], root: str | Path | None = None):
+        self.classes = list(classes)
+        self.samples = list(samples)
+        self.root = Path(root) if root is not None else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = {c: 0 for c in self.classes}
+        for s in self.samples:
+            counts[self.classes[s.label]] += 1
+        return counts
+
+    def load_image(self, index: int) -> np.ndarray:
+        sample = self.samples[index]
+        if sample.path is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement load_image")
+        return read_image(sample.path, grayscale=self.channels == 1)
+
+    def load_mask(self, index: int) -> np.ndarray | None:
+        sample = self.samples[index]
+        if not sample.mask_paths:
+            return None
+        mask: np.ndarray | None = None
+        for mp in sample.mask_paths:
+            m = read_image(mp, grayscale=True) > 127
+            if mask is None:
+                mask = m
+            elif m.shape == mask.shape:
+                mask |= m
+            else:
+                raise DatasetError(f"mask {mp} has size {m.shape[::-1]}, the other mask {mask.shape[::-1]}")
+        return mask
+
+    def check_usable(self) -> None:
+        """Raise :class:`DatasetError` unless the dataset can train a classifier."""
+        where = f" in {self.root}" if self.root else ""
+        if not self.samples:
+            raise DatasetError(f"no images found{where}; expected one subfolder per class with image files")
+        empty = [c for c, n in self.class_counts().items() if n == 0]
+        if empty:
+            raise DatasetError(
+                f"class folder(s) {', '.join(empty)} hold no images{where}; add images or remove the folder"
+            )
+        if len(self.classes) < 2:
+            raise DatasetError(f"only one class ({self.classes[0]}){where}; a classifier needs at least two")
+
+
+def read_image(path: str | Path, grayscale: bool = False) -> np.ndarray:
+    """Decode an image file into ``uint8`` RGB (or grayscale) or raise :class:`DatasetError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float32)
+                arr = (255 * (arr - arr.min()) / max(float(np.ptp(arr)), 1.0)).astype(np.uint8)
+                return arr if grayscale else np.repeat(arr[..., None], 3, axis=2)
+            im = im.convert("L" if grayscale else "RGB")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise DatasetError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}; replace or remove the file") from None

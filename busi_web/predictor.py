@@ -1,0 +1,248 @@
+"""Prediction with heatmaps from a checkpoint, safe to call from many request threads.
+
+``Predictor.from_checkpoint(path)`` rebuilds the model and the exact
+preprocessing it was trained with. ``predict(image)`` returns the class
+probabilities and, in the same forward pass, the explainer's heatmap mapped
+back onto the uploaded image's own size. :class:`PredictorCache` hands out one
+Predictor per checkpoint file and reloads it when the file changes.
+
+Threading: explainers capture activations and gradients with hooks on the
+model's modules. A hook registered by one request would also fire for a
+forward pass of another request on the same (shared) model, so every use of
+the model runs under the Predictor's lock. Inference has no other shared
+mutable state: explainer objects are built per call, and the model is in
+eval mode (BatchNorm statistics and dropout are fixed).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointMeta, load_checkpoint
+from .explain import classify, feature_map_grid, overlay, to_png
+from .plugins import PluginRegistry, load_plugins
+from .preprocess import eval_transform, paste_map, to_channels
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error naming the fix."""
+    name = str(device).strip().lower() or "cpu"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available; set DEVICE to auto or cpu")
+    return dev
+
+
+@dataclass
+class Prediction:
+    """One image's result. ``heatmap`` is ``float32 (H, W)`` in [0, 1] at the uploaded image's size."""
+
+    label: str
+    index: int
+    probabilities: dict[str, float]
+    target: int | None = None
+    target_label: str | None = None
+    explainer: str | None = None
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    image: np.ndarray | None = field(default=None, repr=False)
+    seconds: float = 0.0
+
+    def overlay_png(self, alpha: float = 0.5, colormap: str = "jet") -> bytes:
+        """The heatmap blended over the original image, as PNG bytes."""
+        if self.heatmap is None or self.image is None:
+            raise ValueError("this prediction has no heatmap; predict with an explainer (e.g. 'gradcam')")
+        return overlay(to_channels(self.image, 3), self.heatmap, alpha=alpha, colormap=colormap)
+
+    def heatmap_png(self) -> bytes:
+        """The heatmap alone as an 8-bit grayscale PNG."""
+        if self.heatmap is None:
+            raise ValueError("this prediction has no heatmap; predict with an explainer (e.g. 'gradcam')")
+        return to_png(np.clip(np.rint(self.heatmap * 255), 0, 255).astype(np.uint8))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (no arrays)."""
+        return {"label": self.label, "index": self.index, "probabilities": dict(self.probabilities),
+                "target": self.target, "target_label": self.target_label, "explainer": self.explainer,
+                "seconds": round(self.seconds, 4)}
+
+
+class Predictor:
+    """A loaded model plus its preprocessing. Thread-safe (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, meta: CheckpointMeta, registry: PluginRegistry | None = None,
+                 device: str | torch.device = "cpu", path: str | Path | None = None):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.checkpoint_meta = meta
+        self.config = meta.preprocess_config()
+        self.transform = eval_transform(self.config)
+        self.registry = registry or load_plugins()
+        self.path = str(path) if path is not None else None
+        self.target_layer = meta.target_layer or getattr(model, "target_layer", "") or "layer4"
+        self._lock = threading.Lock()
+        self._layers = {name for name, _ in self.model.named_modules() if name}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, registry: PluginRegistry | None = None,
+                        device: str | torch.device = "cpu") -> Predictor:
+        """Load ``path`` (raises :class:`busi_web.checkpoint.CheckpointError` when unusable)."""
+        registry = registry or load_plugins()
+        model, meta = load_checkpoint(path, registry, map_location="cpu")
+        return cls(model, meta, registry, device, path)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.checkpoint_meta.classes)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What the UI shows about the model."""
+        m = self.checkpoint_meta
+        return {"classes": list(m.classes), "backbone": m.backbone, "backbone_version": m.backbone_version,
+                "backbone_params": dict(m.backbone_params), "run_id": m.run_id, "modality": m.modality,
+                "dataset": m.dataset, "input_size": m.input_size, "resize": m.resize, "in_channels": m.in_channels,
+                "target_layer": self.target_layer, "path": self.path, "device": str(self.device)}
+
+    # -- prediction --------------------------------------------------------
+    def predict(self, image: np.ndarray, explainer: str | None = "gradcam", target: int | None = None,
+                explainer_params: Mapping[str, Any] | None = None, target_layer: str | None = None) -> Prediction:
+        """Classify one ``uint8`` image, ``(H, W)`` or ``(H, W, 3)``; explain ``target`` (default: the top class)."""
+        return self.predict_batch([image], explainer, None if target is None else [target],
+                                  explainer_params, target_layer)[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray], explainer: str | None = "gradcam",
+                      targets: Sequence[int | None] | None = None, explainer_params: Mapping[str, Any] | None = None,
+                      target_layer: str | None = None) -> list[Prediction]:
+        """Classify and explain several images (any sizes) in one forward pass."""
+        start = time.perf_counter()
+        images = list(images)
+        if not images:
+            raise ValueError("no images given; pass at least one uint8 image array")
+        tensors = []
+        for i, img in enumerate(images):
+            try:
+                tensors.append(self.transform(img))
+            except ValueError as exc:
+                raise ValueError(f"image {i}: {exc}" if len(images) > 1 else str(exc)) from None
+        batch = torch.stack(tensors).to(self.device)
+        target_t = self._targets(targets, len(images))
+        explainer_obj, layer = None, None
+        if explainer is not None:
+            # Built per call: explainer objects may keep state while they run.
+            explainer_obj = self.registry.explainer(explainer).build(explainer_params or {})
+            layer = self._layer(target_layer)
+        with self._lock:
+            if explainer_obj is None:
+                result = classify(self.model, batch)
+            else:
+                result = explainer_obj.explain(self.model, batch, target_t, layer)
+        probs = result.probs.detach().float().cpu()
+        explained = result.targets.detach().cpu() if result.targets is not None else None
+        maps = result.maps.detach().float().cpu() if result.maps is not None else None
+        seconds = (time.perf_counter() - start) / len(images)
+        classes = self.checkpoint_meta.classes
+        out = []
+        for i, img in enumerate(images):
+            p = probs[i]
+            index = int(torch.argmax(p))
+            tgt = int(explained[i]) if explained is not None and explainer is not None else None
+            heatmap = None
+            if maps is not None:
+                heatmap = np.clip(paste_map(maps[i], img.shape[:2], self.config), 0.0, 1.0).astype(np.float32)
+            out.append(Prediction(
+                label=classes[index], index=index,
+                probabilities={c: float(p[k]) for k, c in enumerate(classes)},
+                target=tgt, target_label=classes[tgt] if tgt is not None else None, explainer=explainer,
+                heatmap=heatmap, image=img, seconds=seconds))
+        return out
+
+    def feature_maps(self, image: np.ndarray, layer: str | None = None, channels: int = 16) -> bytes:
+        """A PNG grid of the ``channels`` most active feature maps of ``layer`` (default: the target layer)."""
+        if not 1 <= int(channels) <= 256:
+            raise ValueError(f"channels must be between 1 and 256, got {channels}")
+        x = self.transform(image)[None].to(self.device)
+        name = self._layer(layer)
+        with self._lock:
+            grid = feature_map_grid(self.model, x, name, channels=int(channels))
+        return to_png(grid)
+
+    def _targets(self, targets: Sequence[int | None] | None, n: int) -> torch.Tensor | None:
+        if targets is None or all(t is None for t in targets):
+            return None
+        targets = list(targets)
+        if len(targets) != n:
+            raise ValueError(f"got {len(targets)} targets for {n} images; give one target class per image")
+        k = len(self.checkpoint_meta.classes)
+        for t in targets:
+            if t is None:
+                raise ValueError("give a target class for every image or for none (none: the predicted class)")
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < k:
+                raise ValueError(f"target class must be an index from 0 to {k - 1} "
+                                 f"({', '.join(self.checkpoint_meta.classes)}), got {t!r}")
+        return torch.tensor([int(t) for t in targets], dtype=torch.long, device=self.device)  # type: ignore[arg-type]
+
+    def _layer(self, layer: str | None) -> str:
+        name = layer or self.target_layer
+        if name not in self._layers:
+            tops = sorted({n.split(".")[0] for n in self._layers})
+            raise ValueError(f"layer {name!r} is not a module of the {self.checkpoint_meta.backbone!r} model; "
+                             f"use a dotted module path such as {', '.join(tops[:12])}")
+        return name
+
+
+class PredictorCache:
+    """One :class:`Predictor` per checkpoint path, reloaded when the file changes (hot reload). Thread-safe.
+
+    A file counts as changed when its modification time, size or inode
+    changes (an atomic replace makes a new inode). At most ``max_entries``
+    Predictors are kept, least recently used dropped first.
+    """
+
+    def __init__(self, registry: PluginRegistry | None = None, device: str | torch.device = "cpu",
+                 max_entries: int = 2):
+        self.registry = registry
+        self.device = device
+        self.max_entries = max(1, int(max_entries))
+        self._entries: OrderedDict[str, tuple[tuple[int, int, int], Predictor]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a checkpoint was (re)loaded; for the health page and tests
+
+    def get(self, path: str | Path) -> Predictor:
+        """The Predictor for ``path``, loading it on first use or after the file changed."""
+        key = str(Path(path).expanduser().resolve())
+        try:
+            st = Path(key).stat()
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            sig = (-1, -1, -1)  # let load_checkpoint raise its clear "not found" error
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == sig:
+                self._entries.move_to_end(key)
+                return entry[1]
+            predictor = Predictor.from_checkpoint(key, self.registry, self.device)
+            self.loads += 1
+            self._entries[key] = (sig, predictor)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            return predictor
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

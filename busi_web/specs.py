@@ -1,0 +1,231 @@
+"""Spec objects: what a plugin registers, and how its parameters are validated.
+
+A spec describes one thing a plugin adds (a backbone, an explainer or a
+dataset): a unique ``name``, a human ``title`` and ``description``, the
+``params`` a user may set, and a ``factory`` that builds the object from
+validated values. The web UI renders a form from ``params``; the server
+and the CLI validate raw input (strings from a form, JSON values, CLI
+``KEY=VALUE`` pairs) with :meth:`Spec.validate` before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from collections.abc import Callable, Mapping
+
+PARAM_TYPES = ("int", "float", "str", "bool", "choice", "path")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class InvalidParameters(ValueError):
+    """Raised when user-supplied parameters fail validation.
+
+    ``errors`` maps each offending parameter name to a message a user can
+    act on; the UI shows each message next to its field.
+    """
+
+    def __init__(self, errors: Mapping[str, str], spec_name: str = ""):
+        self.errors = dict(errors)
+        self.spec_name = spec_name
+        where = f" for {spec_name!r}" if spec_name else ""
+        detail = "; ".join(f"{k}: {v}" for k, v in self.errors.items())
+        super().__init__(f"invalid parameters{where}: {detail}")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-settable parameter of a spec.
+
+    ``type`` is one of ``int``, ``float``, ``str``, ``bool``, ``choice``
+    (value must be one of ``choices``) or ``path`` (a local file or folder
+    path, kept as a string; ``None``/empty allowed unless ``required``).
+    ``minimum``/``maximum`` bound numbers (inclusive). ``advanced`` params
+    are folded away in the UI.
+    """
+
+    name: str
+    type: str
+    default: Any = None
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    required: bool = False
+    advanced: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            raise ValueError(f"parameter {self.name!r}: type must be one of {PARAM_TYPES}")
+        if self.type == "choice" and not self.choices:
+            raise ValueError(f"parameter {self.name!r}: a choice parameter needs choices")
+
+    def coerce(self, raw: Any) -> Any:
+        """Turn a raw value into this parameter's type or raise ``ValueError``."""
+        if raw is None or (isinstance(raw, str) and raw.strip() == "" and self.type != "str"):
+            if self.required:
+                raise ValueError("a value is required")
+            return self.default
+        if self.type == "int":
+            if isinstance(raw, bool):
+                raise ValueError(f"expected a whole number, got {raw!r}")
+            try:
+                value: Any = int(raw) if not isinstance(raw, float) or raw.is_integer() else None
+            except (TypeError, ValueError):
+                value = None
+            if value is None:
+                raise ValueError(f"expected a whole number, got {raw!r}")
+        elif self.type == "float":
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"expected a number, got {raw!r}") from None
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"expected a finite number, got {raw!r}")
+        elif self.type == "bool":
+            if isinstance(raw, bool):
+                value = raw
+            elif str(raw).strip().lower() in _TRUE:
+                value = True
+            elif str(raw).strip().lower() in _FALSE:
+                value = False
+            else:
+                raise ValueError(f"expected true or false, got {raw!r}")
+        elif self.type == "choice":
+            value = raw
+            if value not in self.choices:  # type: ignore[operator]
+                # Form values arrive as strings: match on the string form too.
+                by_text = {str(c): c for c in self.choices or ()}
+                if str(raw) not in by_text:
+                    allowed = ", ".join(str(c) for c in self.choices or ())
+                    raise ValueError(f"must be one of: {allowed} (got {raw!r})")
+                value = by_text[str(raw)]
+        else:  # str, path
+            value = str(raw)
+        if self.type in ("int", "float"):
+            if self.minimum is not None and value < self.minimum:
+                raise ValueError(f"must be at least {self.minimum} (got {value})")
+            if self.maximum is not None and value > self.maximum:
+                raise ValueError(f"must be at most {self.maximum} (got {value})")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "default": self.default,
+            "help": self.help,
+            "choices": list(self.choices) if self.choices else None,
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "required": self.required,
+            "advanced": self.advanced,
+        }
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Base of every registered thing. See the subclasses for the factory's contract."""
+
+    name: str
+    title: str
+    description: str
+    factory: Callable[..., Any]
+    params: tuple[Param, ...] = ()
+    kind: str = field(default="spec", init=False)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def validate(self, values: Mapping[str, Any] | None = None, *, strict: bool = True) -> dict[str, Any]:
+        """Return a complete, typed parameter dict, or raise :class:`InvalidParameters`.
+
+        Missing values take their defaults. With ``strict`` an unknown key is
+        an error (a typo in a CLI ``--param`` must not be silently ignored).
+        """
+        values = dict(values or {})
+        errors: dict[str, str] = {}
+        out: dict[str, Any] = {}
+        known = {p.name for p in self.params}
+        if strict:
+            for key in values:
+                if key not in known:
+                    errors[key] = f"unknown parameter; {self.name!r} accepts: {', '.join(sorted(known)) or 'none'}"
+        for p in self.params:
+            try:
+                out[p.name] = p.coerce(values.get(p.name))
+            except ValueError as exc:
+                errors[p.name] = str(exc)
+        if errors:
+            raise InvalidParameters(errors, self.name)
+        return out
+
+    def build(self, values: Mapping[str, Any] | None = None, **extra: Any) -> Any:
+        """Validate ``values`` and call the factory with them plus ``extra``."""
+        return self.factory(**self.validate(values), **extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "params": [p.to_dict() for p in self.params],
+        }
+
+
+@dataclass(frozen=True)
+class BackboneSpec(Spec):
+    """A classification network.
+
+    ``factory(num_classes=..., in_channels=..., **params)`` returns a plain
+    ``torch.nn.Module`` mapping ``(B, in_channels, H, W)`` to logits
+    ``(B, num_classes)``. ``num_classes`` and ``in_channels`` are passed by
+    the trainer from the dataset and must not be declared in ``params``.
+    ``target_layer`` is the dotted module path the explainers use by default
+    (the end of the feature extractor, e.g. ``"layer4"``).
+    """
+
+    target_layer: str = ""
+    kind: str = field(default="backbone", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "target_layer": self.target_layer}
+
+
+@dataclass(frozen=True)
+class ExplainerSpec(Spec):
+    """A saliency method.
+
+    ``factory(**params)`` returns an object with
+    ``explain(model, images, targets, target_layer) -> Tensor (B, H, W)``
+    whose values are in [0, 1] on the images' device (see
+    :mod:`busi_web.explain` for the shared machinery and normalisation).
+    """
+
+    kind: str = field(default="explainer", init=False)
+
+
+@dataclass(frozen=True)
+class DatasetSpec(Spec):
+    """A source of labelled images.
+
+    ``factory(root=..., **params)`` returns a :class:`busi_web.datasets.ImageDataset`.
+    ``root`` is the data folder (``None`` for generated datasets when
+    ``needs_data_dir`` is false). ``modality`` is ``"ultrasound"`` or
+    ``"mammography"``; the Diagnose page adapts to it.
+    """
+
+    needs_data_dir: bool = True
+    modality: str = "ultrasound"
+    kind: str = field(default="dataset", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "needs_data_dir": self.needs_data_dir, "modality": self.modality}

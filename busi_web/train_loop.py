@@ -1,0 +1,223 @@
+"""The inner loop: one training epoch, evaluation, optimisers, seeding and the resumable state file.
+
+The per-batch path is kept as close as possible to a bare PyTorch loop
+(forward, loss, backward, step): running loss and accuracy are summed on
+the device, and the host only synchronises with the device (``.item()``) at
+the log points, at most every ``log_interval`` seconds. ``benchmarks/train.py``
+measures what this bookkeeping costs against the bare loop.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+STATE_FORMAT = "busi-web-train-state"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first CUDA GPU when there is one, else the CPU."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this machine has no CUDA GPU; use device=auto or cpu")
+    return dev
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch: its shuffling and augmentation depend on (seed, epoch) only, so a resumed
+    run draws exactly what an uninterrupted one would have drawn."""
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: nn.Module, p: dict[str, Any]) -> torch.optim.Optimizer:
+    params = [q for q in model.parameters() if q.requires_grad]
+    if p["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=p["lr"], momentum=p["momentum"], weight_decay=p["weight_decay"],
+                               nesterov=p["momentum"] > 0)
+    cls = torch.optim.AdamW if p["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=p["lr"], weight_decay=p["weight_decay"])
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, p: dict[str, Any]) -> Any:
+    if p["scheduler"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p["epochs"])
+    if p["scheduler"] == "plateau":
+        mode = "min" if p["monitor"] == "val_loss" else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=3)
+    return None
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    acc: float
+    images: int
+    steps: int
+    seconds: float
+    stopped: bool
+
+
+class Engine:
+    """Trains and evaluates one model on one device (AMP and channels_last on CUDA only)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                 device: torch.device, amp: bool = True, channels_last: bool = True):
+        cuda = device.type == "cuda"
+        self.device = device
+        self.channels_last = channels_last and cuda
+        self.model = model.to(device, memory_format=torch.channels_last) if self.channels_last else model.to(device)
+        self.optimizer, self.criterion = optimizer, criterion.to(device)
+        self.amp_dtype: torch.dtype | None = None
+        if amp and cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # float16 needs loss scaling against underflowing gradients; bfloat16 has float32's range.
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, epoch: int = 1, step: int = 0,
+                    on_log: Callable[[dict[str, Any]], None] | None = None, log_interval: float = 0.5,
+                    should_stop: Callable[[], bool] | None = None) -> EpochResult:
+        """One pass over ``batches``. ``on_log`` gets the mean loss/accuracy since its last call.
+
+        ``should_stop()`` is asked after every batch; when true the epoch ends
+        early with ``stopped=True``. ``step`` is the global step before the epoch.
+        """
+        model, opt, crit, scaler = self.model, self.optimizer, self.criterion, self.scaler
+        model.train()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = steps = 0
+        stopped = False
+        start = last = time.perf_counter()
+        mark = (0.0, 0, 0)  # loss sum, correct, seen at the last log point
+        for x, y in batches:
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                logits = model(x)
+                loss = crit(logits, y)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            n = y.shape[0]
+            loss_sum.add_(loss.detach().float(), alpha=n)
+            correct.add_((logits.detach().argmax(1) == y).sum())
+            seen += n
+            steps += 1
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            if on_log is not None:
+                now = time.perf_counter()
+                if now - last >= log_interval:
+                    last = now
+                    total, right = loss_sum.item(), int(correct.item())  # the only host syncs of the loop
+                    if not np.isfinite(total):
+                        raise TrainingDiverged(f"the training loss became {total} in epoch {epoch}")
+                    on_log({"epoch": epoch, "step": step + steps, "batch_loss": (total - mark[0]) / (seen - mark[2]),
+                            "batch_acc": (right - mark[1]) / (seen - mark[2])})
+                    mark = (total, right, seen)
+        total, right = loss_sum.item(), int(correct.item())
+        if not np.isfinite(total):
+            raise TrainingDiverged(f"the training loss became {total} in epoch {epoch}")
+        return EpochResult(loss=total / max(seen, 1), acc=right / max(seen, 1), images=seen, steps=steps,
+                           seconds=time.perf_counter() - start, stopped=stopped)
+
+    @torch.inference_mode()
+    def predict(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(labels, probabilities (N, K), mean unweighted cross-entropy)`` over ``batches``."""
+        self.model.eval()
+        logits_all, labels_all = [], []
+        for x, y in batches:
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                logits_all.append(self.model(x).float())
+            labels_all.append(y)
+        if not logits_all:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), float("nan")
+        logits, labels = torch.cat(logits_all), torch.cat(labels_all)
+        loss = float(nn.functional.cross_entropy(logits, labels).item())
+        probs = torch.softmax(logits, dim=1)
+        return labels.cpu().numpy(), probs.cpu().numpy(), loss
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Write the resumable training state atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"format": STATE_FORMAT, **state}, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: str | Path) -> dict[str, Any] | None:
+    """The state saved by :func:`save_state`, or ``None`` when the file is missing or unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a torn or foreign file: start the run again rather than fail it
+        return None
+    return state if isinstance(state, dict) and state.get("format") == STATE_FORMAT else None

@@ -1,0 +1,158 @@
+"""Training hyperparameters: declared as :class:`~busi_web.specs.Param` so the web form renders them.
+
+:func:`validate_train_params` types and checks one dict of training
+parameters; :func:`prepare_run_params` checks everything a run needs (the
+backbone, the dataset, their parameters and the data folder) *before* the
+run is created, so bad input is refused up front instead of failing later
+in the trainer process.
+
+Defaults follow the original system: 20 epochs, batch 16, Adam at 1e-4,
+resize the shorter side to 256 then crop 224, horizontal flips, rotations up
+to 15 degrees, ImageNet normalisation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .datasets import DatasetError
+from .plugins import PluginRegistry
+from .specs import InvalidParameters, Param
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("plateau", "cosine", "none")
+BALANCING = ("none", "weighted_loss", "oversample")
+MONITORS = ("val_macro_f1", "val_loss")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+TRAIN_PARAMS: tuple[Param, ...] = (
+    Param("epochs", "int", 20, "Passes over the training images.", minimum=1, maximum=1000),
+    Param("batch_size", "int", 16, "Images per optimisation step; lower it when memory runs out.",
+          minimum=1, maximum=4096),
+    Param("lr", "float", 1e-4, "Learning rate.", minimum=1e-7, maximum=10.0),
+    Param("optimizer", "choice", "adam", "Optimiser.", choices=OPTIMIZERS),
+    Param("weight_decay", "float", 1e-4, "L2 weight decay (decoupled for adamw).", minimum=0.0, maximum=1.0),
+    Param("momentum", "float", 0.9, "Momentum (sgd only).", minimum=0.0, maximum=0.999, advanced=True),
+    Param("scheduler", "choice", "plateau", "Learning-rate schedule: 'plateau' halves the rate after 3 epochs "
+          "without improvement of the monitored metric, 'cosine' anneals to zero over the epochs.",
+          choices=SCHEDULERS, advanced=True),
+    Param("input_size", "int", 224, "Side of the square crop the network sees, in pixels.", minimum=16,
+          maximum=1024),
+    Param("resize", "int", 256, "The shorter image side is resized to this before cropping (>= input_size).",
+          minimum=16, maximum=2048),
+    Param("hflip", "bool", True, "Random horizontal flips while training."),
+    Param("rotation", "float", 15.0, "Random rotation while training, up to +/- this many degrees.",
+          minimum=0.0, maximum=180.0),
+    Param("balance", "choice", "weighted_loss", "Class balancing: 'weighted_loss' weighs the loss by inverse "
+          "class frequency, 'oversample' draws rare classes more often, 'none' does neither.", choices=BALANCING),
+    Param("monitor", "choice", "val_macro_f1", "Validation metric that picks the best model and drives early "
+          "stopping.", choices=MONITORS),
+    Param("patience", "int", 7, "Stop after this many epochs without improvement of the monitored metric "
+          "(0: never stop early).", minimum=0, maximum=1000),
+    Param("seed", "int", 42, "Seed for the split, initial weights, augmentation and shuffling.", minimum=0,
+          maximum=2**31 - 1),
+    Param("val_frac", "float", 0.15, "Fraction of the images held out for validation.", minimum=0.01,
+          maximum=0.5),
+    Param("test_frac", "float", 0.15, "Fraction of the images held out for the final test.", minimum=0.01,
+          maximum=0.5),
+    Param("device", "str", "auto", "auto (a CUDA GPU when present), cpu, cuda or cuda:N.", advanced=True),
+    Param("amp", "bool", True, "Mixed precision on CUDA (ignored on the CPU).", advanced=True),
+    Param("channels_last", "bool", True, "channels_last memory layout on CUDA (ignored on the CPU).",
+          advanced=True),
+    Param("workers", "int", -1, "DataLoader worker processes; -1: automatic (0 on the CPU, up to 8 with a GPU).",
+          minimum=-1, maximum=64, advanced=True),
+    Param("cache_mb", "int", 2048, "Keep decoded images in memory when they fit in this many MB (0: never).",
+          minimum=0, maximum=1_000_000, advanced=True),
+)
+_BY_NAME = {p.name: p for p in TRAIN_PARAMS}
+
+
+def train_defaults() -> dict[str, Any]:
+    """The default value of every training parameter."""
+    return {p.name: p.default for p in TRAIN_PARAMS}
+
+
+def validate_train_params(values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return complete, typed training parameters, or raise :class:`InvalidParameters`.
+
+    Unknown keys are errors (a typo must not be silently ignored), and the
+    parameters are checked against each other (``resize >= input_size``,
+    ``val_frac + test_frac < 0.9``, a CUDA device only when one is present).
+    """
+    values = dict(values or {})
+    errors: dict[str, str] = {}
+    for key in values:
+        if key not in _BY_NAME:
+            errors[key] = f"unknown training parameter; known: {', '.join(sorted(_BY_NAME))}"
+    out: dict[str, Any] = {}
+    for p in TRAIN_PARAMS:
+        try:
+            out[p.name] = p.coerce(values.get(p.name))
+        except ValueError as exc:
+            errors[p.name] = str(exc)
+    if "resize" in out and "input_size" in out and out["resize"] < out["input_size"]:
+        errors["resize"] = (f"must be at least input_size ({out['input_size']}): the image is resized to "
+                            f"{out['resize']}, then a {out['input_size']} px square is cropped from it")
+    if "val_frac" in out and "test_frac" in out and out["val_frac"] + out["test_frac"] >= 0.9:
+        errors["test_frac"] = (f"val_frac + test_frac is {out['val_frac'] + out['test_frac']:g}; keep it below "
+                               "0.9 so enough images are left for training")
+    if "device" in out:
+        device = str(out["device"]).strip().lower() or "auto"
+        out["device"] = device
+        if not _DEVICE_RE.match(device):
+            errors["device"] = f"must be auto, cpu, cuda or cuda:N (got {out['device']!r})"
+        elif device.startswith("cuda") and not _cuda_available():
+            errors["device"] = f"{device!r} asked for, but this machine has no CUDA GPU; use auto or cpu"
+    if errors:
+        raise InvalidParameters(errors, "training")
+    return out
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _check_paths(spec_params: tuple[Param, ...], values: dict[str, Any], what: str) -> None:
+    """A ``path`` parameter that is set must name an existing file or folder."""
+    errors = {p.name: f"{values[p.name]} does not exist; give an existing path or leave it empty"
+              for p in spec_params
+              if p.type == "path" and values.get(p.name) and not Path(str(values[p.name])).expanduser().exists()}
+    if errors:
+        raise InvalidParameters(errors, what)
+
+
+def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
+                       train: Mapping[str, Any] | None = None, backbone_params: Mapping[str, Any] | None = None,
+                       dataset_params: Mapping[str, Any] | None = None,
+                       data_dir: str | None = None) -> dict[str, Any]:
+    """Validate a whole run before it is created: ``{"train": {...}, "backbone": {...}, "dataset": {...}}``.
+
+    Raises :class:`~busi_web.plugins.UnknownPlugin` for a backbone or dataset
+    no plugin registers, :class:`InvalidParameters` for bad values and
+    :class:`DatasetError` (naming the path) when the data folder is missing
+    or the dataset cannot train a classifier (e.g. a single class).
+    """
+    bb_spec = registry.backbone(backbone)
+    ds_spec = registry.dataset(dataset)
+    train_values = validate_train_params(train)
+    bb_values = bb_spec.validate(backbone_params)
+    _check_paths(bb_spec.params, bb_values, backbone)
+    ds_values = ds_spec.validate(dataset_params)
+    _check_paths(ds_spec.params, ds_values, dataset)
+    if ds_spec.needs_data_dir:
+        if not data_dir or not str(data_dir).strip():
+            raise DatasetError(f"dataset {dataset!r} needs a data folder; pass one (--data-dir, or DATA_DIRS in "
+                               "the configuration)")
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            why = "is not a folder" if path.exists() else "does not exist"
+            raise DatasetError(f"data folder {path} {why}; give the folder that holds the {dataset!r} images")
+    # Scanning the folder is cheap (nothing is decoded) and catches empty or one-class folders now.
+    ds = ds_spec.build(ds_values, root=data_dir)
+    ds.check_usable()
+    return {"train": train_values, "backbone": bb_values, "dataset": ds_values}

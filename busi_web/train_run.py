@@ -1,0 +1,323 @@
+"""One training run from its stored parameters to its artifacts (used by :mod:`busi_web.trainer`)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import artifacts as art
+from .checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
+from .datasets import DatasetError
+from .plugins import load_plugins
+from .preprocess import PreprocessConfig, eval_transform, train_transform
+from .splits import Split, split_dataset
+from .train_data import (TransformedImages, balanced_sampler, build_source, class_counts, class_weights,
+                         make_loader, resolve_workers)
+from .train_loop import (Engine, TrainingDiverged, build_optimizer, build_scheduler, epoch_seed, load_state,
+                         resolve_device, rng_state, save_state, seed_everything, set_rng_state)
+from .train_params import validate_train_params
+
+
+class StopRequested(Exception):
+    """A stop (SIGTERM, Ctrl-C, cancel in the store) was asked for; the run ends as cancelled."""
+
+
+def _ignore_signals(_worker_id: int) -> None:
+    # The runner signals the whole process group: workers must leave the graceful stop to the main process.
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class TrainingRun:
+    """Builds the data, model and optimiser of a stored run, trains it and writes its artifacts."""
+
+    def __init__(self, store: Any, run: dict[str, Any], registry: Any, progress: Callable[[dict], None] | None,
+                 should_stop: Callable[[], bool] | None, log: Callable[[str], None]):
+        self.store, self.run, self.run_id = store, run, run["id"]
+        self.registry = registry
+        self.progress, self.should_stop, self.log = progress, should_stop, log
+        self.dir = Path(run["run_dir"])
+        self.train: dict[str, Any] | None = None
+        self.device_name = "cpu"
+        self.engine: Engine | None = None
+        self.scheduler: Any = None
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self._stop = False
+
+    # -- stopping ------------------------------------------------------------
+    def stop_requested(self) -> bool:
+        """Asked after every batch: a flag read, plus the caller's ``should_stop``."""
+        if not self._stop and self.should_stop is not None and self.should_stop():
+            self._stop = True
+        return self._stop
+
+    def check_store_cancel(self) -> None:
+        if self.store.get_run(self.run_id).get("cancel_requested"):
+            self._stop = True
+
+    def _raise_if_stopped(self) -> None:
+        if self.stop_requested():
+            raise StopRequested()
+
+    # -- setup ---------------------------------------------------------------
+    def _prepare(self) -> None:
+        params = self.run.get("params") or {}
+        p = self.train = validate_train_params(params.get("train") or {})
+        registry = self.registry or load_plugins()
+        bb_spec, ds_spec = registry.backbone(self.run["backbone"]), registry.dataset(self.run["dataset"])
+        self.bb_params = bb_spec.validate(params.get("backbone") or {})
+        ds_params = ds_spec.validate(params.get("dataset") or {})
+        root = self.run.get("data_dir")
+        if ds_spec.needs_data_dir and (not root or not Path(root).is_dir()):
+            raise DatasetError(f"data folder {root} does not exist; the {self.run['dataset']!r} dataset needs it")
+        self.log(f"run {self.run_id}: {self.run['backbone']} on {self.run['dataset']} ({root or 'generated'})")
+        ds = self.dataset = ds_spec.build(ds_params, root=root)
+        ds.check_usable()
+        self.classes = list(ds.classes)
+        self.modality = getattr(ds, "modality", None) or ds_spec.modality
+        self.split = self._split(ds, p)
+        device = resolve_device(p["device"])
+        self.device_name = str(device)
+        torch.backends.cudnn.benchmark = device.type == "cuda"  # fastest kernels; GPU runs are not bit-exact
+        workers = resolve_workers(p["workers"], device)
+        self.cfg = PreprocessConfig(input_size=p["input_size"], resize=p["resize"], channels=ds.channels)
+        art.write_json(self.dir / art.PARAMS_JSON, {
+            "run_id": self.run_id, "name": self.run.get("name"), "backbone": self.run["backbone"],
+            "dataset": self.run["dataset"], "data_dir": root, "params": {"train": p, "backbone": self.bb_params,
+                                                                         "dataset": ds_params},
+            "classes": self.classes, "modality": self.modality, "preprocess": self.cfg.to_dict(),
+            "device": self.device_name, "workers": workers, "counts": self.split.counts(ds),
+            "versions": {"torch": torch.__version__,
+                         "backbone_plugin": registry.version_of("backbones", self.run["backbone"])},
+        })
+        seed_everything(p["seed"])
+        model = bb_spec.build(self.bb_params, num_classes=len(self.classes), in_channels=ds.channels)
+        self._raise_if_stopped()
+        source = build_source(ds, self.split.train + self.split.val + self.split.test, p["cache_mb"] * 2**20,
+                              self.log, self.stop_requested)
+        self._raise_if_stopped()
+        labels = ds.labels
+        train_labels = [labels[i] for i in self.split.train]
+        self.generator = torch.Generator()
+        sampler = (balanced_sampler(train_labels, len(self.classes), self.generator)
+                   if p["balance"] == "oversample" else None)
+        tr = TransformedImages(source, self.split.train, labels, train_transform(self.cfg, p["hflip"], p["rotation"]))
+        self.train_loader = make_loader(tr, p["batch_size"], train=True, workers=workers, device=device,
+                                        generator=self.generator, sampler=sampler)
+        self.loaders = {part: make_loader(TransformedImages(source, self.split.part(part), labels,
+                                                            eval_transform(self.cfg)),
+                                          max(1, p["batch_size"] * 2), train=False, workers=workers, device=device)
+                        for part in ("val", "test")}
+        for loader in (self.train_loader, *self.loaders.values()):
+            loader.worker_init_fn = _ignore_signals
+        weight = class_weights(train_labels, len(self.classes)) if p["balance"] == "weighted_loss" else None
+        optimizer = build_optimizer(model, p)
+        self.engine = Engine(model, optimizer, torch.nn.CrossEntropyLoss(weight=weight), device, amp=p["amp"],
+                             channels_last=p["channels_last"])
+        self.scheduler = build_scheduler(optimizer, p)
+        self.log(f"classes {self.classes}; train/val/test {len(self.split.train)}/{len(self.split.val)}/"
+                 f"{len(self.split.test)} images; device {device}, {workers} loader workers")
+
+    def _split(self, ds: Any, p: dict[str, Any]) -> Split:
+        path = self.dir / art.SPLIT_JSON
+        if path.exists():
+            self.log("reusing the saved split.json")
+            split = Split.load(path, ds)
+        else:
+            split = split_dataset(ds, p["val_frac"], p["test_frac"], p["seed"])
+        for part in ("train", "val", "test"):
+            if not split.part(part):
+                raise DatasetError(f"the {part} part of the split is empty: {len(ds)} images are too few; add "
+                                   "images or raise val_frac / test_frac")
+        present = sum(1 for c in class_counts([ds.labels[i] for i in split.train], len(ds.classes)) if c)
+        if present < 2:
+            raise DatasetError("the training part holds only one class; add images of the other classes")
+        if not path.exists():
+            art.write_atomic(path, split.to_json())
+        return split
+
+    def _resume(self) -> None:
+        path = self.dir / art.LAST_PT
+        state = load_state(path) if path.exists() else None
+        if path.exists() and state is None:
+            self.log(f"{art.LAST_PT} is unreadable; starting from the first epoch")
+        if state is not None:
+            eng = self.engine
+            assert eng is not None
+            eng.model.load_state_dict(state["model"])
+            eng.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+            if eng.scaler is not None and state.get("scaler"):
+                eng.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self.best, self.best_epoch = state["best"], int(state["best_epoch"])
+            self.bad_epochs, self.history = int(state["bad_epochs"]), list(state["history"])
+            self.log(f"resuming after epoch {self.epoch} (best {self.train['monitor']} {self.best})")
+        # Rows of epochs after the saved state (a partly done epoch) would be duplicated: drop them.
+        self.store.delete_metrics(self.run_id, from_epoch=self.epoch + 1)
+
+    # -- the loop --------------------------------------------------------------
+    def execute(self) -> tuple[str, dict[str, Any]]:
+        """Train and evaluate; returns ``(outcome, fields for the store)``."""
+        self._prepare()
+        self._resume()
+        p = self.train
+        assert p is not None and self.engine is not None
+        while self.epoch < p["epochs"]:
+            self._raise_if_stopped()
+            if self._epoch(self.epoch + 1):
+                break
+        return "finished", self._final()
+
+    def _epoch(self, epoch: int) -> bool:
+        """Train and validate one epoch; returns True when early stopping ends the run."""
+        p, eng = self.train, self.engine
+        assert p is not None and eng is not None
+        start = time.perf_counter()
+        seed = epoch_seed(p["seed"], epoch)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        self.generator.manual_seed(seed + 1)
+        lr = float(eng.optimizer.param_groups[0]["lr"])
+        res = eng.train_epoch(self.train_loader, epoch=epoch, step=self.step, on_log=self._on_batch,
+                              should_stop=self.stop_requested)
+        self.step += res.steps
+        if res.stopped:
+            raise StopRequested()
+        y, probs, val_loss = eng.predict(self.loaders["val"])
+        if not np.isfinite(val_loss):
+            raise TrainingDiverged(f"the validation loss became {val_loss} in epoch {epoch}")
+        m = art.classification_metrics(y, probs, self.classes)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": res.loss, "train_acc": res.acc, "val_loss": val_loss,
+                               "val_acc": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+        row.update({f"val_recall_{c}": m["per_class"][c]["recall"] for c in self.classes})
+        row.update(val_auc=m["auc"], lr=lr, images_per_s=res.images / max(res.seconds, 1e-9))
+        value = row[p["monitor"]]
+        if self.scheduler is not None:
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(value)
+            else:
+                self.scheduler.step()
+        improved = self.best is None or (value < self.best if p["monitor"] == "val_loss" else value > self.best)
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = float(value), epoch, 0
+            self._save_best(epoch, m)
+        else:
+            self.bad_epochs += 1
+        self.epoch = epoch
+        row["epoch_time"] = time.perf_counter() - start
+        self.history.append(row)
+        self.store.add_metrics(self.run_id, [{"epoch": epoch, "step": self.step, "key": k, "value": float(v)}
+                                             for k, v in row.items() if k != "epoch" and v is not None])
+        self.store.update_run(self.run_id, epochs_done=epoch, best_metric=self.best,
+                              best_metric_name=p["monitor"])
+        self.save_last()
+        art.write_atomic(self.dir / art.HISTORY_PNG, art.history_plot_png(self.history))
+        self.log(f"epoch {epoch}/{p['epochs']}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None)
+            + (" (best)" if improved else ""))
+        if self.progress is not None:
+            self.progress({"type": "epoch", "epoch": epoch, "epochs": p["epochs"], "metrics": dict(row)})
+        self.check_store_cancel()
+        if p["patience"] and self.bad_epochs >= p["patience"]:
+            self.log(f"early stop: no improvement of {p['monitor']} for {self.bad_epochs} epochs")
+            return True
+        return False
+
+    def _on_batch(self, row: dict[str, Any]) -> None:
+        self.store.add_metrics(self.run_id, [
+            {"epoch": row["epoch"], "step": row["step"], "key": k, "value": float(row[k])}
+            for k in ("batch_loss", "batch_acc")])
+        self.check_store_cancel()
+        if self.progress is not None:
+            self.progress({"type": "batch", **row})
+
+    # -- artifacts -------------------------------------------------------------
+    def _meta(self, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
+        p = self.train
+        assert p is not None
+        return CheckpointMeta(
+            backbone=self.run["backbone"], classes=self.classes, backbone_params=dict(self.bb_params),
+            in_channels=self.cfg.channels, input_size=self.cfg.input_size, resize=self.cfg.resize,
+            mean=list(self.cfg.mean), std=list(self.cfg.std), modality=self.modality, dataset=self.run["dataset"],
+            extra={"run_id": self.run_id, "epoch": epoch, "monitor": p["monitor"], "monitor_value": self.best,
+                   "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
+                   "val_auc": metrics["auc"], "train_params": dict(p)})
+
+    def _save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
+        assert self.engine is not None
+        save_checkpoint(self.dir / art.BEST_PT, self.engine.model, self._meta(epoch, metrics),
+                        registry=self.registry)
+
+    def save_last(self, partial: bool = False) -> None:
+        """Write ``last.pt``: everything needed to continue after the last completed epoch."""
+        eng = self.engine
+        if eng is None:
+            return
+        save_state(self.dir / art.LAST_PT, {
+            "run_id": self.run_id, "epoch": self.epoch, "step": self.step, "partial": partial,
+            "model": {k: v.detach().to("cpu") for k, v in eng.model.state_dict().items()},
+            "optimizer": eng.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": eng.scaler.state_dict() if eng.scaler is not None else None,
+            "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "history": self.history, "rng": rng_state(),
+        })
+
+    def _final(self) -> dict[str, Any]:
+        """Test the best model; write metrics.json, the report and the confusion matrix."""
+        eng = self.engine
+        assert eng is not None
+        _meta, state = read_checkpoint(self.dir / art.BEST_PT)
+        eng.model.load_state_dict(state)
+        y, probs, test_loss = eng.predict(self.loaders["test"])
+        m = art.classification_metrics(y, probs, self.classes)
+        title = (f"run {self.run_id}: {self.run['backbone']} on {self.run['dataset']}, test part, best model of "
+                 f"epoch {self.best_epoch} ({self.train['monitor']} {self.best:.4f})")
+        art.write_json(self.dir / art.METRICS_JSON, {
+            "run_id": self.run_id, "part": "test", "loss": test_loss, **m, "best_epoch": self.best_epoch,
+            "monitor": self.train["monitor"], "best_value": self.best, "epochs_done": self.epoch,
+            "counts": self.split.counts(self.dataset)})
+        art.write_atomic(self.dir / art.REPORT_TXT, art.classification_report_text(m, title))
+        art.write_atomic(self.dir / art.CONFUSION_PNG, art.confusion_plot_png(m["confusion_matrix"], self.classes,
+                                                                            "test part"))
+        rows = {"test_loss": test_loss, "test_acc": m["accuracy"], "test_macro_f1": m["macro_f1"],
+                "test_auc": m["auc"]}
+        self.store.add_metrics(self.run_id, [{"epoch": self.epoch, "step": self.step, "key": k, "value": float(v)}
+                                             for k, v in rows.items() if v is not None])
+        auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
+        self.log(f"test: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, AUC {auc} ({m['n']} images)")
+        return {"test_macro_f1": m["macro_f1"], "error": None}
+
+    def maybe_promote(self) -> None:
+        """Make this run the active model of its dataset when its test macro-F1 beats the active one's."""
+        try:
+            mine = self.store.get_run(self.run_id).get("test_macro_f1")
+            active = self.store.active_model(self.run["dataset"])
+            theirs = None
+            if active is not None:
+                if active.get("run_id") == self.run_id:
+                    return
+                theirs = self.store.get_run(active["run_id"]).get("test_macro_f1")
+            if mine is not None and (theirs is None or mine > theirs):
+                self.store.set_active_model(self.run_id, dataset=self.run["dataset"], by="auto")
+                self.log(f"promoted to the active model of {self.run['dataset']!r} (test macro-F1 {mine:.4f}"
+                         f"{'' if theirs is None else f' > {theirs:.4f}'})")
+        except Exception as exc:  # promotion is a bonus: never fail a finished run over it
+            self.log(f"could not promote the run: {type(exc).__name__}: {exc}")

@@ -1,0 +1,1 @@
+"""Built-in plugins: datasets (phantom, busi, imagefolder), backbones and explainers."""

@@ -1,0 +1,93 @@
+"""The ``busi`` dataset: the Breast Ultrasound Images (BUSI) folder layout.
+
+::
+
+    <root>/benign/benign (1).png       <root>/benign/benign (1)_mask.png
+    <root>/malignant/malignant (1).png <root>/malignant/malignant (1)_mask.png  (+ _mask_1.png ...)
+    <root>/normal/normal (1).png       <root>/normal/normal (1)_mask.png        (all black)
+
+Mask files are never samples; several masks of one image are merged, and a
+mask of another size than its image is resized to it (nearest neighbour).
+Images may have any size. Known traps of the set (near-duplicate scans, some
+filed under two classes) are reported by ``busi-web datasets inspect busi``
+and handled by the group-aware split in :mod:`busi_web.splits`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from busi_web.datasets import IMAGE_SUFFIXES, DatasetError, Sample
+from busi_web.hookspecs import hookimpl
+from busi_web.specs import DatasetSpec, Param
+
+from .imagefolder import FolderDataset, check_root, parse_class_list, scan_class_folder
+
+CLASSES = ["benign", "malignant", "normal"]
+LAYOUT = ("the BUSI layout <root>/{benign,malignant,normal}/NAME.png with masks NAME_mask.png "
+          "(the Dataset_BUSI_with_GT folder of the download)")
+
+
+class BusiDataset(FolderDataset):
+    """BUSI images under ``root``; ``classes`` picks a subset (kept in the standard order)."""
+
+    name = "busi"
+    modality = "ultrasound"
+
+    def __init__(self, root: str | Path | None, classes: str | list[str] | None = None):
+        path = check_root(root, "busi", LAYOUT)
+        wanted = parse_class_list(classes) if isinstance(classes, str) or classes is None else list(classes)
+        unknown = [c for c in wanted if c not in CLASSES]
+        if unknown:
+            raise DatasetError(f"unknown BUSI class(es) {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
+        if wanted and len(wanted) < 2:
+            raise DatasetError(f"classes={','.join(wanted)} leaves one class; a classifier needs at least two")
+        names = [c for c in CLASSES if not wanted or c in wanted]
+        missing = [c for c in names if not (path / c).is_dir()]
+        if missing:
+            raise DatasetError(f"{path} has no class folder(s) {', '.join(missing)}; expected {LAYOUT}"
+                               f"{_hint(path)}")
+        samples: list[Sample] = []
+        self.orphan_masks = []
+        for label, cls in enumerate(names):
+            got, orphans = scan_class_folder(path / cls, path, label)
+            if not got:
+                raise DatasetError(f"class folder {path / cls} holds no images ({', '.join(IMAGE_SUFFIXES)}, "
+                                   f"mask files excluded); expected {LAYOUT}")
+            samples += got
+            self.orphan_masks += orphans
+        super().__init__(names, samples, root=path)
+
+
+def _hint(path: Path) -> str:
+    """Point at the right folder when the user gave its parent (the download unpacks one level down)."""
+    try:
+        below = [p for p in path.iterdir() if p.is_dir() and all((p / c).is_dir() for c in CLASSES)]
+    except OSError:
+        return ""
+    return f"; did you mean {below[0]}?" if below else ""
+
+
+def _build(root: str | None = None, classes: str = "") -> BusiDataset:
+    return BusiDataset(root, classes)
+
+
+@hookimpl
+def register_datasets() -> list[DatasetSpec]:
+    return [
+        DatasetSpec(
+            name="busi",
+            title="BUSI (Breast Ultrasound Images)",
+            description=(
+                "The BUSI download's Dataset_BUSI_with_GT folder: benign, malignant and normal subfolders "
+                "with images and their lesion masks (NAME_mask.png, extra lesions in NAME_mask_1.png ...)."
+            ),
+            factory=_build,
+            params=(
+                Param("classes", "str", "", "Comma-separated subset of benign, malignant, normal "
+                      "(empty: all three).", advanced=True),
+            ),
+            needs_data_dir=True,
+            modality="ultrasound",
+        )
+    ]
