@@ -43,11 +43,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["busi_store"] = JobStore(app.config["DATABASE"], app.config["RUNS_DIR"])
 
     from . import errors
+    from .auth import init_auth
     from .cli import register_commands
     from .live import socketio
     from .web import register_blueprints
 
     errors.register(app)
+    init_auth(app)
     register_blueprints(app)
     register_commands(app)
     socketio.init_app(app, async_mode="threading", cors_allowed_origins=[])

@@ -124,10 +124,11 @@ COMMANDS = [init_command, serve_command, plugins_command, datasets_group]
 
 
 def register_commands(app: Flask) -> None:
-    from . import cli_runs
+    from . import cli_runs, cli_users
 
     for command in COMMANDS + cli_runs.COMMANDS:
         app.cli.add_command(command)
+    cli_users.register(app)
 
 
 def _create_app():

@@ -252,7 +252,7 @@ class CamExplainer:
         raise NotImplementedError
 
     def explain(self, model: nn.Module, images: Tensor, targets: Sequence[int] | Tensor | None = None,
-                target_layer: str | nn.Module | None = "layer4") -> Explanation:
+                target_layer: str | nn.Module | None = None) -> Explanation:
         """Probabilities and ``(B, H, W)`` maps in [0, 1] for ``targets`` (``None``: predicted classes).
 
         ``target_layer`` is a dotted module path or a module; ``None`` uses the

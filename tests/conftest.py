@@ -49,3 +49,42 @@ def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeo
     full_env.update(env or {})
     return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, input=input,
                           timeout=timeout, cwd=cwd or ROOT)
+
+
+ADMIN = ("admin", "admin-pass-1")
+CLINICIAN = ("clin", "clin-pass-1")
+
+
+def login(client, name: str, password: str, *, next_url: str | None = None):
+    """Log ``client`` in through the real login form (with its CSRF token, so it also works when CSRF is on)."""
+    import re
+
+    page = client.get("/login").get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    data = {"username": name, "password": password, "csrf_token": match.group(1) if match else ""}
+    if next_url:
+        data["next"] = next_url
+    return client.post("/login", data=data)
+
+
+def make_user_client(app, name: str, password: str, role: str):
+    """A test client logged in as a new (or existing) user ``name`` with ``role``."""
+    store = app.extensions["busi_store"]
+    if store.get_user(name) is None:
+        store.add_user(name, role, password)
+    client = app.test_client()
+    r = login(client, name, password)
+    assert r.status_code == 302, f"login as {name} failed: {r.status_code}"
+    return client
+
+
+@pytest.fixture
+def admin_client(app):
+    """A test client logged in as an admin (user ``admin``)."""
+    return make_user_client(app, *ADMIN, "admin")
+
+
+@pytest.fixture
+def clinician_client(app):
+    """A test client logged in as a clinician (user ``clin``)."""
+    return make_user_client(app, *CLINICIAN, "clinician")

@@ -16,7 +16,7 @@ import pytest
 
 from busi_web import create_app
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, make_user_client, run_cli
 
 
 def test_config_precedence_instance_file_then_env_then_argument(instance_path, monkeypatch):
@@ -46,7 +46,8 @@ def test_socketio_runs_in_threading_mode_and_eventlet_is_absent(app):
     assert importlib.util.find_spec("gevent") is None
 
 
-def test_errors_are_json_under_api_and_pages_elsewhere(client):
+def test_errors_are_json_under_api_and_pages_elsewhere(clinician_client):
+    client = clinician_client
     r = client.get("/api/nothing-here")
     assert r.status_code == 404 and r.is_json and r.get_json()["status"] == 404
     r = client.get("/nothing-here")
@@ -58,7 +59,7 @@ def test_a_bug_gives_a_500_with_an_error_id_not_a_traceback(app, caplog):
     def boom():
         raise RuntimeError("secret internals")
 
-    r = app.test_client().get("/api/boom")
+    r = make_user_client(app, "boom", "boom-pass-1", "clinician").get("/api/boom")
     assert r.status_code == 500
     body = r.get_json()
     assert "secret internals" not in r.get_data(as_text=True) and len(body["error_id"]) == 12
@@ -98,6 +99,16 @@ def test_serve_runs_gunicorn_gthread_and_lists_plugins(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}
     env.update({"BUSI_WEB_INSTANCE_PATH": str(tmp_path / "inst"), "BUSI_WEB_AUTO_FIRST_RUN": "false"})
+    from busi_web.store import JobStore
+
+    store = JobStore(tmp_path / "inst" / "busi.db", tmp_path / "inst" / "runs")
+    store.add_user("admin", "admin", "admin-pass-1")
+    auth = {"Authorization": "Bearer " + store.create_token("admin")}
+
+    def get(path: str, timeout: float):
+        return urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=auth),
+                                      timeout=timeout)
+
     exe = Path(sys.executable).with_name("busi-web")
     proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--threads", "4"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -105,14 +116,14 @@ def test_serve_runs_gunicorn_gthread_and_lists_plugins(tmp_path):
         deadline = time.time() + 120
         while True:
             try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).read()
+                body = get("/api/health", timeout=2).read()
                 break
             except OSError:
                 if time.time() > deadline or proc.poll() is not None:
                     raise AssertionError("gunicorn did not come up") from None
                 time.sleep(0.5)
         assert json.loads(body)["status"] == "ok"
-        home = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
+        home = get("/", timeout=10).read().decode()
         assert "phantom" in home and "resnet50_cbam" in home
         # Socket.IO's handshake answers (threading mode inside gunicorn's gthread worker).
         sio = urllib.request.urlopen(f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling", timeout=10)

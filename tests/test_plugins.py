@@ -12,7 +12,7 @@ import pytest
 from busi_web import hookspecs
 from busi_web.plugins import PluginRegistry, UnknownPlugin, load_plugins
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, make_user_client, run_cli
 
 DISTS = {"busi-web-sample-plugin": ROOT / "tests/plugin_dists/sample",
          "busi-web-broken-plugin": ROOT / "tests/plugin_dists/broken"}
@@ -109,7 +109,7 @@ def test_cli_and_api_and_start_page_show_plugins(third_party, app_config):
 
     from busi_web import create_app
 
-    client = create_app(app_config).test_client()
+    client = make_user_client(create_app(app_config), "admin", "admin-pass-1", "admin")
     api = client.get("/api/plugins")
     assert api.status_code == 200
     names = {p["name"]: p["status"] for p in api.get_json()["plugins"]}

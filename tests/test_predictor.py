@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+from busi_web.cam_methods import GradCAM
 from busi_web.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
-from busi_web.plugins import UnknownPlugin, load_plugins
+from busi_web.hookspecs import hookimpl
+from busi_web.plugins import PluginRegistry, UnknownPlugin, load_plugins
+from busi_web.specs import ExplainerSpec, Param
 from busi_web.predictor import Predictor, PredictorCache, resolve_device
 from busi_web.preprocess import PreprocessConfig, eval_transform
 
@@ -185,6 +189,59 @@ def test_many_threads_give_the_sequential_results(predictor):
         assert got.label == expected[k].label and got.target == expected[k].target
         assert got.probabilities == pytest.approx(expected[k].probabilities, abs=1e-6)
         assert np.allclose(got.heatmap, expected[k].heatmap, atol=1e-6)
+
+
+def test_a_thread_pool_mixing_explainers_and_batches(predictor):
+    rng = np.random.default_rng(9)
+    images = [_image(rng, hw=(36 + 3 * i, 44), square=(6 + i, 4 + i) if i % 2 else None) for i in range(4)]
+    jobs = [(name, i) for name in ("gradcam", "cam", "hirescam", None) for i in range(4)]
+    expected = {job: predictor.predict(images[job[1]], explainer=job[0]) for job in jobs}
+    batch_expected = predictor.predict_batch(images, "layercam")
+
+    def run(job):
+        if job == "batch":
+            return job, predictor.predict_batch(images, "layercam")
+        return job, predictor.predict(images[job[1]], explainer=job[0])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(run, jobs * 3 + ["batch"] * 4))
+    assert len(results) == 52
+    for job, got in results:
+        pairs = zip(got, batch_expected, strict=True) if job == "batch" else [(got, expected[job])]
+        for g, e in pairs:
+            assert g.probabilities == pytest.approx(e.probabilities, abs=1e-6) and g.target == e.target
+            assert (g.heatmap is None and e.heatmap is None) or np.allclose(g.heatmap, e.heatmap, atol=1e-6)
+
+
+class _Inverted(GradCAM):
+    """A plugin's explainer: Grad-CAM turned upside down (so it is recognisably different)."""
+
+    def __init__(self, gain: float = 1.0):
+        self.gain = gain
+
+    def raw_maps(self, inp):
+        return -self.gain * super().raw_maps(inp)
+
+
+class _ExplainerPlugin:
+    @hookimpl
+    def register_explainers(self):
+        return [ExplainerSpec(name="inverted", title="Inverted", description="test", factory=_Inverted,
+                              params=(Param("gain", "float", 1.0, minimum=0.1),))]
+
+
+def test_explainers_come_from_the_plugin_registry(trained):
+    registry = PluginRegistry().load_entry_points()
+    registry.register(_ExplainerPlugin())
+    pred = Predictor.from_checkpoint(trained, registry)
+    img = _image(np.random.default_rng(10), square=(10, 10))
+    inv = pred.predict(img, explainer="inverted", explainer_params={"gain": "2"})
+    assert inv.explainer == "inverted" and inv.heatmap.shape == (40, 40)
+    assert not np.allclose(inv.heatmap, pred.predict(img).heatmap, atol=1e-3)
+    with pytest.raises(ValueError, match="gain"):
+        pred.predict(img, explainer="inverted", explainer_params={"gain": 0})
+    with pytest.raises(UnknownPlugin, match="unknown explainer 'inverted'"):
+        Predictor.from_checkpoint(trained).predict(img, explainer="inverted")
 
 
 def test_feature_maps_and_meta(predictor, trained):

@@ -1,0 +1,326 @@
+"""Serving throughput: concurrent diagnoses over HTTP against the Predictor's own batched throughput.
+
+In a temporary instance folder this script
+
+1. trains a small tiny_cnn on phantoms in-process (or saves an untrained one
+   with ``--untrained``) and makes it the active model;
+2. measures the **in-process baseline**: :meth:`Predictor.predict_batch` on
+   batches of ``--batch`` decoded phantom images with the explainer, in images/s
+   (measured before the server starts and again after it stops; the mean is used);
+3. starts a real gunicorn (``busi_web/gunicorn_conf.py``: one gthread worker,
+   ``--threads`` threads) on 127.0.0.1 and lets ``--clients`` client threads
+   send ``POST /api/predict`` with one PNG phantom each (an API token for auth;
+   the answer carries probabilities and three base64 PNGs) for ``--seconds``;
+4. prints requests, throughput (diagnoses/s), p50 and p99 latency, errors, and
+   the ratio of served throughput to the baseline. Goal: 0 errors, ratio >= 0.8.
+
+The server batches concurrent requests into shared forward passes
+(:mod:`busi_web.web.api_batching`), which is what lets it approach the
+batched baseline. The client runs in this process, on the same machine: on a
+small machine it takes CPU from the server, which the ratio includes.
+
+    python benchmarks/serve.py                       # 16 clients, 30 s, tiny_cnn at 112 px, gradcam
+    python benchmarks/serve.py --seconds 10 --untrained --image-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GOAL_RATIO = 0.8
+
+
+def make_model(inst: Path, args) -> int:
+    """Train (or save untrained) a ``--backbone`` run in the instance's store, promote it; returns its run id."""
+    from busi_web.checkpoint import CheckpointMeta, save_checkpoint
+    from busi_web.plugins import load_plugins
+    from busi_web.store import JobStore
+    from busi_web.trainer import prepare_run_params, run_training
+
+    registry = load_plugins()
+    store = JobStore(inst / "busi.db", inst / "runs")
+    train = {"epochs": args.train_epochs, "batch_size": 16, "lr": 2e-3, "optimizer": "adamw",
+             "input_size": args.input_size, "resize": args.input_size + args.input_size // 8, "device": "cpu",
+             "patience": 100, "workers": 0}
+    data = {"size": args.image_size, "per_class": 30, "seed": 0}
+    params = prepare_run_params(registry, args.backbone, "phantom", train=train, dataset_params=data)
+    run = store.create_run(args.backbone, "phantom", params, name="serve benchmark")
+    if args.untrained:
+        model = registry.backbone(args.backbone).build({}, num_classes=3, in_channels=3)
+        meta = CheckpointMeta(backbone=args.backbone, classes=["benign", "malignant", "normal"],
+                              input_size=train["input_size"], resize=train["resize"], dataset="phantom",
+                              extra={"run_id": run["id"]})
+        save_checkpoint(Path(run["run_dir"]) / "best_model.pt", model, meta)
+        store.transition(run["id"], "running")
+        store.transition(run["id"], "finished")
+    else:
+        t0 = time.perf_counter()
+        done = run_training(store, run["id"], registry)
+        if done["status"] != "finished":
+            raise SystemExit(f"training the benchmark model failed: {done['error']}")
+        print(f"trained {args.backbone} for {args.train_epochs} epochs in {time.perf_counter() - t0:.0f} s "
+              f"(test macro-F1 {done.get('test_macro_f1') or 0:.2f})")
+    store.set_active_model(run["id"], by="benchmark")
+    store.add_user("bench", "clinician", "bench-password")
+    return run["id"]
+
+
+def phantoms(n: int, size: int) -> list[np.ndarray]:
+    from busi_web.plugins import load_plugins
+
+    ds = load_plugins().dataset("phantom").build({"size": size, "per_class": -(-n // 3), "seed": 11})
+    return [ds.load_image(i) for i in range(n)]
+
+
+def baseline(checkpoint: str, images: list[np.ndarray], batch: int, explainer: str, seconds: float) -> list[float]:
+    """Images/s of Predictor.predict_batch on full batches, per round of about a second, after a warm-up."""
+    from busi_web.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    batches = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
+    predictor.predict_batch(batches[0], explainer)
+    rounds, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            for b in batches:
+                predictor.predict_batch(b, explainer)
+                done += len(b)
+        rounds.append(done / (time.perf_counter() - t0))
+    return rounds
+
+
+def multipart(png: bytes, name: str, explainer: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"explainer\"\r\n\r\n{explainer}\r\n".encode(),
+             f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+             "Content-Type: image/png\r\n\r\n".encode(), png, f"\r\n--{boundary}--\r\n".encode()]
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(inst: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}
+    env.update(BUSI_WEB_INSTANCE_PATH=str(inst), BUSI_WEB_AUTO_FIRST_RUN="false", BUSI_WEB_DEVICE="cpu",
+               HOST="127.0.0.1", PORT=str(port), THREADS=str(threads), LOG_LEVEL="warning")
+    conf = ROOT / "busi_web" / "gunicorn_conf.py"
+    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(conf), "--chdir", str(ROOT),
+                             "--access-logfile", "/dev/null", "wsgi:app"], env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def request(conn: http.client.HTTPConnection, method: str, path: str, headers: dict, body: bytes | None = None
+            ) -> tuple[int, bytes]:
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def wait_up(port: int, headers: dict, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("gunicorn exited; see its log")
+        try:
+            status, _ = request(http.client.HTTPConnection("127.0.0.1", port, timeout=5), "GET", "/api/health",
+                                headers)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("gunicorn did not answer /api/health in time")
+
+
+def load(port: int, headers: dict, bodies: list[tuple[bytes, str]], clients: int, seconds: float) -> dict:
+    """``clients`` threads with keep-alive connections post diagnoses until the time is up."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+    start = threading.Barrier(clients + 1)
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine, errs, i = [], [], k
+        start.wait()
+        while time.perf_counter() < stop_at:
+            body, ctype = bodies[i % len(bodies)]
+            i += clients
+            t0 = time.perf_counter()
+            try:
+                status, data = request(conn, "POST", "/api/predict", {**headers, "Content-Type": ctype}, body)
+                ok = status == 200 and b'"label"' in data and b'"overlay_png"' in data
+                if not ok:
+                    errs.append(f"HTTP {status}: {data[:200]!r}")
+            except (OSError, http.client.HTTPException) as exc:
+                errs.append(f"{type(exc).__name__}: {exc}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                continue
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+            errors.extend(errs)
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one by default), from /proc (0.0 where unavailable)."""
+    try:
+        fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine (all processes), from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (gunicorn's master and its worker)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return cpu_seconds(pid) + sum(tree_cpu_seconds(int(c)) for c in children)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--threads", type=int, default=16, help="gunicorn threads (THREADS)")
+    ap.add_argument("--explainer", default="gradcam")
+    ap.add_argument("--backbone", default="tiny_cnn", help="the served model (trained briefly unless --untrained)")
+    ap.add_argument("--image-size", type=int, default=128, help="side of the phantom PNGs sent")
+    ap.add_argument("--input-size", type=int, default=112, help="the model's input side")
+    ap.add_argument("--batch", type=int, default=16, help="batch size of the in-process baseline")
+    ap.add_argument("--baseline-seconds", type=float, default=5.0)
+    ap.add_argument("--train-epochs", type=int, default=2)
+    ap.add_argument("--untrained", action="store_true", help="save an untrained model instead of training one")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    print(f"serve benchmark: {args.clients} clients x {args.seconds:g} s, gunicorn gthread 1 worker x "
+          f"{args.threads} threads, {args.backbone} @ {args.input_size} px, {args.explainer}, "
+          f"{args.image_size} px PNG phantoms; CPU, torch {torch.get_num_threads()} threads", flush=True)
+    with tempfile.TemporaryDirectory(prefix="busi-serve-") as tmp:
+        inst = Path(tmp) / "instance"
+        run_id = make_model(inst, args)
+        checkpoint = str(next((inst / "runs").glob(f"*_{run_id}")) / "best_model.pt")
+        images = phantoms(max(args.batch * 2, 32), args.image_size)
+        pngs = []
+        for img in images:
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, "PNG")
+            pngs.append(buf.getvalue())
+        bodies = [multipart(p, f"phantom_{i}.png", args.explainer) for i, p in enumerate(pngs)]
+        before = baseline(checkpoint, images, args.batch, args.explainer, args.baseline_seconds)
+        print(f"in-process baseline (batch {args.batch}), before serving: median {statistics.median(before):.1f} "
+              f"images/s over {len(before)} rounds", flush=True)
+
+        from busi_web.store import JobStore
+
+        token = JobStore(inst / "busi.db", inst / "runs").create_token("bench", "benchmark")
+        headers = {"Authorization": f"Bearer {token}"}
+        port = free_port()
+        log = Path(tmp) / "gunicorn.log"
+        proc = start_server(inst, port, args.threads, log)
+        try:
+            wait_up(port, headers, proc)
+            warm = load(port, headers, bodies, args.clients, 2.0)  # model load, thread start, caches
+            if warm["errors"]:
+                print(f"warm-up errors: {warm['errors'][:3]}")
+            _, health = request(http.client.HTTPConnection("127.0.0.1", port, timeout=10), "GET", "/api/health",
+                                headers)
+            stats0 = json.loads(health).get("predict", {})
+            cpu0 = (tree_cpu_seconds(proc.pid), cpu_seconds(), machine_cpu_seconds())
+            result = load(port, headers, bodies, args.clients, args.seconds)
+            cpu = (tree_cpu_seconds(proc.pid) - cpu0[0], cpu_seconds() - cpu0[1], machine_cpu_seconds() - cpu0[2])
+            _, health = request(http.client.HTTPConnection("127.0.0.1", port, timeout=10), "GET", "/api/health",
+                                headers)
+            stats = {k: v - stats0.get(k, 0) for k, v in json.loads(health).get("predict", {}).items()}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        after = baseline(checkpoint, images, args.batch, args.explainer, args.baseline_seconds)
+        print(f"in-process baseline (batch {args.batch}), after serving:  median {statistics.median(after):.1f} "
+              f"images/s over {len(after)} rounds")
+        server_log = log.read_text(errors="replace")
+
+    lat = result["latencies"]
+    served = len(lat) / result["elapsed"]
+    base = statistics.median(before + after)
+    ratio = served / base if base else float("nan")
+    errors = result["errors"]
+    print(json.dumps({"requests": len(lat), "errors": len(errors), "seconds": round(result["elapsed"], 1)}))
+    print(f"throughput {served:.1f} diagnoses/s   p50 {percentile(lat, 50) * 1000:.0f} ms   "
+          f"p99 {percentile(lat, 99) * 1000:.0f} ms   mean {statistics.fmean(lat) * 1000 if lat else 0:.0f} ms")
+    others = max(0.0, cpu[2] - cpu[0] - cpu[1]) / result["elapsed"]
+    print(f"CPU use during the load: server {cpu[0] / result['elapsed']:.2f} cores, clients "
+          f"{cpu[1] / result['elapsed']:.2f} cores, other processes {others:.2f} cores (of {os.cpu_count()})")
+    if others > 0.25:
+        print("WARNING: other processes were busy on this machine; the figures (and the ratio) are unreliable")
+    if stats.get("batches"):
+        print(f"server batching: {stats['images']} images in {stats['batches']} passes "
+              f"(mean batch {stats['images'] / stats['batches']:.1f}); the model was busy "
+              f"{100 * stats.get('busy_s', 0) / result['elapsed']:.0f}% of the time")
+    print(f"errors {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
+    print(f"baseline {base:.1f} images/s   ratio served/baseline {ratio:.2f}   "
+          f"goal: 0 errors, ratio >= {GOAL_RATIO}: {'met' if not errors and ratio >= GOAL_RATIO else 'NOT met'}")
+    if errors and "Traceback" in server_log:
+        print("server log tail:\n" + server_log[-2000:])
+    return 0 if not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+/* busi-web Diagnose page: pick or drop images, choose model / explainer / target / feature-map layer, send them
+ * to POST /api/predict and show one result card per image (busi.diagnoseResults).
+ *
+ * Input modes decide how the picked files become what is sent. The built-in "whole" mode sends each file as is.
+ * Another mode (e.g. a mammogram region-of-interest picker) registers itself with
+ *   busi.diagnose.registerMode({name, title, priority, applies(model), activate(panel, ctx), deactivate(),
+ *                               filesChanged(ctx), prepare(files, ctx) -> Promise<[{blob, filename}]>})
+ * The mode with the highest priority whose applies(model) is true is used; `model` is the answer of
+ * /api/models/active or /api/runs/<id>/model (classes, layers, target_layer, modality, input_size).
+ */
+(function () {
+  "use strict";
+  const busi = window.busi;
+  const el = busi.el;
+  const root = document.getElementById("diagnose");
+  if (!root) return;
+
+  const $ = (id) => document.getElementById(id);
+  const form = $("diagnose-form");
+  const filesInput = $("files");
+  const dropZone = $("drop-zone");
+  const fileList = $("file-list");
+  const panel = $("mode-panel");
+  const modelSel = $("model");
+  const explainerSel = $("explainer");
+  const targetSel = $("target");
+  const layerSel = $("layer");
+  const channelsInput = $("channels");
+  const submit = $("diagnose-submit");
+  const busy = $("diagnose-busy");
+  const errorBox = $("diagnose-error");
+  const results = $("results");
+  const modelInfo = $("model-info");
+
+  const EXTENSIONS = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"];
+  const state = { files: [], model: null, mode: null, alpha: 0.5 };
+  const modes = [];
+
+  function context() {
+    return { files: state.files, model: state.model, panel, showError: (m) => busi.showError(errorBox, m) };
+  }
+
+  function chooseMode() {
+    const mode = modes.find((m) => !m.applies || m.applies(state.model)) || null;
+    if (mode === state.mode) return;
+    if (state.mode && state.mode.deactivate) state.mode.deactivate(context());
+    state.mode = mode;
+    panel.replaceChildren();
+    panel.hidden = true;
+    if (mode && mode.activate) {
+      mode.activate(panel, context());
+      panel.hidden = !panel.childElementCount;
+    }
+    root.dataset.mode = mode ? mode.name : "";
+  }
+
+  function registerMode(mode) {
+    modes.push(mode);
+    modes.sort((a, b) => (b.priority || 0) - (a.priority || 0));
+    chooseMode();
+  }
+
+  registerMode({
+    name: "whole",
+    title: "Whole image",
+    priority: 0,
+    applies: () => true,
+    prepare: (files) => Promise.resolve(files.map((f) => ({ blob: f, filename: f.name }))),
+  });
+
+  // -- files -------------------------------------------------------------------------------------------------
+  function setFiles(list) {
+    const files = Array.from(list || []);
+    const bad = files.filter((f) => !EXTENSIONS.some((ext) => f.name.toLowerCase().endsWith(ext)));
+    state.files = files.filter((f) => !bad.includes(f));
+    busi.showError(errorBox, bad.length
+      ? `${bad.map((f) => f.name).join(", ")}: not a PNG, JPEG, BMP or TIFF file; those are left out` : "");
+    fileList.replaceChildren(...state.files.map((f, i) => el("li", {},
+      `${f.name} (${(f.size / 1024).toFixed(1)} kB) `,
+      el("button", { type: "button", class: "link", title: "remove", onclick: () => {
+        state.files.splice(i, 1);
+        setFiles(state.files);
+      } }, "×"))));
+    if (state.mode && state.mode.filesChanged) state.mode.filesChanged(context());
+  }
+
+  filesInput.addEventListener("change", () => setFiles(filesInput.files));
+  ["dragenter", "dragover"].forEach((type) => dropZone.addEventListener(type, (e) => {
+    e.preventDefault();
+    dropZone.classList.add("dragging");
+  }));
+  ["dragleave", "drop"].forEach((type) => dropZone.addEventListener(type, (e) => {
+    e.preventDefault();
+    dropZone.classList.remove("dragging");
+  }));
+  dropZone.addEventListener("drop", (e) => setFiles(e.dataTransfer.files));
+
+  // -- the model's classes and layers ------------------------------------------------------------------------
+  async function loadModel() {
+    const chosen = modelSel.value;
+    if (!chosen && !root.dataset.activeRun) return;
+    const url = chosen ? `/api/runs/${chosen}/model` : "/api/models/active";
+    try {
+      const model = await busi.api(url);
+      state.model = model;
+      const keepTarget = targetSel.value;
+      targetSel.replaceChildren(el("option", { value: "" }, "Predicted class"),
+        ...(model.classes || []).map((c) => el("option", { value: c, selected: c === keepTarget }, c)));
+      layerSel.replaceChildren(el("option", { value: "" }, "None"),
+        ...(model.layers || []).map((l) => el("option", { value: l },
+          l === model.target_layer ? `${l} (explainer's layer)` : l)));
+      modelInfo.textContent = `${model.backbone}, ${model.input_size} px input, classes: ${(model.classes || []).join(", ")}`;
+      root.dataset.modelLoaded = "1";
+    } catch (err) {
+      state.model = null;
+      modelInfo.textContent = err.message;
+    }
+    chooseMode();
+  }
+  modelSel.addEventListener("change", loadModel);
+
+  // -- diagnose ----------------------------------------------------------------------------------------------
+  async function diagnose(event) {
+    event.preventDefault();
+    busi.showError(errorBox, "");
+    if (!state.files.length) {
+      busi.showError(errorBox, "pick or drop one or more images (PNG, JPEG, BMP or TIFF) first");
+      return;
+    }
+    const fd = new FormData();
+    try {
+      const items = await state.mode.prepare(state.files, context());
+      items.forEach((it) => fd.append("image", it.blob, it.filename));
+    } catch (err) {
+      busi.showError(errorBox, err.message);
+      return;
+    }
+    if (modelSel.value) fd.append("run_id", modelSel.value);
+    fd.append("explainer", explainerSel.value);
+    if (targetSel.value) fd.append("target", targetSel.value);
+    if (layerSel.value) {
+      fd.append("layer", layerSel.value);
+      fd.append("channels", channelsInput.value || "16");
+    }
+    fd.append("alpha", String(state.alpha));
+    submit.disabled = true;
+    busy.hidden = false;
+    results.setAttribute("aria-busy", "true");
+    try {
+      const data = await busi.api("/api/predict", { method: "POST", form: fd });
+      results.replaceChildren(...data.results.map((r) => busi.diagnoseResults.render(r, { classes: data.classes, alpha: state.alpha })));
+      results.dataset.runId = data.run_id;
+      window.busiLastDiagnosis = data;
+    } catch (err) {
+      const fields = Object.entries(err.fields || {}).map(([k, v]) => `${k}: ${v}`).join("; ");
+      busi.showError(errorBox, err.message + (fields && !err.message.includes(fields) ? ` (${fields})` : ""));
+    } finally {
+      submit.disabled = false;
+      busy.hidden = true;
+      results.removeAttribute("aria-busy");
+    }
+  }
+  form.addEventListener("submit", diagnose);
+  // The last opacity a user chose is kept for the next diagnosis.
+  results.addEventListener("input", (e) => {
+    if (e.target.classList.contains("opacity")) state.alpha = e.target.value / 100;
+  });
+
+  busi.diagnose = { registerMode, state, reloadModel: loadModel, setFiles };
+  loadModel();
+})();

@@ -1,0 +1,102 @@
+/* busi-web Diagnose: one result card per image.
+ *
+ * busi.diagnoseResults.render(result, {classes, alpha}) -> <article>
+ *   result is one item of POST /api/predict's "results" (label, probabilities, original_png, heatmap_png, ...).
+ * The overlay is blended in the browser from the original and the colourised heatmap:
+ *   overlay = (1 - alpha) * original + alpha * heatmap  (the server's formula), so the opacity slider needs
+ *   no new request. The blended canvas can be downloaded as PNG.
+ */
+(function () {
+  "use strict";
+  const busi = (window.busi = window.busi || {});
+  const el = busi.el;
+
+  function loadImage(b64) {
+    return new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => reject(new Error("the server sent an image the browser cannot decode"));
+      img.src = "data:image/png;base64," + b64;
+    });
+  }
+
+  function safeName(filename) {
+    return (filename || "image").replace(/\.[^.]+$/, "").replace(/[^\w.-]+/g, "_");
+  }
+
+  function probabilityBars(result, classes) {
+    const names = classes && classes.length ? classes : Object.keys(result.probabilities);
+    return el("div", { class: "probs" }, names.map((name) => {
+      const p = result.probabilities[name] || 0;
+      return el("div", { class: "prob-row" + (name === result.label ? " top" : ""), dataset: { class: name } },
+        el("span", { class: "prob-name" }, name),
+        el("span", { class: "prob-bar" }, el("span", { class: "prob-fill", style: { width: (100 * p).toFixed(1) + "%" } })),
+        el("span", { class: "prob-value" }, busi.pct(p)));
+    }));
+  }
+
+  /* Draw original then heatmap at opacity alpha: exactly (1 - a) * original + a * heatmap per pixel. */
+  function blend(canvas, original, heatmap, alpha) {
+    const ctx = canvas.getContext("2d", { willReadFrequently: true });
+    canvas.width = original.naturalWidth;
+    canvas.height = original.naturalHeight;
+    ctx.globalAlpha = 1;
+    ctx.drawImage(original, 0, 0);
+    if (heatmap) {
+      ctx.globalAlpha = alpha;
+      ctx.drawImage(heatmap, 0, 0, canvas.width, canvas.height);
+      ctx.globalAlpha = 1;
+    }
+  }
+
+  function render(result, opts = {}) {
+    const alpha = opts.alpha === undefined ? 0.5 : opts.alpha;
+    const title = el("h2", {},
+      el("span", { class: "filename" }, result.filename), " ",
+      el("span", { class: `label label-${result.label}`, dataset: { label: result.label } }, result.label), " ",
+      el("span", { class: "muted" }, busi.pct(result.probabilities[result.label])));
+    const explained = result.explainer
+      ? `${result.explainer} heatmap for class “${result.target}”${result.target === result.label ? " (predicted)" : ""}`
+      : "no heatmap (explainer: none)";
+    const card = el("article", { class: "card result", dataset: { filename: result.filename, label: result.label } },
+      title, el("p", { class: "muted explained" }, explained, ` · ${result.width}×${result.height} px`),
+      probabilityBars(result, opts.classes));
+
+    const originalImg = el("img", { class: "original", alt: `original ${result.filename}` });
+    const canvas = el("canvas", { class: "overlay", "aria-label": `heatmap overlay of ${result.filename}` });
+    const slider = el("input", { type: "range", class: "opacity", min: "0", max: "100", value: String(Math.round(alpha * 100)),
+      "aria-label": "heatmap opacity" });
+    const download = el("a", { class: "button download", download: `${safeName(result.filename)}_overlay.png`, href: "#" },
+      "Download overlay");
+    const figures = el("div", { class: "images" },
+      el("figure", {}, originalImg, el("figcaption", {}, "Original")),
+      el("figure", {}, canvas,
+        el("figcaption", {}, el("label", { class: "inline-label" }, "Heatmap opacity ", slider), " ", download)));
+    card.append(figures);
+    if (result.feature_maps_png) {
+      card.append(el("figure", { class: "feature-maps" },
+        el("img", { class: "feature-maps", alt: `feature maps of ${result.feature_layer}`,
+          src: "data:image/png;base64," + result.feature_maps_png }),
+        el("figcaption", {}, `Feature maps of layer ${result.feature_layer}`)));
+    }
+
+    const ready = Promise.all([loadImage(result.original_png),
+      result.heatmap_png ? loadImage(result.heatmap_png) : Promise.resolve(null)]).then(([original, heatmap]) => {
+      originalImg.src = original.src;
+      const redraw = () => {
+        blend(canvas, original, heatmap, slider.value / 100);
+        download.href = canvas.toDataURL("image/png");
+      };
+      slider.addEventListener("input", redraw);
+      if (!heatmap) slider.disabled = true;
+      redraw();
+      card.dataset.ready = "1";
+    }).catch((err) => {
+      card.append(el("p", { class: "flash error" }, err.message));
+    });
+    card.ready = ready;
+    return card;
+  }
+
+  busi.diagnoseResults = { render, blend, loadImage };
+})();

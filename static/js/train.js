@@ -1,0 +1,190 @@
+/* busi-web Train page: a form built from GET /api/specs, sent as JSON to POST /api/runs.
+ *
+ * Shown up front: name, backbone, dataset (+ data folder when it needs one), their non-advanced parameters,
+ * epochs, batch size and learning rate. Everything else is under <details id="advanced">. The server validates;
+ * its field errors ("train.epochs", "dataset_params.size", "data_dir", ...) are shown next to the fields.
+ * On success the browser goes to the new run's page.
+ */
+(function () {
+  "use strict";
+  const busi = window.busi;
+  const el = busi.el;
+  const $ = (id) => document.getElementById(id);
+  const root = $("train");
+  if (!root) return;
+
+  const form = $("train-form");
+  const main = $("train-fields");
+  const advanced = $("advanced");
+  const advancedFields = $("advanced-fields");
+  const submit = $("train-submit");
+  const busy = $("train-busy");
+  const errorBox = $("train-error");
+  const MAIN_TRAIN = ["epochs", "batch_size", "lr"];
+  let dataDirs = {};
+  try {
+    dataDirs = JSON.parse(root.dataset.dataDirs || "{}");
+  } catch (_) {
+    dataDirs = {};
+  }
+  let specs = null;
+
+  function fieldId(key) {
+    return "f-" + key.replace(/[^\w-]/g, "-");
+  }
+
+  /* One labelled field; `key` is the error key the server uses ("train.epochs", "backbone", ...). */
+  function field(key, label, control, help) {
+    control.id = fieldId(key);
+    control.dataset.key = key;
+    const isCheck = control.type === "checkbox";
+    return el("div", { class: "field" + (isCheck ? " check" : ""), dataset: { field: key } },
+      isCheck ? el("label", { for: control.id }, control, " ", label) : el("label", { for: control.id }, label),
+      isCheck ? null : control,
+      help ? el("small", { class: "help" }, help) : null,
+      el("small", { class: "field-error", dataset: { errorFor: key }, hidden: true }));
+  }
+
+  function paramControl(p) {
+    if (p.type === "bool") return el("input", { type: "checkbox", checked: !!p.default });
+    if (p.type === "choice") {
+      return el("select", {}, (p.choices || []).map((c) => el("option", { value: String(c), selected: c === p.default }, String(c))));
+    }
+    if (p.type === "int" || p.type === "float") {
+      return el("input", { type: "number", step: p.type === "int" ? "1" : "any", value: p.default === null ? "" : String(p.default),
+        min: p.minimum === null ? null : String(p.minimum), max: p.maximum === null ? null : String(p.maximum),
+        class: "num" });
+    }
+    return el("input", { type: "text", value: p.default === null || p.default === undefined ? "" : String(p.default),
+      placeholder: p.type === "path" ? "a folder or file on the server" : "" });
+  }
+
+  function paramField(group, p) {
+    const control = paramControl(p);
+    control.dataset.group = group;
+    control.dataset.param = p.name;
+    control.dataset.type = p.type;
+    const range = p.minimum !== null && p.maximum !== null && (p.type === "int" || p.type === "float")
+      ? ` (${p.minimum} to ${p.maximum})` : "";
+    return field(`${group}.${p.name}`, p.name.replace(/_/g, " "), control, (p.help || "") + range);
+  }
+
+  function spec(kind, name) {
+    return specs[kind].find((s) => s.name === name);
+  }
+
+  function renderParams(group, params, mainBox, advancedBox) {
+    mainBox.replaceChildren(...params.filter((p) => !p.advanced).map((p) => paramField(group, p)));
+    advancedBox.replaceChildren(...params.filter((p) => p.advanced).map((p) => paramField(group, p)));
+  }
+
+  function build() {
+    const backboneSel = el("select", { name: "backbone" },
+      specs.backbones.map((s) => el("option", { value: s.name, selected: s.name === "tiny_cnn" }, `${s.title} (${s.name})`)));
+    const datasetSel = el("select", { name: "dataset" },
+      specs.datasets.map((s) => el("option", { value: s.name, selected: s.name === "phantom" }, `${s.title} (${s.name})`)));
+    const dataDir = el("input", { type: "text", name: "data_dir", placeholder: "folder with the dataset's images" });
+    const dataDirField = field("data_dir", "data folder", dataDir, "");
+    const backboneDesc = el("p", { class: "muted desc" });
+    const datasetDesc = el("p", { class: "muted desc" });
+    const boxes = { bbMain: el("div", { class: "params" }), bbAdv: el("div", { class: "params" }),
+      dsMain: el("div", { class: "params" }), dsAdv: el("div", { class: "params" }) };
+    const trainMain = el("div", { class: "params" },
+      specs.train.filter((p) => MAIN_TRAIN.includes(p.name)).map((p) => paramField("train", p)));
+    const trainAdv = el("div", { class: "params" },
+      specs.train.filter((p) => !MAIN_TRAIN.includes(p.name)).map((p) => paramField("train", p)));
+
+    function onBackbone() {
+      const s = spec("backbones", backboneSel.value);
+      backboneDesc.textContent = s ? s.description : "";
+      renderParams("backbone_params", s ? s.params : [], boxes.bbMain, boxes.bbAdv);
+    }
+    function onDataset() {
+      const s = spec("datasets", datasetSel.value);
+      datasetDesc.textContent = s ? s.description : "";
+      renderParams("dataset_params", s ? s.params : [], boxes.dsMain, boxes.dsAdv);
+      dataDirField.hidden = !(s && s.needs_data_dir);
+      const configured = dataDirs[datasetSel.value];
+      dataDir.placeholder = configured ? `default: ${configured}` : "folder with the dataset's images (on the server)";
+    }
+    backboneSel.addEventListener("change", onBackbone);
+    datasetSel.addEventListener("change", onDataset);
+
+    main.replaceChildren(
+      field("name", "run name (optional)", el("input", { type: "text", name: "name", maxlength: "200" }), ""),
+      el("fieldset", {}, el("legend", {}, "Model"), field("backbone", "backbone", backboneSel, ""), backboneDesc, boxes.bbMain),
+      el("fieldset", {}, el("legend", {}, "Data"), field("dataset", "dataset", datasetSel, ""), datasetDesc, dataDirField, boxes.dsMain),
+      el("fieldset", {}, el("legend", {}, "Training"), trainMain));
+    advancedFields.replaceChildren(
+      el("fieldset", {}, el("legend", {}, "Training"), trainAdv),
+      el("fieldset", {}, el("legend", {}, "Backbone"), boxes.bbAdv),
+      el("fieldset", {}, el("legend", {}, "Dataset"), boxes.dsAdv));
+    onBackbone();
+    onDataset();
+    submit.disabled = false;
+    root.dataset.ready = "1";
+  }
+
+  function collect() {
+    const body = { backbone: $(fieldId("backbone")).value, dataset: $(fieldId("dataset")).value,
+      train: {}, backbone_params: {}, dataset_params: {} };
+    const name = $(fieldId("name")).value.trim();
+    if (name) body.name = name;
+    const dataDir = $(fieldId("data_dir"));
+    if (!dataDir.closest(".field").hidden && dataDir.value.trim()) body.data_dir = dataDir.value.trim();
+    form.querySelectorAll("[data-group][data-param]").forEach((c) => {
+      const value = c.type === "checkbox" ? c.checked : c.value.trim();
+      if (value === "") return; // empty: the parameter's default
+      body[c.dataset.group][c.dataset.param] = value;
+    });
+    return body;
+  }
+
+  function clearErrors() {
+    form.querySelectorAll(".field-error").forEach((e) => busi.showError(e, ""));
+    form.querySelectorAll(".field.invalid").forEach((f) => f.classList.remove("invalid"));
+    busi.showError(errorBox, "");
+  }
+
+  function showFieldErrors(fields) {
+    const unplaced = [];
+    for (const [key, message] of Object.entries(fields || {})) {
+      const box = form.querySelector(`[data-error-for="${CSS.escape(key)}"]`);
+      if (!box) {
+        unplaced.push(`${key}: ${message}`);
+        continue;
+      }
+      busi.showError(box, message);
+      box.closest(".field").classList.add("invalid");
+      if (advanced.contains(box)) advanced.open = true;
+    }
+    return unplaced;
+  }
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearErrors();
+    submit.disabled = true;
+    busy.hidden = false;
+    try {
+      const run = await busi.api("/api/runs", { method: "POST", json: collect() });
+      window.location.href = `/runs/${run.id}`;
+      return;
+    } catch (err) {
+      const unplaced = showFieldErrors(err.fields);
+      const placed = Object.keys(err.fields || {}).length - unplaced.length;
+      busi.showError(errorBox, placed ? `Please fix the marked field${placed > 1 ? "s" : ""}. ${err.message}` : err.message);
+      const first = form.querySelector(".field.invalid input, .field.invalid select");
+      if (first) first.focus();
+    }
+    submit.disabled = false;
+    busy.hidden = true;
+  });
+
+  busi.api("/api/specs").then((data) => {
+    specs = data;
+    build();
+  }).catch((err) => {
+    main.replaceChildren(el("p", { class: "flash error" }, `Cannot load the training parameters: ${err.message}`));
+  });
+})();
