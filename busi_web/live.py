@@ -14,9 +14,11 @@ Protocol (also in the README):
   "error": null, "best_metric": 0.81}`` on join and whenever it changes.
 * client -> server ``leave_run`` ``{"run_id": 7}``.
 
-No gap and no duplicate: under one lock, a joining client is sent the rows
-between its ``after_id`` and the room's cursor, then joins the room; the
-pusher advances the room's cursor under the same lock.
+No gap and no duplicate: under one lock, the room is first sent what it has
+not had yet (its cursor then covers every row the client loaded over REST),
+a joining client is sent the rows between its ``after_id`` and the room's
+cursor, then joins the room; the pusher advances the room's cursor under the
+same lock.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class LivePusher:
             if run_id not in self.cursors:
                 self.cursors[run_id] = self.store.latest_metric_id(run_id)
                 self.statuses[run_id] = status
+            else:
+                # The client may already hold rows past the room's cursor (its REST history is newer than the
+                # last tick); the room would send them again. Bring the room up to date first.
+                self._push_rows(run_id)
             cursor = self.cursors[run_id]
             rows = [r for r in self.store.metrics(run_id, after_id=after_id) if r["id"] <= cursor]
             if rows:
@@ -78,13 +84,17 @@ class LivePusher:
                     self.cursors.pop(rid, None)
                     self.statuses.pop(rid, None)
 
+    def _push_rows(self, run_id: int) -> None:
+        """Send the room the rows after its cursor and advance it (the caller holds the lock)."""
+        rows = self.store.metrics(run_id, after_id=self.cursors[run_id])
+        if rows:
+            self.cursors[run_id] = rows[-1]["id"]
+            socketio.emit("metrics", {"run_id": run_id, "rows": rows}, to=f"run:{run_id}")
+
     def tick(self) -> None:
         with self.lock:
             for run_id in list(self.members):
-                rows = self.store.metrics(run_id, after_id=self.cursors[run_id])
-                if rows:
-                    self.cursors[run_id] = rows[-1]["id"]
-                    socketio.emit("metrics", {"run_id": run_id, "rows": rows}, to=f"run:{run_id}")
+                self._push_rows(run_id)
                 status = self.status_of(run_id)
                 if status != self.statuses.get(run_id):
                     self.statuses[run_id] = status

@@ -212,7 +212,8 @@ class JobStore(UsersMixin):
     def _fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         unknown = set(fields) - RUN_FIELDS
         if unknown:
-            raise ValueError(f"unknown run field(s) {', '.join(sorted(unknown))}; settable: {', '.join(sorted(RUN_FIELDS))}")
+            raise ValueError(f"unknown run field(s) {', '.join(sorted(unknown))}; "
+                             f"settable: {', '.join(sorted(RUN_FIELDS))}")
         values = dict(fields)
         if isinstance(values.get("params"), dict):
             values["params"] = json.dumps(values["params"], sort_keys=True)
@@ -279,8 +280,10 @@ class JobStore(UsersMixin):
             if not checkpoint.exists():
                 raise IllegalTransition(f"run {run_id} has no checkpoint at {checkpoint}; it cannot be promoted")
             dataset = dataset or run["dataset"]
-            self.db["models"].upsert({"dataset": dataset, "run_id": int(run_id), "checkpoint": str(checkpoint),
-                                      "activated_at": utc_now(), "activated_by": by}, pk="dataset")
+            # Replace (delete + insert), not upsert: the new row gets the highest rowid, which breaks the tie when
+            # two datasets' models are activated within the same second (active_model() with no dataset).
+            self.db["models"].insert({"dataset": dataset, "run_id": int(run_id), "checkpoint": str(checkpoint),
+                                      "activated_at": utc_now(), "activated_by": by}, pk="dataset", replace=True)
             self.audit("model.promote", user=by, run_id=int(run_id), dataset=dataset)
         return self.active_model(dataset)
 

@@ -41,6 +41,35 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture(scope="session")
+def registry():
+    """The installed plugins, loaded once (tests that need the app's own registry use ``app``)."""
+    from busi_web.plugins import load_plugins
+
+    return load_plugins()
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """A job store on a real SQLite file in ``tmp_path`` (app tests override this with the app's store)."""
+    from busi_web.store import JobStore
+
+    return JobStore(tmp_path / "busi.db", tmp_path / "runs")
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.02):
+    """Poll ``predicate`` until it returns something true, and return that; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 300,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real ``busi-web`` console script in a subprocess."""
