@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -63,12 +65,10 @@ def split_params(pairs: tuple[str, ...], backbone: str, dataset: str) -> tuple[d
 @with_appcontext
 def train_command(backbone, dataset, data_dir, epochs, batch_size, lr, name, params) -> None:
     """Train in the foreground with a progress bar; the run is recorded in the same store."""
-    from tqdm import tqdm
-
     from .datasets import DatasetError
     from .plugins import UnknownPlugin
     from .specs import InvalidParameters
-    from .trainer import prepare_run_params, run_training
+    from .trainer import prepare_run_params
 
     registry = current_app.extensions["busi_plugins"]
     store = _store()
@@ -84,14 +84,24 @@ def train_command(backbone, dataset, data_dir, epochs, batch_size, lr, name, par
         raise click.ClickException(str(exc)) from None
     run = store.create_run(backbone, dataset, run_params, name=name, data_dir=root)
     click.echo(f"run {run['id']}: {run['run_dir']}")
+    _train_in_foreground(store, registry, run["id"], run_params["train"]["epochs"])
+
+
+def _train_in_foreground(store, registry, run_id: int, epochs: int) -> None:
+    """Run the trainer in this process with a progress bar; Ctrl-C stops after the current batch."""
+    from tqdm import tqdm
+
+    from .trainer import run_training
+
     stop = {"flag": False}
 
     def on_signal(*_):
         stop["flag"] = True
         click.echo("\nstopping after the current batch…", err=True)
 
-    previous = signal.signal(signal.SIGINT, on_signal)
-    bar = tqdm(total=run_params["train"]["epochs"], unit="epoch", file=sys.stderr, dynamic_ncols=True)
+    # Ctrl-C, or SIGTERM from `busi-web cancel`: stop after the batch and save last.pt, as the trainer process does.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    bar = tqdm(total=epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True)
 
     def progress(event: dict) -> None:
         if event.get("type") == "epoch":
@@ -102,11 +112,12 @@ def train_command(backbone, dataset, data_dir, epochs, batch_size, lr, name, par
             bar.set_description(f"epoch {event.get('epoch')} batch {event.get('step')}")
 
     try:
-        run_training(store, run["id"], registry=registry, progress=progress, should_stop=lambda: stop["flag"])
+        run_training(store, run_id, registry=registry, progress=progress, should_stop=lambda: stop["flag"])
     finally:
         bar.close()
-        signal.signal(signal.SIGINT, previous)
-    final = store.get_run(run["id"])
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    final = store.get_run(run_id)
     click.echo(f"run {final['id']} {final['status']}: {final['run_dir']}")
     if final.get("test_macro_f1") is not None:
         click.echo(f"test macro-F1 {final['test_macro_f1']:.4f}")
@@ -222,4 +233,48 @@ def predict_command(images, run_id, explainer, out_dir, alpha, as_json) -> None:
             click.echo(f"{r['image']}: {r['label']}  ({probs})  -> {r['overlay']}")
 
 
-COMMANDS = [train_command, runs_group, promote_command, predict_command]
+@click.command("resume")
+@click.argument("run_id", type=int)
+@with_appcontext
+def resume_command(run_id: int) -> None:
+    """Continue an interrupted or cancelled run from its last.pt, in the foreground."""
+    from .store import IllegalTransition, RunNotFound
+
+    store = _store()
+    try:
+        with store.transaction():  # queued and claimed at once: a serving process's runner cannot take it first
+            store.transition(run_id, "queued", error=None, pid=None, cancel_requested=0)
+            run = store.transition(run_id, "running", pid=os.getpid())
+    except (RunNotFound, IllegalTransition) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"run {run_id}: resuming in {run['run_dir']}")
+    _train_in_foreground(store, current_app.extensions["busi_plugins"], run_id, run["params"]["train"]["epochs"])
+
+
+@click.command("cancel")
+@click.argument("run_id", type=int)
+@with_appcontext
+def cancel_command(run_id: int) -> None:
+    """Stop a queued or running run (a running one after its current batch, killed after CANCEL_TIMEOUT_SECONDS)."""
+    from .jobs import JobRunner, pid_is_trainer
+    from .store import IllegalTransition, RunNotFound
+
+    store = _store()
+    timeout = float(current_app.config["CANCEL_TIMEOUT_SECONDS"])
+    try:
+        run = JobRunner(store, cancel_timeout=timeout).cancel(run_id, user="cli")
+    except (RunNotFound, IllegalTransition, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    deadline = time.monotonic() + timeout + 5
+    while run["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        run = store.get_run(run_id)
+        if run["status"] == "running" and not pid_is_trainer(run.get("pid")):
+            # Killed before it could record the outcome itself (the runner thread above sent SIGKILL).
+            run = store.transition(run_id, "cancelled", error="cancelled (the trainer was stopped)")
+    click.echo(f"run {run_id} {run['status']}")
+    if run["status"] != "cancelled":
+        raise click.ClickException(f"run {run_id} is still {run['status']}; try again or stop pid {run.get('pid')}")
+
+
+COMMANDS = [train_command, runs_group, resume_command, cancel_command, promote_command, predict_command]

@@ -37,13 +37,17 @@ def pid_is_trainer(pid: int | None) -> bool:
     except PermissionError:
         return True
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True  # no /proc: trust the signal check
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie has finished
         return False
-    return TRAINER_MODULE.encode() in cmdline
+    if TRAINER_MODULE in args:
+        return True
+    # `busi-web train` / `busi-web resume` (or the flask CLI) train in the foreground of their own process.
+    cli = any(Path(a).name in ("busi-web", "flask") for a in args)
+    return cli and any(a in ("train", "resume") for a in args)
 
 
 class JobRunner:
@@ -182,8 +186,13 @@ class JobRunner:
 
 
 def _signal_group(pid: int, sig: int) -> None:
+    """Signal the trainer and its data-loader workers: its whole process group when it leads one (the runner
+    starts trainers in their own session), else only the process (a `busi-web train` shares its shell's group)."""
     try:
-        os.killpg(os.getpgid(pid), sig)
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 

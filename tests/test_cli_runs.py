@@ -118,3 +118,57 @@ def test_bad_train_input_fails_with_a_clear_message_and_records_nothing(tmp_path
     assert last.startswith("Error: ") and message.format(missing=missing) in last, result.stderr
     assert "Traceback" not in result.stdout
     assert store_of(instance).list_runs() == []
+
+
+def test_cancel_then_resume_a_foreground_cli_run(tmp_path):
+    """`busi-web cancel` stops a `busi-web train` running in another process; `busi-web resume` finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from busi_web.jobs import pid_is_trainer
+
+    from .conftest import wait_for
+
+    instance = tmp_path / "instance"
+    env = dict(os.environ, BUSI_WEB_INSTANCE_PATH=str(instance), OMP_NUM_THREADS="1")
+    epochs = 12
+    args = [*(a if a != "1" else str(epochs) for a in TINY), "--param", "patience=0"]  # no early stop
+    exe = Path(sys.executable).with_name("busi-web")
+    proc = subprocess.Popen([str(exe), "train", "--backbone", "tiny_cnn", "--dataset", "phantom", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: (instance / "busi.db").exists(), timeout=60, what="the store")
+        store = store_of(instance)
+        run = wait_for(lambda: next((r for r in store.list_runs() if (r["epochs_done"] or 0) >= 1), None),
+                       timeout=120, what="the first epoch")
+        # Hold the trainer still so that it cannot finish before the cancel arrives, however fast the machine.
+        os.kill(proc.pid, signal.SIGSTOP)
+        run = store.get_run(run["id"])
+        # The foreground CLI process counts as a live trainer: recovery in a web process must leave it alone.
+        assert run["status"] == "running" and run["pid"] == proc.pid and pid_is_trainer(proc.pid)
+        canceller = subprocess.Popen([str(exe), "cancel", str(run["id"])], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: store.get_run(run["id"])["cancel_requested"], timeout=60, what="the cancel request")
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = canceller.communicate(timeout=60)
+        assert canceller.returncode == 0, err
+        assert f"run {run['id']} cancelled" in out
+        assert proc.wait(timeout=60) != 0  # `train` reports a run that did not finish as an error
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = store.get_run(run["id"])
+    assert stopped["status"] == "cancelled" and stopped["epochs_done"] < epochs
+    assert (Path(stopped["run_dir"]) / "last.pt").is_file()
+
+    resumed = cli(instance, "resume", str(run["id"]))
+    assert resumed.returncode == 0, resumed.stderr
+    final = store.get_run(run["id"])
+    assert final["status"] == "finished" and final["epochs_done"] == epochs
+    assert "resuming after epoch" in (Path(final["run_dir"]) / "training_log.txt").read_text()
+
+    for command, message in ((("resume", str(run["id"])), "is finished"), (("cancel", "999"), "there is no run 999")):
+        refused = cli(instance, *command)
+        assert refused.returncode != 0 and message in refused.stderr.strip().splitlines()[-1], refused.stderr
