@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 THREADS ?= 16
 
-.PHONY: run init test chromium lint bench-explain bench-train bench-serve bench-quality clean
+.PHONY: run init test chromium lint bench-explain bench-train bench-serve bench-quality bench-mias clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,8 @@ bench-serve: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/serve.py
 bench-quality: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/quality.py
+bench-mias: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/mias.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

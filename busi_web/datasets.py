@@ -8,6 +8,7 @@ thousands of images without decoding them all at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,21 @@ class ImageDataset:
             else:
                 raise DatasetError(f"mask {mp} has size {m.shape[::-1]}, the other mask {mask.shape[::-1]}")
         return mask
+
+    def training_items(self, indices: Sequence[int]) -> list[tuple[int, int]]:
+        """What one training epoch draws from the training samples ``indices``: ``(sample index, variant)`` pairs.
+
+        By default each sample once, variant 0. A dataset that augments or
+        balances at its own level (e.g. mammogram crops in 8 orientations)
+        returns more items; :meth:`training_image` then makes each variant.
+        Validation and test always see :meth:`load_image`, unaugmented.
+        """
+        return [(int(i), 0) for i in indices]
+
+    def training_image(self, index: int, variant: int) -> np.ndarray | None:
+        """The image of training item ``(index, variant)``; ``None`` (the default): :meth:`load_image`'s,
+        which the trainer may have cached. Randomness must come from torch's generator (seeded per epoch)."""
+        return None
 
     def check_usable(self) -> None:
         """Raise :class:`DatasetError` unless the dataset can train a classifier."""

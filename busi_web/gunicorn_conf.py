@@ -17,3 +17,8 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+# gunicorn >= 25 opens a control socket at one fixed path per user by default; two busi-web servers on one host
+# (a test instance beside the real one) would fight over it. Off unless CONTROL_SOCKET names a path for it.
+control_socket_disable = not os.environ.get("CONTROL_SOCKET")
+if os.environ.get("CONTROL_SOCKET"):
+    control_socket = os.environ["CONTROL_SOCKET"]

@@ -100,6 +100,8 @@ def inspect_dataset(dataset: ImageDataset, threshold: int = DEFAULT_THRESHOLD) -
             "orphan_masks": list(getattr(dataset, "orphan_masks", [])),
         },
         "unreadable": unreadable,
+        # Entries of an index file the dataset could not use (e.g. a mammogram row without coordinates).
+        "skipped": list(getattr(dataset, "skipped", [])),
         "duplicates": {
             "checked": check_dupes,
             "threshold": threshold,
@@ -150,9 +152,12 @@ def format_inspection(report: dict[str, Any]) -> str:
         out += _listing([x["error"] for x in report["unreadable"]])
     else:
         out.append("unreadable files: none")
+    if report.get("skipped"):
+        out.append(f"skipped: {len(report['skipped'])} entr(y/ies) the dataset cannot use:")
+        out += _listing(report["skipped"])
     d = report["duplicates"]
     if not d["checked"]:
-        out.append("near-duplicates: not checked (the dataset is generated and has none)")
+        out.append("near-duplicates: not checked (the dataset declares it has none, or groups samples itself)")
     elif not d["groups"]:
         out.append(f"near-duplicates: none (perceptual hash, Hamming distance <= {d['threshold']})")
     else:

@@ -221,11 +221,30 @@ class DatasetSpec(Spec):
     ``root`` is the data folder (``None`` for generated datasets when
     ``needs_data_dir`` is false). ``modality`` is ``"ultrasound"`` or
     ``"mammography"``; the Diagnose page adapts to it.
+
+    ``recommended`` is the recipe the Train page fills in when this dataset is
+    chosen: ``{"backbone": NAME, "backbone_params": {...}, "train": {...},
+    "note": "..."}`` (every key optional; values are raw parameter values,
+    validated like any user input when a run is created).
+
+    ``roi_crop`` is for datasets whose samples are crops of a larger image (a
+    region of interest of a mammogram): ``roi_crop(image, col, row, params,
+    radius=None)`` returns ``(crop, (top, left, side))``, the model's input cut
+    around pixel ``(col, row)`` of a full image (origin top-left) by the code
+    the dataset crops with, and the window cut, in image pixels. ``params`` are
+    the dataset parameters the model was trained with. When it is set, the
+    Diagnose page asks for the centre of the region.
     """
 
     needs_data_dir: bool = True
     modality: str = "ultrasound"
+    # A dict is unhashable: keep it out of the generated __hash__/__eq__.
+    recommended: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
+    roi_crop: Callable[..., Any] | None = field(default=None, hash=False, compare=False)
     kind: str = field(default="dataset", init=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "needs_data_dir": self.needs_data_dir, "modality": self.modality}
+        rec = None if self.recommended is None else {k: (dict(v) if isinstance(v, Mapping) else v)
+                                                     for k, v in self.recommended.items()}
+        return {**super().to_dict(), "needs_data_dir": self.needs_data_dir, "modality": self.modality,
+                "recommended": rec, "roi": self.roi_crop is not None}

@@ -79,18 +79,27 @@ def build_source(dataset: ImageDataset, indices: Sequence[int], cap_bytes: int,
 
 
 class TransformedImages(Dataset):
-    """Samples ``indices`` of a source as ``(transform(image), label)`` pairs."""
+    """Samples ``indices`` of a source as ``(transform(image), label)`` pairs.
+
+    With ``variants`` (one per index) the image of item ``k`` comes from
+    ``source.dataset.training_image(indices[k], variants[k])`` when that is not
+    ``None``: the dataset's own training augmentation (see
+    :meth:`ImageDataset.training_items`).
+    """
 
     def __init__(self, source: ImageSource, indices: Sequence[int], labels: Sequence[int],
-                 transform: Callable[[np.ndarray], torch.Tensor]):
+                 transform: Callable[[np.ndarray], torch.Tensor], variants: Sequence[int] | None = None):
         self.source, self.indices, self.transform = source, list(indices), transform
         self.labels = [int(labels[i]) for i in self.indices]
+        self.variants = None if variants is None else list(variants)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.source(self.indices[k])), self.labels[k]
+        i = self.indices[k]
+        image = None if self.variants is None else self.source.dataset.training_image(i, self.variants[k])
+        return self.transform(self.source(i) if image is None else image), self.labels[k]
 
 
 def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:

@@ -79,7 +79,7 @@ class TrainingRun:
         registry = self.registry or load_plugins()
         bb_spec, ds_spec = registry.backbone(self.run["backbone"]), registry.dataset(self.run["dataset"])
         self.bb_params = bb_spec.validate(params.get("backbone") or {})
-        ds_params = ds_spec.validate(params.get("dataset") or {})
+        ds_params = self.ds_params = ds_spec.validate(params.get("dataset") or {})
         root = self.run.get("data_dir")
         if ds_spec.needs_data_dir and (not root or not Path(root).is_dir()):
             raise DatasetError(f"data folder {root} does not exist; the {self.run['dataset']!r} dataset needs it")
@@ -110,11 +110,18 @@ class TrainingRun:
                               self.log, self.stop_requested)
         self._raise_if_stopped()
         labels = ds.labels
-        train_labels = [labels[i] for i in self.split.train]
+        # The dataset may draw each training sample more than once per epoch (its own augmentation/balancing).
+        items = ds.training_items(self.split.train)
+        train_idx, variants = [i for i, _ in items], [v for _, v in items]
+        if len(items) != len(self.split.train):
+            self.log(f"the dataset draws {len(items)} training items per epoch from {len(self.split.train)} "
+                     f"images (its augmentation and balancing)")
+        train_labels = [labels[i] for i in train_idx]
         self.generator = torch.Generator()
         sampler = (balanced_sampler(train_labels, len(self.classes), self.generator)
                    if p["balance"] == "oversample" else None)
-        tr = TransformedImages(source, self.split.train, labels, train_transform(self.cfg, p["hflip"], p["rotation"]))
+        tr = TransformedImages(source, train_idx, labels, train_transform(self.cfg, p["hflip"], p["rotation"]),
+                               variants)
         self.train_loader = make_loader(tr, p["batch_size"], train=True, workers=workers, device=device,
                                         generator=self.generator, sampler=sampler)
         self.loaders = {part: make_loader(TransformedImages(source, self.split.part(part), labels,
@@ -258,7 +265,7 @@ class TrainingRun:
             mean=list(self.cfg.mean), std=list(self.cfg.std), modality=self.modality, dataset=self.run["dataset"],
             extra={"run_id": self.run_id, "epoch": epoch, "monitor": p["monitor"], "monitor_value": self.best,
                    "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
-                   "val_auc": metrics["auc"], "train_params": dict(p)})
+                   "val_auc": metrics["auc"], "train_params": dict(p), "dataset_params": dict(self.ds_params)})
 
     def _save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
         assert self.engine is not None

@@ -133,6 +133,7 @@ def active_model():
     """
     from ..active_model import NoModel, predictor_for
     from ..checkpoint import CheckpointError
+    from ..roi import roi_info
 
     dataset = request.args.get("dataset") or None
     row = store().active_model(dataset)
@@ -148,7 +149,7 @@ def active_model():
     meta = predictor.meta
     out.update(classes=predictor.classes, backbone=meta["backbone"], input_size=meta["input_size"],
                modality=meta.get("modality"), target_layer=predictor.target_layer,
-               layers=_layers(predictor.model))
+               layers=_layers(predictor.model), **roi_info(predictor, current_app.extensions["busi_plugins"]))
     return jsonify(out)
 
 

@@ -16,12 +16,14 @@ bp = Blueprint("api_pages", __name__, url_prefix="/api")
 
 @bp.get("/runs/<int:run_id>/model")
 def run_model(run_id: int):
-    """The classes, layers, target layer, backbone, input size and modality of run ``run_id``'s best model.
+    """The classes, layers, target layer, backbone, input size, modality and region-of-interest needs
+    (``roi``, ``roi_size``; see :mod:`busi_web.roi`) of run ``run_id``'s best model.
 
     404 for an unknown run, 409 when the run has no usable checkpoint (not finished, or unreadable).
     """
     from ..active_model import NoModel, predictor_for
     from ..checkpoint import CheckpointError
+    from ..roi import roi_info
     from ..store import RunNotFound
     from .api import _layers
 
@@ -34,4 +36,5 @@ def run_model(run_id: int):
     meta = predictor.meta
     return jsonify({"run_id": run_id, "classes": predictor.classes, "backbone": meta["backbone"],
                     "input_size": meta["input_size"], "modality": meta.get("modality"),
-                    "target_layer": predictor.target_layer, "layers": _layers(predictor.model)})
+                    "target_layer": predictor.target_layer, "layers": _layers(predictor.model),
+                    **roi_info(predictor, current_app.extensions["busi_plugins"])})

@@ -4,6 +4,9 @@ Form fields: files under ``image`` (one or many); optional ``run_id`` (default: 
 ``explainer`` (default ``DEFAULT_EXPLAINER``; ``none`` for no map), ``target`` (class name or index;
 default: each image's predicted class), ``alpha`` (0..1, default 0.5), ``colormap`` (default ``jet``),
 ``layer`` and ``channels`` (a feature-map grid of that layer; ``layer=default`` for the target layer).
+For a model trained on crops of mammograms (its dataset has ``roi_crop``): one image plus ``roi_x`` and
+``roi_y``, the centre of the region of interest in the image's pixels (optional ``roi_radius``); the
+result is of the crop (see :mod:`busi_web.roi`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from flask import Flask, current_app, jsonify, request
 
 from ..auth import current_user
 from ..errors import UserError
+from ..roi import roi_crops
 from .api import bp, store
 from .api_batching import MicroBatcher
 
@@ -138,19 +142,21 @@ def _predictor(run_id: int | None):
         raise UserError(f"the model cannot be loaded: {exc}; promote another run", 409) from None
 
 
-def _result(upload, pred, opts: dict[str, Any], predictor) -> dict[str, Any]:
+def _result(upload, pred, opts: dict[str, Any], predictor, roi=None) -> dict[str, Any]:
+    # With a region of interest the model saw the crop: the images and the heatmap are of the crop.
+    image = upload.image if roi is None else roi.image
     out = {"filename": upload.filename, "label": pred.label, "index": pred.index,
            "probabilities": pred.probabilities, "target": pred.target_label, "target_index": pred.target,
-           "explainer": pred.explainer, "width": int(upload.image.shape[1]), "height": int(upload.image.shape[0]),
-           "original_png": _b64(fast_png(upload.image)), "overlay_png": None, "heatmap_png": None,
-           "feature_maps_png": None, "feature_layer": None}
+           "explainer": pred.explainer, "width": int(image.shape[1]), "height": int(image.shape[0]),
+           "original_png": _b64(fast_png(image)), "overlay_png": None, "heatmap_png": None,
+           "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict()}
     try:
         if pred.heatmap is not None:
-            blended, heat = render_heatmap(upload.image, pred.heatmap, opts["alpha"], opts["colormap"])
+            blended, heat = render_heatmap(image, pred.heatmap, opts["alpha"], opts["colormap"])
             out["overlay_png"], out["heatmap_png"] = _b64(fast_png(blended)), _b64(fast_png(heat))
         if opts["channels"] is not None:
             layer = opts["layer"] or predictor.target_layer
-            out["feature_maps_png"] = _b64(predictor.feature_maps(upload.image, layer, opts["channels"]))
+            out["feature_maps_png"] = _b64(predictor.feature_maps(image, layer, opts["channels"]))
             out["feature_layer"] = layer
     except ValueError as exc:  # an unknown layer: the message names the choices
         raise UserError(str(exc), 400, {"layer": str(exc)}) from None
@@ -168,19 +174,22 @@ def predict():
     run_id = _int_field("run_id")
     predictor = _predictor(run_id)
     opts = _options(predictor.classes)
+    rois = roi_crops(predictor, app.extensions["busi_plugins"], [u.image for u in uploads], request.form)
+    images = [u.image for u in uploads] if rois is None else [r.image for r in rois]
     targets = None if opts["target"] is None else [opts["target"]] * len(uploads)
     try:
-        preds = batcher_of(app).predict(predictor, [u.image for u in uploads], opts["explainer"], targets,
-                                        layer=None)
+        preds = batcher_of(app).predict(predictor, images, opts["explainer"], targets, layer=None)
     except ValueError as exc:  # e.g. an image the preprocessing cannot take; the message says why
         raise UserError(str(exc), 400) from None
     served = _served_run_id(predictor, run_id)
     results = []
-    for upload, pred in zip(uploads, preds, strict=True):
-        results.append(_result(upload, pred, opts, predictor))
+    for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True)):
+        roi = None if rois is None else rois[k]
+        results.append(_result(upload, pred, opts, predictor, roi))
         store().audit("diagnose", user=current_user.name, run_id=served, filename=upload.filename,
                       label=pred.label, probabilities=pred.probabilities, explainer=pred.explainer,
-                      target=pred.target_label, stored=upload.stored_path)
+                      target=pred.target_label, stored=upload.stored_path,
+                      **({} if roi is None else {"roi": roi.to_dict()}))
     return jsonify({"run_id": served, "classes": predictor.classes, "results": results})
 
 

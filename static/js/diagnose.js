@@ -4,7 +4,8 @@
  * Input modes decide how the picked files become what is sent. The built-in "whole" mode sends each file as is.
  * Another mode (e.g. a mammogram region-of-interest picker) registers itself with
  *   busi.diagnose.registerMode({name, title, priority, applies(model), activate(panel, ctx), deactivate(),
- *                               filesChanged(ctx), prepare(files, ctx) -> Promise<[{blob, filename}]>})
+ *                               filesChanged(ctx), prepare(files, ctx) -> Promise<[{blob, filename}]>,
+ *                               fields(ctx) -> {name: value} (extra form fields, optional)})
  * The mode with the highest priority whose applies(model) is true is used; `model` is the answer of
  * /api/models/active or /api/runs/<id>/model (classes, layers, target_layer, modality, input_size).
  */
@@ -131,6 +132,8 @@
     try {
       const items = await state.mode.prepare(state.files, context());
       items.forEach((it) => fd.append("image", it.blob, it.filename));
+      const extra = state.mode.fields ? state.mode.fields(context()) : {};
+      Object.entries(extra || {}).forEach(([k, v]) => fd.append(k, String(v)));
     } catch (err) {
       busi.showError(errorBox, err.message);
       return;

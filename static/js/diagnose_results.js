@@ -59,7 +59,8 @@
       ? `${result.explainer} heatmap for class “${result.target}”${result.target === result.label ? " (predicted)" : ""}`
       : "no heatmap (explainer: none)";
     const card = el("article", { class: "card result", dataset: { filename: result.filename, label: result.label } },
-      title, el("p", { class: "muted explained" }, explained, ` · ${result.width}×${result.height} px`),
+      title, el("p", { class: "muted explained" }, explained, ` · ${result.width}×${result.height} px`,
+        result.roi ? ` · region of interest: ${result.roi.side} px square centred at (${result.roi.x}, ${result.roi.y})` : ""),
       probabilityBars(result, opts.classes));
 
     const originalImg = el("img", { class: "original", alt: `original ${result.filename}` });
