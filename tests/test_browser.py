@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
 import time
 from pathlib import Path
@@ -243,3 +244,53 @@ def test_history_filters_and_compares_two_runs(server, new_page):
     assert headers == ids
     assert page.locator("#compare-table tr[data-metric='test_macro_f1'] td").count() == 2
     shot(page, "compare")
+
+
+def test_mammography_model_takes_a_click_and_explains_the_crop(server, new_page, tmp_path):
+    """A mammography model (trained on ROI crops) asks for one full mammogram and a click; the heatmap is of the
+    crop around the click. Last in this module: its run becomes the most recently activated model."""
+    from .test_mias import SIDE, mias_to_pixel, scan, synthetic_mias
+
+    root = synthetic_mias(tmp_path / "all-mias", pairs=10)
+    run = server.api("/api/runs", {
+        "backbone": "mammo_cnn", "dataset": "mias", "data_dir": str(root), "name": "mammo tiny",
+        "backbone_params": {"dense": 16}, "dataset_params": {"crop_size": 32},
+        "train": {"epochs": 1, "batch_size": 16, "input_size": 32, "resize": 32, "hflip": False, "rotation": 0,
+                  "val_frac": 0.2, "test_frac": 0.2, "device": "cpu", "workers": 0, "seed": 1}})
+    deadline = time.time() + 150
+    while (state := server.api(f"/api/runs/{run['id']}"))["status"] in ("queued", "running"):
+        assert time.time() < deadline, "the mammography run did not finish"
+        time.sleep(0.5)
+    assert state["status"] == "finished", state["error"]
+
+    x, y, r = 70, 130, 6
+    col, row = mias_to_pixel(x, y, SIDE)
+    path = tmp_path / "mammogram.png"
+    Image.fromarray(scan(99, [(x, y, r)])).save(path)
+    page = new_page()
+    login(page, server, CLINICIAN, "/diagnose")
+    page.wait_for_selector("#diagnose[data-model-loaded='1']")
+    page.select_option("#model", str(run["id"]))
+    page.set_input_files("#files", [str(path)])
+    page.wait_for_selector("#roi-image")
+    page.wait_for_function("() => document.querySelector('#roi-image').naturalWidth > 0")
+    # Without a click the page says what is missing instead of sending the whole mammogram.
+    page.click("#diagnose-submit")
+    page.wait_for_selector("#diagnose-error:not([hidden])")
+    assert "click the centre" in page.inner_text("#diagnose-error")
+    box = page.locator("#roi-image").bounding_box()
+    assert (box["width"], box["height"]) == (SIDE, SIDE)  # shown at its own size
+    # Mouse events carry whole CSS pixels: aim at a whole coordinate inside the target pixel.
+    page.mouse.click(math.ceil(box["x"] + col) + 0.25, math.ceil(box["y"] + row) + 0.25)
+    assert f"Centre ({col}, {row})" in page.inner_text("#roi-info")
+    assert page.locator(".roi-box").is_visible()
+    page.click("#diagnose-submit")
+    page.wait_for_selector(".result[data-ready='1']")
+    card = page.locator(".result").first
+    assert card.get_attribute("data-label") in {"benign", "malignant"}
+    assert card.locator(".prob-row").count() == 2
+    assert "32 px square centred at" in card.inner_text()
+    result = page.evaluate("() => window.busiLastDiagnosis.results[0]")
+    assert result["roi"]["x"] == col and result["roi"]["y"] == row
+    assert (result["width"], result["height"]) == (32, 32)  # the heatmap is drawn on the crop
+    shot(page, "diagnose_mammogram_roi")
