@@ -7,7 +7,10 @@ temporary job store (or ``--out``).
 
 Protocol: the ``mias`` dataset, task ``severity`` (abnormal rows with
 coordinates: one crop per lesion, a window holding the whole lesion shrunk to
-48 px; ``--fixed-window`` for a plain 48 px window), pair-aware split (mdb001
+48 px; ``--fixed-window`` for a plain 48 px window), each crop standardised to its
+own mean and spread (``--scan-intensity`` keeps the film's grey levels: a crop's
+brightness carries no severity signal here, and a CNN that learns it scores
+below chance on held-out women), pair-aware split (mdb001
 and mdb002, the two breasts of one woman, always in the same part, and every
 crop of a lesion with her), stratified, fractions 0.6 / 0.2 / 0.2. Training sees
 each crop in its 8 rotations/mirrors with a shift of up to 3 px, balanced per
@@ -40,7 +43,8 @@ TRAIN = {"epochs": 6, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "weight
          "scheduler": "cosine", "input_size": 48, "resize": 48, "hflip": False, "rotation": 0.0,
          "balance": "weighted_loss", "monitor": "val_loss", "patience": 0, "val_frac": 0.2, "test_frac": 0.2,
          "device": "cpu", "workers": 0}
-DATASET = {"task": "severity", "crop_size": 48, "augment": True, "jitter": 3, "balance": "class"}
+DATASET = {"task": "severity", "crop_size": 48, "augment": True, "jitter": 3, "balance": "class",
+           "intensity": "crop"}
 SETUPS = {
     "mammo_cnn": ({}, {}, {}),
     "resnet18": ({"dropout": 0.3}, {"crop_size": 128}, {"input_size": 128, "resize": 128, "epochs": 4}),
@@ -56,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--resnet18", action="store_true", help="also train ResNet18 on one channel (slower)")
     ap.add_argument("--fixed-window", action="store_true",
                     help="cut a fixed crop_size window instead of one scaled to hold the whole lesion")
+    ap.add_argument("--scan-intensity", action="store_true",
+                    help="feed the scan's grey levels instead of standardising each crop (the earlier protocol)")
     return ap.parse_args(argv)
 
 
@@ -71,14 +77,15 @@ def split_summary(run_dir: Path, dataset) -> dict:
 
 
 def run_once(store, registry, backbone: str, seed: int, data_dir: Path, epochs: int | None,
-             scale_by_radius: bool = True) -> dict:
+             scale_by_radius: bool = True, intensity: str = "crop") -> dict:
     from busi_web.train_params import prepare_run_params
     from busi_web.trainer import run_training
 
     bb_params, ds_extra, train_extra = SETUPS[backbone]
     train = {**TRAIN, **train_extra, "seed": seed, **({"epochs": epochs} if epochs else {})}
     params = prepare_run_params(registry, backbone, "mias", train=train, backbone_params=bb_params,
-                                dataset_params={**DATASET, **ds_extra, "scale_by_radius": scale_by_radius},
+                                dataset_params={**DATASET, **ds_extra, "scale_by_radius": scale_by_radius,
+                                                "intensity": intensity},
                                 data_dir=str(data_dir))
     run = store.create_run(backbone, "mias", params, name=f"mias bench {backbone} seed {seed}",
                            data_dir=str(data_dir))
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for backbone in backbones:
             for seed in seeds:
-                r = run_once(store, registry, backbone, seed, args.data_dir, args.epochs, not args.fixed_window)
+                r = run_once(store, registry, backbone, seed, args.data_dir, args.epochs, not args.fixed_window,
+                             "scan" if args.scan_intensity else "crop")
                 rows.append(r)
                 s = r["split"]
                 print(f"{backbone:<10} seed {seed}: test AUC {r['auc']:.3f}, accuracy {r['accuracy']:.3f} "
@@ -132,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"pairs in two parts: {s['pairs_in_two_parts']}; {r['minutes']:.1f} min", flush=True)
     first = rows[0]["split"]["counts"]
     window = "a fixed 48 px window" if args.fixed_window else "a window holding the lesion, shrunk to 48 px"
+    window += ", scan grey levels" if args.scan_intensity else ", standardised per crop"
     print(f"\nsplit protocol: task severity (benign vs malignant), one crop per lesion ({window}), grouped by "
           "woman (mdb 2k-1 with 2k), stratified 0.6/0.2/0.2, one split per seed; seed "
           f"{seeds[0]} counts {json.dumps(first)}")

@@ -19,6 +19,11 @@ get the same ``Sample.group``, so the split keeps a woman in one part and every
 crop of a lesion stays with her. Training-time augmentation (the 8
 rotations/mirrors plus a small shift) and the balancing of the original study
 expand only the training part (:meth:`MiasDataset.training_items`).
+
+``intensity='crop'`` (the default) standardises each crop to its own mean and
+spread (:func:`~plugins.mias_crops.standardise`): on mini-MIAS a crop's
+overall brightness (exposure, density) holds no severity signal, and a CNN
+that keys on it scores below chance on held-out women.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from busi_web.datasets import DatasetError, ImageDataset, Sample, read_image
 from busi_web.hookspecs import hookimpl
 from busi_web.specs import DatasetSpec, Param
 
-from .mias_crops import (DIHEDRAL, crop_window, dihedral, mias_to_pixel, normal_centre, resize_square, roi_crop,
-                         window_side)
+from .mias_crops import (DIHEDRAL, INTENSITY, crop_window, dihedral, mias_to_pixel, normal_centre, resize_square,
+                         roi_crop, standardise, window_side)
 from .mias_info import (ABNORMALITIES, LAYOUT, InfoRow, check_root, info_file, pair_of, parse_classes, parse_info,
                         scan_files)
 
@@ -66,15 +71,18 @@ class MiasDataset(ImageDataset):
 
     def __init__(self, root: str | Path | None, task: str = "severity", classes: str | Sequence[str] = "",
                  crop_size: int = 48, scale_by_radius: bool = False, augment: bool = True, jitter: int = 3,
-                 balance: str = "none", normal_crops: int = 1, seed: int = 0):
+                 balance: str = "none", normal_crops: int = 1, seed: int = 0, intensity: str = "crop"):
         if task not in TASKS:
             raise DatasetError(f"unknown task {task!r}; choose {' or '.join(TASKS)}")
         if balance not in BALANCING:
             raise DatasetError(f"unknown balancing {balance!r}; choose one of {', '.join(BALANCING)}")
+        if intensity not in INTENSITY:
+            raise DatasetError(f"unknown intensity {intensity!r}; choose one of {', '.join(INTENSITY)}")
         path = check_root(root)
         wanted = parse_classes(classes)
         self.task, self.crop_size, self.scale_by_radius = task, int(crop_size), bool(scale_by_radius)
         self.augment, self.jitter, self.balance, self.seed = bool(augment), int(jitter), balance, int(seed)
+        self.intensity = intensity
         info = info_file(path)
         scans = scan_files(path)
         samples: list[Sample] = []
@@ -147,10 +155,15 @@ class MiasDataset(ImageDataset):
                 self._context[index] = patch
         return patch
 
+    def _finish(self, patch: np.ndarray) -> np.ndarray:
+        """A cut window as the model sees it: resized to ``crop_size``, then standardised if asked."""
+        patch = resize_square(patch, self.crop_size)
+        return standardise(patch) if self.intensity == "crop" else patch
+
     # -- the ImageDataset interface --------------------------------------------------------------------------
     def load_image(self, index: int) -> np.ndarray:
         m, side = self._margin(index), self.window(index)
-        return resize_square(self.context(index)[m:m + side, m:m + side], self.crop_size)
+        return self._finish(self.context(index)[m:m + side, m:m + side])
 
     def training_items(self, indices: Sequence[int]) -> list[tuple[int, int]]:
         """One epoch of training: each crop in its 8 rotations/mirrors (with ``augment``), then balanced."""
@@ -167,7 +180,7 @@ class MiasDataset(ImageDataset):
         """Training view ``variant`` of a crop: shifted by up to ``jitter`` pixels, then dihedral ``variant % 8``."""
         m, side = self._margin(index), self.window(index)
         dy, dx = (torch.randint(0, 2 * m + 1, (2,)).tolist() if m else (m, m))
-        patch = resize_square(self.context(index)[dy:dy + side, dx:dx + side], self.crop_size)
+        patch = self._finish(self.context(index)[dy:dy + side, dx:dx + side])
         return dihedral(patch, variant) if self.augment else patch
 
 
@@ -196,15 +209,20 @@ def balance_items(items: list[tuple[int, int]], keys: Sequence[tuple[str, int]],
 
 def crop_for_model(image: np.ndarray, col: int, row: int, params: dict, radius: float | None = None,
                    ) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """The crop a model trained on this dataset with ``params`` sees around ``(col, row)`` of a full mammogram."""
+    """The crop a model trained on this dataset with ``params`` sees around ``(col, row)`` of a full mammogram.
+
+    Checkpoints saved before the ``intensity`` parameter existed saw the scan's own grey levels: a missing
+    key means ``'scan'``, not the current default.
+    """
     return roi_crop(image, col, row, int(params.get("crop_size", 48)), radius,
-                    bool(params.get("scale_by_radius", False)))
+                    bool(params.get("scale_by_radius", False)), str(params.get("intensity", "scan")))
 
 
 def _build(root: str | None = None, task: str = "severity", classes: str = "", crop_size: int = 48,
            scale_by_radius: bool = False, augment: bool = True, jitter: int = 3, balance: str = "none",
-           normal_crops: int = 1, seed: int = 0) -> MiasDataset:
-    return MiasDataset(root, task, classes, crop_size, scale_by_radius, augment, jitter, balance, normal_crops, seed)
+           normal_crops: int = 1, seed: int = 0, intensity: str = "crop") -> MiasDataset:
+    return MiasDataset(root, task, classes, crop_size, scale_by_radius, augment, jitter, balance, normal_crops, seed,
+                       intensity)
 
 
 @hookimpl
@@ -228,6 +246,9 @@ def register_datasets() -> list[DatasetSpec]:
                       "224 for ResNets.", minimum=16, maximum=512),
                 Param("scale_by_radius", "bool", False, "Cut a window that holds the whole lesion (its radius "
                       "from Info.txt) and shrink it to crop_size, instead of a fixed window."),
+                Param("intensity", "choice", "crop", "'crop': each crop standardised to its own mean and spread "
+                      "(film exposure and breast density differ between scans and, on mini-MIAS, mislead a small "
+                      "model); 'scan': the scan's grey levels as they are.", choices=INTENSITY),
                 Param("augment", "bool", True, "Training only: each crop in its 8 rotations/mirrors per epoch."),
                 Param("jitter", "int", 3, "Training only: random shift of the crop, up to this many pixels.",
                       minimum=0, maximum=64),

@@ -21,8 +21,8 @@ from PIL import Image
 from busi_web.datasets import DatasetError
 from busi_web.plugins import load_plugins
 from busi_web.splits import PARTS, split_dataset
-from plugins.mias import MiasDataset, balance_items, pair_of, parse_info
-from plugins.mias_crops import breast_mask, crop_window, dihedral, mias_to_pixel, roi_crop
+from plugins.mias import MiasDataset, balance_items, crop_for_model, pair_of, parse_info
+from plugins.mias_crops import CROP_MEAN, CROP_SD, breast_mask, crop_window, dihedral, mias_to_pixel, roi_crop
 
 from .conftest import make_user_client
 
@@ -135,19 +135,19 @@ def test_bad_folders_name_the_path_and_the_fix(tmp_path: Path, quirky: Path) -> 
 # -- crops ---------------------------------------------------------------------------------------------------
 def test_lesion_crop_is_centred_with_y_measured_from_the_bottom(quirky: Path) -> None:
     assert mias_to_pixel(100, 150, SIDE) == (100, 106)
-    ds = MiasDataset(quirky, crop_size=32)
+    ds = MiasDataset(quirky, crop_size=32, intensity="scan")  # the film's grey levels, to find the blob's 250
     crop = ds.load_image(0)  # mdb001: a radius-20 blob at x 100, y 150 (row 106)
     assert crop.shape == (32, 32) and crop.dtype == np.uint8
     assert crop[16, 16] == 250 and crop[12:20, 12:20].min() == 250  # the blob fills the centre
     # Had the Y axis not been flipped, the crop would sit at row 150 and miss the blob.
     assert (crop_window(scan(1, [(100, 150, 20)]), 100, 150, 32) == 250).sum() == 0
-    scaled = MiasDataset(quirky, crop_size=32, scale_by_radius=True).load_image(0)
+    scaled = MiasDataset(quirky, crop_size=32, scale_by_radius=True, intensity="scan").load_image(0)
     assert scaled.shape == (32, 32) and 0 < (scaled >= 240).mean() < (crop >= 240).mean()  # whole lesion in view
     assert (crop_window(np.full((10, 10), 7, np.uint8), 0, 0, 6)[:3, :3] == 0).all()  # black past the edge
 
 
 def test_normal_crops_lie_inside_the_breast_never_on_the_background(quirky: Path) -> None:
-    ds = MiasDataset(quirky, task="abnormality", crop_size=40, normal_crops=6)
+    ds = MiasDataset(quirky, task="abnormality", crop_size=40, normal_crops=6, intensity="scan")
     picture = scan(2)
     mask = breast_mask(picture)
     assert mask[SIDE // 2, 10] and not mask[10, SIDE - 10]
@@ -162,17 +162,52 @@ def test_normal_crops_lie_inside_the_breast_never_on_the_background(quirky: Path
 
 
 def test_roi_crop_matches_the_dataset_crop(quirky: Path) -> None:
-    ds = MiasDataset(quirky, crop_size=32)
+    ds = MiasDataset(quirky, crop_size=32)  # intensity 'crop', the default
     picture = np.asarray(Image.open(quirky / "mdb001.png"))
-    crop, box = roi_crop(picture, 100, 106, 32)
+    crop, box = roi_crop(picture, 100, 106, 32, intensity="crop")
     assert np.array_equal(crop, ds.load_image(0)) and box == (90, 84, 32)
+    assert np.array_equal(crop_for_model(picture, 100, 106, {"crop_size": 32, "intensity": "crop"})[0], crop)
+    raw = MiasDataset(quirky, crop_size=32, intensity="scan").load_image(0)
+    assert np.array_equal(roi_crop(picture, 100, 106, 32)[0], raw)
+    # A checkpoint saved before 'intensity' existed was trained on the film's grey levels: keep feeding it those.
+    assert np.array_equal(crop_for_model(picture, 100, 106, {"crop_size": 32})[0], raw)
     rgb = np.repeat(picture[..., None], 3, axis=2)
     assert roi_crop(rgb, 100, 106, 32)[0].shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="intensity"):
+        roi_crop(picture, 100, 106, 32, intensity="film")
+    with pytest.raises(DatasetError, match="intensity"):
+        MiasDataset(quirky, intensity="film")
+
+
+def test_crops_do_not_depend_on_film_exposure(tmp_path: Path) -> None:
+    """The same lesion on a dark and on a bright film gives the model the same crop (intensity 'crop').
+
+    On mini-MIAS a crop's overall brightness (exposure, breast density) carries no severity signal, yet a
+    small CNN fed the film's grey levels learned it first and scored below chance on held-out women.
+    """
+    lesion = (100, 150, 12)
+    film = scan(1, [lesion]).astype(np.float32)
+    info = "REFNUM BG CLASS SEVERITY X Y RADIUS\nmdb001 G CIRC B 100 150 12\nmdb003 G CIRC M 100 150 12\n"
+    root = write_folder(tmp_path / "all-mias", info, {"mdb001": (film * 0.55).astype(np.uint8),
+                                                       "mdb003": np.clip(film * 1.0 + 20, 0, 255).astype(np.uint8)})
+    for scale_by_radius in (False, True):
+        raw = MiasDataset(root, crop_size=32, intensity="scan", scale_by_radius=scale_by_radius)
+        assert abs(float(raw.load_image(0).mean()) - float(raw.load_image(1).mean())) > 40  # exposures differ
+        ds = MiasDataset(root, crop_size=32, jitter=0, scale_by_radius=scale_by_radius)
+        dark, bright = ds.load_image(0).astype(int), ds.load_image(1).astype(int)
+        assert np.abs(dark - bright).max() <= 3, "the model's input still follows the film's exposure"
+        assert abs(dark.mean() - CROP_MEAN) < 2 and abs(dark.std() - CROP_SD) < 4
+        assert dark[16, 16] > dark[0, 0]  # the lesion stays brighter than its surroundings
+        # Training views are standardised the same way as the evaluation crop.
+        assert np.array_equal(ds.training_image(0, 0), ds.load_image(0))
+        assert np.array_equal(ds.training_image(1, 5), dihedral(ds.load_image(1), 5))
+    flat = MiasDataset(root, crop_size=16, jitter=0)._finish(np.zeros((20, 20), np.uint8))
+    assert (flat == int(CROP_MEAN)).all()  # a black patch becomes flat mid-grey, not amplified noise
 
 
 # -- augmentation and balancing ------------------------------------------------------------------------------
 def test_augmentation_gives_each_training_crop_its_8_rotations_and_mirrors(quirky: Path) -> None:
-    ds = MiasDataset(quirky, crop_size=32, jitter=0)
+    ds = MiasDataset(quirky, crop_size=32, jitter=0, intensity="scan")  # 'crop' would flatten the blob's texture
     items = ds.training_items([0, 1])
     assert len(items) == 16 and sorted(v for i, v in items if i == 0) == list(range(8))
     base = ds.load_image(0)
