@@ -124,9 +124,9 @@ COMMANDS = [init_command, serve_command, plugins_command, datasets_group]
 
 
 def register_commands(app: Flask) -> None:
-    from . import cli_runs, cli_users
+    from . import cli_eval, cli_runs, cli_users
 
-    for command in COMMANDS + cli_runs.COMMANDS:
+    for command in COMMANDS + cli_runs.COMMANDS + cli_eval.COMMANDS:
         app.cli.add_command(command)
     cli_users.register(app)
 

@@ -93,6 +93,10 @@ def run_artifact(run_id: int, name: str):
     """Download one file of the run folder; only names listed in the run's ``artifacts`` are served."""
     run = get_run_or_404(run_id)
     names = artifact_names(run)
+    if name.startswith("evaluations/"):  # an evaluation report's file (busi-web evaluate)
+        from ..evaluate import evaluation_files
+
+        names = evaluation_files(run["run_dir"]) if run.get("run_dir") else []
     # Matching against the folder listing (no joining of user input into a path) rules out traversal.
     if name not in names:
         raise UserError(f"run {run_id} has no artifact {name!r}; it has: {', '.join(names) or 'none yet'}", 404)

@@ -73,7 +73,8 @@ def get_run_or_404(run_id: int) -> dict[str, Any]:
 
 
 def run_files(run: dict[str, Any]) -> dict[str, Any]:
-    """Artifacts (weights only for admins), the classification report, the full log and test metrics."""
+    """Artifacts (weights only for admins), the classification report, the full log, test metrics and the
+    evaluation reports (``busi-web evaluate``), newest first."""
     names = artifact_names(run)
     if not current_user.is_admin:
         names = [n for n in names if not n.endswith(ADMIN_ONLY_SUFFIXES)]
@@ -86,7 +87,10 @@ def run_files(run: dict[str, Any]) -> dict[str, Any]:
         # Cell shade in [0, 1] for the heat colouring, by the largest count.
         matrix = {"classes": metrics["classes"],
                   "rows": [[{"n": n, "shade": round(n / top, 3)} for n in r] for r in rows]}
-    return {"artifacts": names, "metrics": metrics, "matrix": matrix,
+    from ..evaluate import list_evaluations
+
+    evaluations = list_evaluations(run_dir) if run.get("run_dir") else []
+    return {"artifacts": names, "metrics": metrics, "matrix": matrix, "evaluations": evaluations,
             "report": read_text(run_dir / "classification_report.txt") if run.get("run_dir") else None,
             "log": read_text(run_dir / "training_log.txt") if run.get("run_dir") else None}
 

@@ -3,6 +3,8 @@
  * Shown up front: name, backbone, dataset (+ data folder when it needs one), their non-advanced parameters,
  * epochs, batch size and learning rate. Everything else is under <details id="advanced">. The server validates;
  * its field errors ("train.epochs", "dataset_params.size", "data_dir", ...) are shown next to the fields.
+ * A dataset spec may carry a `recommended` recipe (backbone, backbone_params, train): choosing that dataset
+ * fills the form with it; choosing a dataset without one puts the training defaults back.
  * On success the browser goes to the new run's page.
  */
 (function () {
@@ -86,6 +88,8 @@
     const dataDir = el("input", { type: "text", name: "data_dir", placeholder: "folder with the dataset's images" });
     const dataDirField = field("data_dir", "data folder", dataDir, "");
     const backboneDesc = el("p", { class: "muted desc" });
+    const recipeNote = el("p", { class: "muted desc", id: "recipe-note", hidden: true });
+    let recipeApplied = false;
     const datasetDesc = el("p", { class: "muted desc" });
     const boxes = { bbMain: el("div", { class: "params" }), bbAdv: el("div", { class: "params" }),
       dsMain: el("div", { class: "params" }), dsAdv: el("div", { class: "params" }) };
@@ -106,6 +110,28 @@
       dataDirField.hidden = !(s && s.needs_data_dir);
       const configured = dataDirs[datasetSel.value];
       dataDir.placeholder = configured ? `default: ${configured}` : "folder with the dataset's images (on the server)";
+      applyRecipe(s && s.recommended);
+    }
+    function setParam(group, p, value) {
+      const c = form.querySelector(`[data-group="${group}"][data-param="${CSS.escape(p.name)}"]`);
+      if (!c) return;
+      if (c.type === "checkbox") c.checked = !!value;
+      else c.value = value === null || value === undefined ? "" : String(value);
+    }
+    /* Fill the form with a dataset's recommended recipe (or put the defaults back after one). */
+    function applyRecipe(rec) {
+      if (!rec && !recipeApplied) return;
+      const train = (rec && rec.train) || {};
+      specs.train.forEach((p) => setParam("train", p, p.name in train ? train[p.name] : p.default));
+      if (rec && rec.backbone && spec("backbones", rec.backbone)) {
+        backboneSel.value = rec.backbone;
+        onBackbone();
+        const bb = rec.backbone_params || {};
+        spec("backbones", rec.backbone).params.forEach((p) => { if (p.name in bb) setParam("backbone_params", p, bb[p.name]); });
+      }
+      recipeApplied = !!rec;
+      recipeNote.hidden = !rec;
+      recipeNote.textContent = rec ? `Recommended recipe for this dataset filled in${rec.note ? ": " + rec.note : "."}` : "";
     }
     backboneSel.addEventListener("change", onBackbone);
     datasetSel.addEventListener("change", onDataset);
@@ -113,7 +139,8 @@
     main.replaceChildren(
       field("name", "run name (optional)", el("input", { type: "text", name: "name", maxlength: "200" }), ""),
       el("fieldset", {}, el("legend", {}, "Model"), field("backbone", "backbone", backboneSel, ""), backboneDesc, boxes.bbMain),
-      el("fieldset", {}, el("legend", {}, "Data"), field("dataset", "dataset", datasetSel, ""), datasetDesc, dataDirField, boxes.dsMain),
+      el("fieldset", {}, el("legend", {}, "Data"), field("dataset", "dataset", datasetSel, ""), datasetDesc, recipeNote, dataDirField,
+        boxes.dsMain),
       el("fieldset", {}, el("legend", {}, "Training"), trainMain));
     advancedFields.replaceChildren(
       el("fieldset", {}, el("legend", {}, "Training"), trainAdv),
