@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=64, help="input side in pixels")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--batches", type=int, default=12, help="batches per measured pass")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=11, help="interleaved repeats (a small model needs many)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
     if args.threads:

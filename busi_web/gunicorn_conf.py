@@ -22,3 +22,4 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 control_socket_disable = not os.environ.get("CONTROL_SOCKET")
 if os.environ.get("CONTROL_SOCKET"):
     control_socket = os.environ["CONTROL_SOCKET"]
+

@@ -125,20 +125,35 @@ class Predictor:
         return self.predict_batch([image], explainer, None if target is None else [target],
                                   explainer_params, target_layer)[0]
 
-    def predict_batch(self, images: Sequence[np.ndarray], explainer: str | None = "gradcam",
-                      targets: Sequence[int | None] | None = None, explainer_params: Mapping[str, Any] | None = None,
-                      target_layer: str | None = None) -> list[Prediction]:
-        """Classify and explain several images (any sizes) in one forward pass."""
-        start = time.perf_counter()
-        images = list(images)
-        if not images:
-            raise ValueError("no images given; pass at least one uint8 image array")
+    def prepare(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """The model's input tensors of ``images``, preprocessed exactly as in training (no model, no lock).
+
+        Callers that feed one model from many threads (the server's micro-batcher) run this in their own
+        threads and pass the result to :meth:`predict_batch` as ``prepared``.
+        """
         tensors = []
         for i, img in enumerate(images):
             try:
                 tensors.append(self.transform(img))
             except ValueError as exc:
                 raise ValueError(f"image {i}: {exc}" if len(images) > 1 else str(exc)) from None
+        return tensors
+
+    def predict_batch(self, images: Sequence[np.ndarray], explainer: str | None = "gradcam",
+                      targets: Sequence[int | None] | None = None, explainer_params: Mapping[str, Any] | None = None,
+                      target_layer: str | None = None, prepared: Sequence[torch.Tensor] | None = None
+                      ) -> list[Prediction]:
+        """Classify and explain several images (any sizes) in one forward pass.
+
+        ``prepared``: the images' tensors from :meth:`prepare`, when the caller made them already.
+        """
+        start = time.perf_counter()
+        images = list(images)
+        if not images:
+            raise ValueError("no images given; pass at least one uint8 image array")
+        tensors = list(prepared) if prepared is not None else self.prepare(images)
+        if len(tensors) != len(images):
+            raise ValueError(f"got {len(tensors)} prepared tensors for {len(images)} images")
         batch = torch.stack(tensors).to(self.device)
         target_t = self._targets(targets, len(images))
         explainer_obj, layer = None, None

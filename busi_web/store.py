@@ -10,7 +10,8 @@ and trainer processes. How it stays correct with several of them:
   starts with ``BEGIN IMMEDIATE``, so it takes the write lock before reading
   and two processes can never both act on the same stale read.
 * A busy timeout makes a second writer wait for the lock instead of failing
-  with "database is locked".
+  with "database is locked". Threads of one process queue for it on a
+  Python lock first, so that they wake as soon as it is free.
 
 The schema is created and migrated with sqlite-utils' ``Migrations``; the
 migrations themselves live in :mod:`busi_web.store_schema`.
@@ -77,6 +78,9 @@ class JobStore(UsersMixin):
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # Threads of one process take turns for the write lock here, on a Python lock that wakes the next one at
+        # once; SQLite's busy handler (which sleeps and polls) is then left to waits on other processes.
+        self._write_lock = threading.Lock()
         self._migrate()
 
     # -- connections and transactions --------------------------------------------------------------------
@@ -99,13 +103,15 @@ class JobStore(UsersMixin):
         if db.conn.in_transaction:  # nested: ride on the outer transaction
             yield db
             return
-        db.conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-        try:
-            yield db
-        except BaseException:
-            db.conn.execute("ROLLBACK")
-            raise
-        db.conn.execute("COMMIT")
+        lock = self._write_lock if immediate else contextlib.nullcontext()
+        with lock:
+            db.conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield db
+            except BaseException:
+                db.conn.execute("ROLLBACK")
+                raise
+            db.conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         db = self.db

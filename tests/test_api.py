@@ -113,6 +113,13 @@ def test_predict_options_target_explainer_none_feature_maps_and_run_choice(store
     assert decode_png(res["original_png"]).size == (64, 48)
     r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), explainer="gradcampp"))
     assert r.status_code == 200 and r.get_json()["results"][0]["explainer"] == "gradcampp"
+    # Only the pictures asked for (the Diagnose page blends original and heatmap itself).
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), images="heatmap, original"))
+    res = r.get_json()["results"][0]
+    assert res["overlay_png"] is None and decode_png(res["original_png"]).size == (64, 48)
+    heat = decode_png(res["heatmap_png"])
+    assert heat.size == (64, 48) and heat.mode == "P"  # a palette PNG: one byte per pixel
+    assert np.asarray(heat.convert("RGB")).std(axis=(0, 1)).max() > 1  # and not blank
 
 
 @pytest.mark.parametrize("fields, status, field", [
@@ -126,6 +133,8 @@ def test_predict_options_target_explainer_none_feature_maps_and_run_choice(store
     ({"run_id": "abc"}, 400, "run_id"),
     ({"run_id": "999"}, 404, "run_id"),
     ({"explainer": "nosuchcam"}, 400, None),
+    ({"images": "overlay,thumbnail"}, 400, "images"),
+    ({"images": " , "}, 400, "images"),
 ])
 def test_predict_bad_options_are_explained(store, clinician_client, fields, status, field):
     finished_run(store, promote=True)
@@ -333,5 +342,6 @@ def test_fast_overlay_matches_the_reference_rendering(colormap):
     heatmap = np.exp(-((yy - 15) ** 2 + (xx - 30) ** 2) / 90.0).astype(np.float32)
     for image in (rng.integers(0, 255, (40, 56), dtype=np.uint8), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)):
         blended, heat = render_heatmap(image, heatmap, 0.35, colormap)
-        assert np.abs(np.asarray(heat, int) - colorize(heatmap, colormap)).max() <= 2
+        assert heat.mode == "P"  # one byte per pixel to encode; it decodes to the colours
+        assert np.abs(np.asarray(heat.convert("RGB"), int) - colorize(heatmap, colormap)).max() <= 2
         assert np.abs(np.asarray(blended, int) - overlay_array(image, heatmap, 0.35, colormap)).max() <= 2

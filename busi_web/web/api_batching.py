@@ -7,7 +7,8 @@ can share a pass (same model, explainer, explainer parameters, layer, and
 all-or-none explicit targets), and calls :meth:`Predictor.predict_batch` once
 per group. Under load the batch fills by itself; an idle server answers a
 lone request at once (there is no waiting for company unless ``max_wait_s``
-is set). Decoding uploads and encoding PNGs stay in the request threads.
+is set). Decoding uploads, preprocessing them into the model's input tensors (:meth:`Predictor.prepare`)
+and encoding PNGs stay in the request threads, which run them in parallel with the model's pass.
 
 If a shared pass fails, each of its requests is retried alone, so one bad
 request (e.g. an out-of-range target) cannot fail its neighbours.
@@ -35,6 +36,7 @@ IDLE_EXIT_S = 60.0  # an idle worker thread ends (a new one starts with the next
 class _Job:
     predictor: Predictor
     images: list[np.ndarray]
+    tensors: list  # the images preprocessed by the request thread (Predictor.prepare)
     explainer: str | None
     targets: list[int] | None
     explainer_params: dict[str, Any]
@@ -66,8 +68,9 @@ class MicroBatcher:
                 targets: Sequence[int] | None = None, explainer_params: Mapping[str, Any] | None = None,
                 layer: str | None = None) -> list[Prediction]:
         """Like :meth:`Predictor.predict_batch`, but shared with concurrent callers; raises what it raises."""
-        job = _Job(predictor, list(images), explainer, None if targets is None else [int(t) for t in targets],
-                   dict(explainer_params or {}), layer)
+        images = list(images)
+        job = _Job(predictor, images, predictor.prepare(images), explainer,
+                   None if targets is None else [int(t) for t in targets], dict(explainer_params or {}), layer)
         self._queue.put(job)
         self._ensure_started()  # after the put: a worker that is just leaving (idle) sees the job or is replaced
         if not job.done.wait(WAIT_LIMIT_S):
@@ -129,9 +132,10 @@ class MicroBatcher:
                 self._finish_alone(first)
                 return
             images = [img for job in group for img in job.images]
+            tensors = [t for job in group for t in job.tensors]
             targets = None if first.targets is None else [t for job in group for t in job.targets or []]
             results = first.predictor.predict_batch(images, first.explainer, targets, first.explainer_params,
-                                                    first.layer)
+                                                    first.layer, prepared=tensors)
             self._count(len(images))
             start = 0
             for job in group:
@@ -146,7 +150,7 @@ class MicroBatcher:
     def _finish_alone(self, job: _Job) -> None:
         try:
             job.result = job.predictor.predict_batch(job.images, job.explainer, job.targets, job.explainer_params,
-                                                     job.layer)
+                                                     job.layer, prepared=job.tensors)
             self._count(len(job.images))
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting request thread, which raises it
             job.error = exc

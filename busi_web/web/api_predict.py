@@ -3,7 +3,9 @@
 Form fields: files under ``image`` (one or many); optional ``run_id`` (default: the active model),
 ``explainer`` (default ``DEFAULT_EXPLAINER``; ``none`` for no map), ``target`` (class name or index;
 default: each image's predicted class), ``alpha`` (0..1, default 0.5), ``colormap`` (default ``jet``),
-``layer`` and ``channels`` (a feature-map grid of that layer; ``layer=default`` for the target layer).
+``layer`` and ``channels`` (a feature-map grid of that layer; ``layer=default`` for the target layer),
+``images`` (which PNGs to return, comma-separated from ``original,overlay,heatmap``, default all three:
+a client that blends the heatmap itself, like the Diagnose page, asks for ``original,heatmap``).
 For a model trained on crops of mammograms (its dataset has ``roi_crop``): one image plus ``roi_x`` and
 ``roi_y``, the centre of the region of interest in the image's pixels (optional ``roi_radius``); the
 result is of the crop (see :mod:`busi_web.roi`).
@@ -54,17 +56,18 @@ def _palette(colormap: str) -> bytes:
 
 def render_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float, colormap: str
                    ) -> tuple[Image.Image, Image.Image]:
-    """``(overlay, coloured heatmap)`` as RGB images: the same pictures as :func:`busi_web.render.overlay_array`
-    and :func:`~busi_web.render.colorize` (within 2/255), made with a palette lookup and ``Image.blend``, which
-    run in C without holding the GIL: request threads then leave the interpreter to the model's thread."""
-    levels = np.rint(np.clip(np.nan_to_num(heatmap, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
-    heat = Image.fromarray(levels, "L").convert("P")
-    heat.putpalette(_palette(colormap))
-    heat = heat.convert("RGB")
+    """``(overlay, coloured heatmap)``: the same pictures as :func:`busi_web.render.overlay_array` and
+    :func:`~busi_web.render.colorize` (within 2/255), made with a palette lookup and ``Image.blend``, which run in
+    C without holding the GIL: request threads then leave the interpreter to the model's thread. The overlay is
+    RGB; the heatmap stays a palette image, a third of the bytes to encode as PNG."""
+    levels = Image.fromarray(np.rint(np.clip(np.nan_to_num(heatmap, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8),
+                             "L")
     base = Image.fromarray(image).convert("RGB")
-    if base.size != heat.size:
-        heat = heat.resize(base.size, Image.BILINEAR)
-    return Image.blend(base, heat, float(alpha)), heat
+    if base.size != levels.size:  # resample the levels, then colour them (as render.overlay_array does)
+        levels = levels.resize(base.size, Image.BILINEAR)
+    heat = levels.convert("P")  # level k becomes palette index k
+    heat.putpalette(_palette(colormap))
+    return Image.blend(base, heat.convert("RGB"), float(alpha)), heat
 
 
 def fast_png(arr: np.ndarray | Image.Image) -> bytes:
@@ -78,6 +81,9 @@ def fast_png(arr: np.ndarray | Image.Image) -> bytes:
     buf = io.BytesIO()
     arr.save(buf, "PNG", compress_level=1)
     return buf.getvalue()
+
+
+PNG_KINDS = ("original", "overlay", "heatmap")  # the pictures an answer can carry (form field ``images``)
 
 
 def _options(classes: list[str]) -> dict[str, Any]:
@@ -111,8 +117,13 @@ def _options(classes: list[str]) -> dict[str, Any]:
         _palette(colormap)
     except ValueError as exc:  # the message lists the colormaps that exist
         raise UserError(str(exc), 400, {"colormap": str(exc)}) from None
+    wanted = [w.strip().lower() for w in (form.get("images") or ",".join(PNG_KINDS)).split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in PNG_KINDS]
+    if unknown or not wanted:
+        raise UserError(f"images must name some of {', '.join(PNG_KINDS)} (comma-separated), got "
+                        f"{form.get('images')!r}", 400, {"images": f"some of {', '.join(PNG_KINDS)}"})
     return {"explainer": explainer, "alpha": alpha, "target": target, "colormap": colormap,
-            "layer": None if layer in (None, "default") else layer, "channels": channels}
+            "layer": None if layer in (None, "default") else layer, "channels": channels, "images": set(wanted)}
 
 
 def _target(raw: str | None, classes: list[str]) -> int | None:
@@ -148,12 +159,16 @@ def _result(upload, pred, opts: dict[str, Any], predictor, roi=None) -> dict[str
     out = {"filename": upload.filename, "label": pred.label, "index": pred.index,
            "probabilities": pred.probabilities, "target": pred.target_label, "target_index": pred.target,
            "explainer": pred.explainer, "width": int(image.shape[1]), "height": int(image.shape[0]),
-           "original_png": _b64(fast_png(image)), "overlay_png": None, "heatmap_png": None,
+           "original_png": _b64(fast_png(image)) if "original" in opts["images"] else None,
+           "overlay_png": None, "heatmap_png": None,
            "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict()}
     try:
         if pred.heatmap is not None:
             blended, heat = render_heatmap(image, pred.heatmap, opts["alpha"], opts["colormap"])
-            out["overlay_png"], out["heatmap_png"] = _b64(fast_png(blended)), _b64(fast_png(heat))
+            if "overlay" in opts["images"]:
+                out["overlay_png"] = _b64(fast_png(blended))
+            if "heatmap" in opts["images"]:
+                out["heatmap_png"] = _b64(fast_png(heat))
         if opts["channels"] is not None:
             layer = opts["layer"] or predictor.target_layer
             out["feature_maps_png"] = _b64(predictor.feature_maps(image, layer, opts["channels"]))

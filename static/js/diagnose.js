@@ -146,6 +146,7 @@
       fd.append("channels", channelsInput.value || "16");
     }
     fd.append("alpha", String(state.alpha));
+    fd.append("images", "original,heatmap"); // the page blends the two itself (opacity slider, download)
     submit.disabled = true;
     busy.hidden = false;
     results.setAttribute("aria-busy", "true");
