@@ -19,7 +19,6 @@ import os
 import pickle
 import tempfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -198,10 +197,19 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[Checkp
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}; train a model or pick an existing run's model")
+    def corrupt(reason: str) -> CheckpointError:
+        return CheckpointError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a PyTorch "
+                               f"file ({reason}); re-train the model or restore the file from a backup")
+
+    # busi-web always writes torch's zip format; anything else (a legacy pickle, random bytes) never reaches the
+    # unpickler, whose errors on garbage are arbitrary (IndexError, KeyError, ...).
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04":
+        raise corrupt("it does not start like a zip archive" if head else "the file is empty")
     try:
         obj: Any = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
-            AttributeError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle an untrusted file means "unreadable"
         log.debug("torch.load(%s) failed", path, exc_info=True)
         # torch's own messages are long and suggest weights_only=False, which would be unsafe here.
         if isinstance(exc, pickle.UnpicklingError):
@@ -210,8 +218,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[Checkp
             reason = "the archive is incomplete or damaged"
         else:
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a PyTorch "
-                              f"file ({reason}); re-train the model or restore the file from a backup") from None
+        raise corrupt(reason) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         what = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path} is not a busi-web checkpoint (it holds {what}); a busi-web checkpoint is "

@@ -115,11 +115,31 @@ class JobStore(UsersMixin):
 
     def _migrate(self) -> None:
         db = self.db
-        if db.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-            raise RuntimeError(f"could not switch {self.db_path} to WAL mode; put the database on a local disk")
+        self._ensure_wal(db)
         db.conn.execute("PRAGMA synchronous = NORMAL")
         with self.transaction():  # two processes starting at once must not both migrate
             MIGRATIONS.apply(db)
+
+    def _ensure_wal(self, db: Database) -> None:
+        """Switch the file to WAL once. Switching needs the file to itself and SQLite does not wait for that
+        (no busy handler), so processes opening a new database together retry until the first one has done it."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                mode = db.conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
+                if mode != "wal":
+                    mode = db.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.db_path} stayed locked for {BUSY_TIMEOUT_S:.0f} s while switching "
+                                       "to WAL mode; stop the process that holds it") from exc
+                time.sleep(0.02)
+                continue
+            if mode != "wal":
+                raise RuntimeError(f"could not switch {self.db_path} to WAL mode; put the database on a local disk")
+            return
 
     def schema_version(self) -> list[str]:
         """Names of the applied migrations, oldest first."""

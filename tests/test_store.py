@@ -384,3 +384,27 @@ def test_two_processes_racing_claim_next_never_claim_the_same_run(store):
     assert len(pids) == 2 and all(r["status"] == "running" for r in store.list_runs())
     by_pid = {pid: sorted(r["id"] for r in store.list_runs() if r["pid"] == pid) for pid in pids}
     assert sorted(by_pid.values()) == sorted([sorted(first), sorted(second)])
+
+
+def test_many_connections_opening_a_new_database_at_once_all_succeed(tmp_path):
+    """Switching a new file to WAL takes it exclusively and SQLite answers "database is locked" at once (no busy
+    wait) to the loser of that race; opening must retry. Threads with their own stores race tightly on purpose."""
+    failures = []
+    for rep in range(60):
+        db = tmp_path / f"race{rep}.db"
+        barrier = threading.Barrier(4)
+
+        def open_store():
+            barrier.wait()
+            try:
+                JobStore(db, tmp_path / "runs").create_run("tiny_cnn", "phantom", {})
+            except Exception as exc:  # noqa: BLE001 - collected and reported below
+                failures.append(f"{rep}: {exc}")
+
+        threads = [threading.Thread(target=open_store) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not failures, failures
+        assert len(JobStore(db, tmp_path / "runs").list_runs()) == 4
