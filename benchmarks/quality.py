@@ -15,6 +15,7 @@ the run folder under ``evaluations/``, and a summary to ``--out``.
     python benchmarks/quality.py                      # the CPU recipe, about 40 minutes on 2 cores
     python benchmarks/quality.py --epochs 2           # a quick smoke run
     python benchmarks/quality.py --reuse-run DIR      # only evaluate an already trained run folder
+    python benchmarks/quality.py --train-only --param ema=0.99 --out DIR   # one point of a recipe sweep
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--scorecam-maps", type=int, default=20,
                     help="images Score-CAM maps (one forward per channel: seconds per image on a CPU); -1: all")
     ap.add_argument("--reuse-run", type=Path, help="evaluate this trained run folder instead of training")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train and stop (recipe sweeps pick by validation; the run still logs its test numbers)")
     return ap.parse_args(argv)
 
 
@@ -99,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     registry = load_plugins()
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.reuse_run or train(args, registry)
+    if args.train_only:
+        print(f"trained: {run_dir}")
+        return 0
     from busi_web.evaluate import EvaluationError, evaluate_run  # after training: a long run sees the latest code
     explainers = [e for e in args.explainers.split(",") if e] or None
     start = time.perf_counter()

@@ -136,27 +136,73 @@ class EvalTransform:
 
 
 class TrainTransform:
-    """Resize the shorter side, rotate by up to ``±rotation`` degrees, random crop, random horizontal flip.
+    """Random augmentation for training, on torch's generator (DataLoader worker seeding makes runs reproducible).
 
-    Randomness comes from torch's generator, so DataLoader worker seeding makes runs reproducible.
+    Steps, in order: resize the shorter side to ``resize``; rotate by up to
+    ``±rotation`` degrees (corners filled black, like the background of an
+    ultrasound sector); crop; flip horizontally with ``hflip``; jitter the
+    intensities with ``intensity``; normalise.
+
+    * ``crop_scale == 1``: a square of ``input_size`` at a random position
+      (a shift only; the scale matches evaluation).
+    * ``crop_scale < 1``: a random-resized crop. Its area is a random
+      fraction of the resized image in ``[crop_scale, 1]``, its aspect ratio
+      in ``[3/4, 4/3]`` (log-uniform), and it is resized to ``input_size``:
+      the network sees lesions at several scales and parts of the image.
+    * ``intensity = s > 0``: brightness and contrast factors in ``[1-s, 1+s]``
+      and a gamma in ``[1/(1+s), 1+s]`` (log-uniform), since gain and
+      dynamic range differ between scanners and operators.
     """
 
-    def __init__(self, cfg: PreprocessConfig, hflip: bool = True, rotation: float = 15.0):
+    def __init__(self, cfg: PreprocessConfig, hflip: bool = True, rotation: float = 15.0, crop_scale: float = 1.0,
+                 intensity: float = 0.0):
         if rotation < 0 or rotation > 180:
             raise ValueError(f"rotation must be between 0 and 180 degrees, got {rotation}")
+        if not 0.05 <= crop_scale <= 1.0:
+            raise ValueError(f"crop_scale must be between 0.05 and 1 (the smallest crop's share of the image), "
+                             f"got {crop_scale}")
+        if not 0.0 <= intensity < 1.0:
+            raise ValueError(f"intensity must be at least 0 and below 1, got {intensity}")
         self.cfg, self.hflip, self.rotation = cfg, bool(hflip), float(rotation)
+        self.crop_scale, self.intensity = float(crop_scale), float(intensity)
+
+    def _uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * torch.rand(()).item()
+
+    def _crop(self, t: Tensor) -> Tensor:
+        s = self.cfg.input_size
+        h, w = t.shape[-2], t.shape[-1]
+        if self.crop_scale >= 1.0:
+            top = int(torch.randint(0, h - s + 1, ()).item())
+            left = int(torch.randint(0, w - s + 1, ()).item())
+            return t[:, top:top + s, left:left + s]
+        area = self._uniform(self.crop_scale, 1.0) * h * w
+        aspect = math.exp(self._uniform(math.log(3 / 4), math.log(4 / 3)))  # width / height
+        ch = min(h, max(1, int(round(math.sqrt(area / aspect)))))
+        cw = min(w, max(1, int(round(math.sqrt(area * aspect)))))
+        top = int(torch.randint(0, h - ch + 1, ()).item())
+        left = int(torch.randint(0, w - cw + 1, ()).item())
+        return TF.resize(t[:, top:top + ch, left:left + cw], [s, s], interpolation=TF.InterpolationMode.BILINEAR,
+                         antialias=True)
+
+    def _jitter(self, t: Tensor) -> Tensor:
+        k = self.intensity
+        gamma = math.exp(self._uniform(-math.log1p(k), math.log1p(k)))
+        brightness, contrast = self._uniform(1 - k, 1 + k), self._uniform(1 - k, 1 + k)
+        t = t.clamp(0.0, 1.0).pow(gamma)
+        mean = t.mean()
+        return ((t - mean) * contrast + mean * brightness).clamp_(0.0, 1.0)
 
     def __call__(self, image: np.ndarray) -> Tensor:
         t = _resize(_to_float_tensor(image, self.cfg.channels), self.cfg)
         if self.rotation > 0:
             angle = (torch.rand(()).item() * 2 - 1) * self.rotation
             t = TF.rotate(t, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
-        s = self.cfg.input_size
-        top = int(torch.randint(0, t.shape[-2] - s + 1, ()).item())
-        left = int(torch.randint(0, t.shape[-1] - s + 1, ()).item())
-        t = t[:, top:top + s, left:left + s]
+        t = self._crop(t)
         if self.hflip and torch.rand(()).item() < 0.5:
             t = t.flip(-1)
+        if self.intensity > 0:
+            t = self._jitter(t)
         return _normalise(t.contiguous(), self.cfg)
 
 
@@ -165,9 +211,10 @@ def eval_transform(cfg: PreprocessConfig) -> EvalTransform:
     return EvalTransform(cfg)
 
 
-def train_transform(cfg: PreprocessConfig, hflip: bool = True, rotation: float = 15.0) -> TrainTransform:
-    """The training transform (augmenting) for ``cfg``."""
-    return TrainTransform(cfg, hflip=hflip, rotation=rotation)
+def train_transform(cfg: PreprocessConfig, hflip: bool = True, rotation: float = 15.0, crop_scale: float = 1.0,
+                    intensity: float = 0.0) -> TrainTransform:
+    """The training transform (augmenting) for ``cfg``; see :class:`TrainTransform`."""
+    return TrainTransform(cfg, hflip=hflip, rotation=rotation, crop_scale=crop_scale, intensity=intensity)
 
 
 def crop_box(orig_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[float, float, float, float]:

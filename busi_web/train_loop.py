@@ -9,6 +9,7 @@ measures what this bookkeeping costs against the bare loop.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import tempfile
@@ -81,21 +82,70 @@ class EpochResult:
     stopped: bool
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights, kept in a frozen copy of the model.
+
+    After every optimiser step each floating-point parameter and buffer moves
+    towards the training model's by ``1 - d``. The decay ``d`` warms up as
+    ``min(decay, (1 + n) / (10 + n))`` over the first ``n`` updates, so the
+    randomly initialised start is forgotten quickly. Integer buffers (batch
+    counters) are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the weight-average decay must be between 0 and 1, got {decay}")
+        self.decay, self.updates = float(decay), 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        weight = 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+        mine, theirs = self.model.state_dict(), model.state_dict()
+        for key, value in mine.items():
+            if value.is_floating_point():
+                value.lerp_(theirs[key].detach(), weight)
+            else:
+                value.copy_(theirs[key])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": {k: v.detach().to("cpu") for k, v in self.model.state_dict().items()},
+                "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+
+
 class Engine:
-    """Trains and evaluates one model on one device (AMP and channels_last on CUDA only)."""
+    """Trains and evaluates one model on one device (AMP and channels_last on CUDA only).
+
+    With ``ema_decay > 0`` a :class:`WeightAverage` follows the weights, and
+    :attr:`eval_model` (what :meth:`predict` runs and what gets saved) is the
+    average; otherwise it is the trained model itself.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                 device: torch.device, amp: bool = True, channels_last: bool = True):
+                 device: torch.device, amp: bool = True, channels_last: bool = True, ema_decay: float = 0.0):
         cuda = device.type == "cuda"
         self.device = device
         self.channels_last = channels_last and cuda
         self.model = model.to(device, memory_format=torch.channels_last) if self.channels_last else model.to(device)
+        self.ema = WeightAverage(self.model, ema_decay) if ema_decay > 0 else None
         self.optimizer, self.criterion = optimizer, criterion.to(device)
         self.amp_dtype: torch.dtype | None = None
         if amp and cuda:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         # float16 needs loss scaling against underflowing gradients; bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated, tested and saved: the running average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -137,6 +187,8 @@ class Engine:
             else:
                 loss.backward()
                 opt.step()
+            if self.ema is not None:
+                self.ema.update(model)
             n = y.shape[0]
             loss_sum.add_(loss.detach().float(), alpha=n)
             correct.add_((logits.detach().argmax(1) == y).sum())
@@ -164,12 +216,13 @@ class Engine:
     @torch.inference_mode()
     def predict(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray, float]:
         """``(labels, probabilities (N, K), mean unweighted cross-entropy)`` over ``batches``."""
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         logits_all, labels_all = [], []
         for x, y in batches:
             x, y = self._to_device(x, y)
             with self._autocast():
-                logits_all.append(self.model(x).float())
+                logits_all.append(model(x).float())
             labels_all.append(y)
         if not logits_all:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), float("nan")

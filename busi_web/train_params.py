@@ -46,6 +46,16 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("hflip", "bool", True, "Random horizontal flips while training."),
     Param("rotation", "float", 15.0, "Random rotation while training, up to +/- this many degrees.",
           minimum=0.0, maximum=180.0),
+    Param("crop_scale", "float", 1.0, "Smallest share of the image a training crop covers: 1 crops input_size "
+          "pixels at a random position (a shift); below 1, random-resized crops of that share or more, at "
+          "aspect ratios from 3:4 to 4:3, scaled to input_size.", minimum=0.05, maximum=1.0),
+    Param("intensity", "float", 0.0, "Random brightness, contrast and gamma while training, each within "
+          "+/- this fraction (0: off).", minimum=0.0, maximum=0.9),
+    Param("label_smoothing", "float", 0.0, "Share of each target's probability spread over the other classes "
+          "(0: plain cross-entropy).", minimum=0.0, maximum=0.5, advanced=True),
+    Param("ema", "float", 0.0, "Keep an exponential moving average of the weights with this decay per step "
+          "and validate, test and save it instead of the raw weights (0: off; 0.99 to 0.999 smooths noisy "
+          "small-data training).", minimum=0.0, maximum=0.9999),
     Param("balance", "choice", "weighted_loss", "Class balancing: 'weighted_loss' weighs the loss by inverse "
           "class frequency, 'oversample' draws rare classes more often, 'none' does neither.", choices=BALANCING),
     Param("monitor", "choice", "val_macro_f1", "Validation metric that picks the best model and drives early "

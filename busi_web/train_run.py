@@ -120,8 +120,9 @@ class TrainingRun:
         self.generator = torch.Generator()
         sampler = (balanced_sampler(train_labels, len(self.classes), self.generator)
                    if p["balance"] == "oversample" else None)
-        tr = TransformedImages(source, train_idx, labels, train_transform(self.cfg, p["hflip"], p["rotation"]),
-                               variants)
+        augment = train_transform(self.cfg, p["hflip"], p["rotation"], crop_scale=p["crop_scale"],
+                                  intensity=p["intensity"])
+        tr = TransformedImages(source, train_idx, labels, augment, variants)
         self.train_loader = make_loader(tr, p["batch_size"], train=True, workers=workers, device=device,
                                         generator=self.generator, sampler=sampler)
         self.loaders = {part: make_loader(TransformedImages(source, self.split.part(part), labels,
@@ -132,8 +133,9 @@ class TrainingRun:
             loader.worker_init_fn = _ignore_signals
         weight = class_weights(train_labels, len(self.classes)) if p["balance"] == "weighted_loss" else None
         optimizer = build_optimizer(model, p)
-        self.engine = Engine(model, optimizer, torch.nn.CrossEntropyLoss(weight=weight), device, amp=p["amp"],
-                             channels_last=p["channels_last"])
+        criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=p["label_smoothing"])
+        self.engine = Engine(model, optimizer, criterion, device, amp=p["amp"], channels_last=p["channels_last"],
+                             ema_decay=p["ema"])
         self.scheduler = build_scheduler(optimizer, p)
         self.log(f"classes {self.classes}; train/val/test {len(self.split.train)}/{len(self.split.val)}/"
                  f"{len(self.split.test)} images; device {device}, {workers} loader workers")
@@ -170,6 +172,11 @@ class TrainingRun:
                 self.scheduler.load_state_dict(state["scheduler"])
             if eng.scaler is not None and state.get("scaler"):
                 eng.scaler.load_state_dict(state["scaler"])
+            if eng.ema is not None:
+                if state.get("ema"):
+                    eng.ema.load_state_dict(state["ema"])
+                else:  # a state written without averaging: start the average from the resumed weights
+                    eng.ema.model.load_state_dict(eng.model.state_dict())
             set_rng_state(state["rng"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.best, self.best_epoch = state["best"], int(state["best_epoch"])
@@ -269,7 +276,7 @@ class TrainingRun:
 
     def _save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
         assert self.engine is not None
-        save_checkpoint(self.dir / art.BEST_PT, self.engine.model, self._meta(epoch, metrics),
+        save_checkpoint(self.dir / art.BEST_PT, self.engine.eval_model, self._meta(epoch, metrics),
                         registry=self.registry)
 
     def save_last(self, partial: bool = False) -> None:
@@ -283,6 +290,7 @@ class TrainingRun:
             "optimizer": eng.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": eng.scaler.state_dict() if eng.scaler is not None else None,
+            "ema": eng.ema.state_dict() if eng.ema is not None else None,
             "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
             "history": self.history, "rng": rng_state(),
         })
@@ -292,7 +300,7 @@ class TrainingRun:
         eng = self.engine
         assert eng is not None
         _meta, state = read_checkpoint(self.dir / art.BEST_PT)
-        eng.model.load_state_dict(state)
+        eng.eval_model.load_state_dict(state)
         y, probs, test_loss = eng.predict(self.loaders["test"])
         m = art.classification_metrics(y, probs, self.classes)
         title = (f"run {self.run_id}: {self.run['backbone']} on {self.run['dataset']}, test part, best model of "

@@ -98,3 +98,53 @@ def test_train_transform_is_random_but_seedable():
     assert outs == {True, False}  # sometimes flipped, sometimes not
     with pytest.raises(ValueError, match="rotation"):
         train_transform(cfg, rotation=-5)
+
+
+def _bright_square(size: int = 64, side: int = 16) -> np.ndarray:
+    img = np.zeros((size, size), dtype=np.uint8)
+    lo = (size - side) // 2
+    img[lo:lo + side, lo:lo + side] = 255
+    return img
+
+
+def test_random_resized_crops_zoom_in_and_keep_the_output_size():
+    cfg = PreprocessConfig(input_size=64, resize=64, channels=1)
+    img = _bright_square()
+    bright = float(eval_transform(cfg)(img).max())
+
+    def lit_area(t) -> int:
+        return int((t > bright - 0.5).sum())
+
+    torch.manual_seed(0)
+    shifted = [train_transform(cfg, hflip=False, rotation=0, crop_scale=1.0)(img) for _ in range(10)]
+    assert {lit_area(t) for t in shifted} == {16 * 16}  # crop_scale 1 and nothing to crop: the image as is
+    zoomed = [train_transform(cfg, hflip=False, rotation=0, crop_scale=0.3)(img) for _ in range(40)]
+    assert all(t.shape == (1, 64, 64) for t in zoomed)
+    areas = [lit_area(t) for t in zoomed]
+    # A crop covering a share a of the image magnifies the square by 1/a in area (when the square is inside it).
+    assert max(areas) > 1.8 * 16 * 16 and min(areas) < 1.2 * 16 * 16
+    assert max(areas) <= 16 * 16 / 0.3 * 1.25
+    torch.manual_seed(5)
+    a = train_transform(cfg, crop_scale=0.3)(img)
+    torch.manual_seed(5)
+    assert torch.equal(a, train_transform(cfg, crop_scale=0.3)(img))
+    with pytest.raises(ValueError, match="crop_scale must be between 0.05 and 1"):
+        train_transform(cfg, crop_scale=0.0)
+
+
+def test_intensity_jitter_changes_brightness_contrast_and_gamma_within_range():
+    cfg = PreprocessConfig(input_size=32, resize=32, channels=1, mean=(0.0,), std=(1.0,))
+    ramp = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1))
+    plain = train_transform(cfg, hflip=False, rotation=0)(ramp)
+    torch.manual_seed(1)
+    jittered = [train_transform(cfg, hflip=False, rotation=0, intensity=0.4)(ramp) for _ in range(30)]
+    means = [float(t.mean()) for t in jittered]
+    spreads = [float(t.std()) for t in jittered]
+    assert all(float(t.min()) >= 0.0 and float(t.max()) <= 1.0 for t in jittered)  # stays a valid image
+    assert max(means) - min(means) > 0.1 and max(spreads) - min(spreads) > 0.05
+    assert not any(torch.equal(t, plain) for t in jittered)
+    # Monotone: the order of the gray levels survives (a jitter never inverts the image).
+    assert all(bool((t[0, 0, 1:] >= t[0, 0, :-1] - 1e-6).all()) for t in jittered)
+    assert torch.equal(train_transform(cfg, hflip=False, rotation=0, intensity=0.0)(ramp), plain)
+    with pytest.raises(ValueError, match="intensity must be at least 0 and below 1"):
+        train_transform(cfg, intensity=1.5)

@@ -216,9 +216,11 @@ def test_sigterm_cancels_after_the_batch_and_saves_last_pt(registry, store):
 
 def test_kill_9_then_resume_continues_from_last_pt_like_an_uninterrupted_run(registry, store):
     epochs = 8
-    baseline = new_run(store, registry, train={"epochs": epochs})
+    # With every augmentation and the weight average on: the resumed run must restore the average too.
+    train = {"epochs": epochs, "ema": 0.9, "crop_scale": 0.6, "intensity": 0.2, "label_smoothing": 0.1}
+    baseline = new_run(store, registry, train=train)
     assert run_training(store, baseline["id"], registry)["status"] == "finished"
-    run = new_run(store, registry, train={"epochs": epochs})
+    run = new_run(store, registry, train=train)
     proc = start_trainer(store, run["id"])
     wait_for(lambda: (store.get_run(run["id"])["epochs_done"] or 0) >= 2, what="two epochs")
     os.killpg(proc.pid, signal.SIGKILL)
@@ -307,3 +309,38 @@ def test_a_better_run_takes_over_as_active_model_and_a_worse_one_does_not(regist
     third = new_run(store, registry, train={"epochs": 1})
     run_training(store, third["id"], registry)
     assert store.active_model("phantom")["run_id"] == second["id"]
+
+
+def test_weight_average_follows_the_recurrence_and_is_what_predict_runs():
+    from busi_web.train_loop import Engine, WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    engine = Engine(model, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"), ema_decay=0.8)
+    assert engine.eval_model is engine.ema.model and engine.eval_model is not model
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))) for _ in range(5)]
+    for n, batch in enumerate(batches, start=1):
+        engine.train_epoch([batch])
+        w = 1 - min(0.8, (1 + n) / (10 + n))
+        for k, v in model.state_dict().items():
+            expected[k] = expected[k] + w * (v - expected[k]) if v.is_floating_point() else v.clone()
+    for k, v in engine.ema.model.state_dict().items():
+        assert torch.allclose(v, expected[k], atol=1e-6), k
+    assert not torch.allclose(engine.ema.model[5].weight, model[5].weight)  # an average, not a copy
+    assert not any(p.requires_grad for p in engine.ema.model.parameters())
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    _labels, probs, _loss = engine.predict([(x, y)])
+    engine.ema.model.eval()
+    with torch.no_grad():
+        assert np.allclose(probs, torch.softmax(engine.ema.model(x), 1).numpy(), atol=1e-6)
+    state = engine.ema.state_dict()
+    copy_ = WeightAverage(model, 0.8)
+    copy_.load_state_dict(state)
+    assert copy_.updates == 5 and all(torch.equal(a, b) for a, b in zip(copy_.model.state_dict().values(),
+                                                                        engine.ema.model.state_dict().values()))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        WeightAverage(model, 1.0)
