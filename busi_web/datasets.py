@@ -92,6 +92,10 @@ class ImageDataset:
                 raise DatasetError(f"mask {mp} has size {m.shape[::-1]}, the other mask {mask.shape[::-1]}")
         return mask
 
+    def has_masks(self) -> bool:
+        """Whether some samples have a lesion mask (:meth:`load_mask` returns an array for them)."""
+        return any(s.mask_paths for s in self.samples)
+
     def training_items(self, indices: Sequence[int]) -> list[tuple[int, int]]:
         """What one training epoch draws from the training samples ``indices``: ``(sample index, variant)`` pairs.
 

@@ -193,17 +193,29 @@ class TrainTransform:
         mean = t.mean()
         return ((t - mean) * contrast + mean * brightness).clamp_(0.0, 1.0)
 
-    def __call__(self, image: np.ndarray) -> Tensor:
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """The augmented image; with ``mask`` (``(H, W)``, bool or 0/1, the image's size) also the mask moved
+        by the same rotation, crop and flip, as ``float32 (input_size, input_size)`` in [0, 1]."""
         t = _resize(_to_float_tensor(image, self.cfg.channels), self.cfg)
+        n = t.shape[0]
+        if mask is not None:
+            if mask.shape != image.shape[:2]:
+                raise ValueError(f"the mask's size {mask.shape[::-1]} differs from its image's "
+                                 f"{image.shape[1::-1]}")
+            m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+            t = torch.cat([t, TF.resize(m, list(t.shape[-2:]), interpolation=TF.InterpolationMode.BILINEAR,
+                                        antialias=True)])
         if self.rotation > 0:
             angle = (torch.rand(()).item() * 2 - 1) * self.rotation
             t = TF.rotate(t, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
         t = self._crop(t)
         if self.hflip and torch.rand(()).item() < 0.5:
             t = t.flip(-1)
+        t, moved = t[:n], t[n:]
         if self.intensity > 0:
             t = self._jitter(t)
-        return _normalise(t.contiguous(), self.cfg)
+        out = _normalise(t.contiguous(), self.cfg)
+        return out if mask is None else (out, moved[0].clamp(0.0, 1.0).contiguous())
 
 
 def eval_transform(cfg: PreprocessConfig) -> EvalTransform:

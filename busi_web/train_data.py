@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ class ImageSource:
     def __init__(self, dataset: ImageDataset):
         self.dataset = dataset
         self.images: dict[int, np.ndarray] = {}
+        self.masks: dict[int, np.ndarray | None] = {}
 
     @property
     def cached_bytes(self) -> int:
@@ -37,6 +39,12 @@ class ImageSource:
     def __call__(self, index: int) -> np.ndarray:
         image = self.images.get(index)
         return image if image is not None else self.dataset.load_image(index)
+
+    def mask(self, index: int) -> np.ndarray | None:
+        """Sample ``index``'s lesion mask (``None`` when it has none); masks are small, so always cached."""
+        if index not in self.masks:
+            self.masks[index] = self.dataset.load_mask(index)
+        return self.masks[index]
 
 
 def estimate_bytes(dataset: ImageDataset, indices: Sequence[int]) -> int:
@@ -85,21 +93,35 @@ class TransformedImages(Dataset):
     ``source.dataset.training_image(indices[k], variants[k])`` when that is not
     ``None``: the dataset's own training augmentation (see
     :meth:`ImageDataset.training_items`).
+
+    With ``masks=True`` (training with lesion guidance) items are
+    ``(image, label, mask, has_mask)``: the lesion mask moved by the same
+    augmentation (``transform(image, mask)``), or zeros and ``False`` for an
+    image without a mask file.
     """
 
     def __init__(self, source: ImageSource, indices: Sequence[int], labels: Sequence[int],
-                 transform: Callable[[np.ndarray], torch.Tensor], variants: Sequence[int] | None = None):
+                 transform: Callable[..., Any], variants: Sequence[int] | None = None, masks: bool = False):
         self.source, self.indices, self.transform = source, list(indices), transform
         self.labels = [int(labels[i]) for i in self.indices]
         self.variants = None if variants is None else list(variants)
+        if masks and self.variants is not None and any(self.variants):
+            raise ValueError("lesion masks cannot follow a dataset's own training variants")
+        self.masks = masks
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, k: int) -> tuple[Any, ...]:
         i = self.indices[k]
         image = None if self.variants is None else self.source.dataset.training_image(i, self.variants[k])
-        return self.transform(self.source(i) if image is None else image), self.labels[k]
+        image = self.source(i) if image is None else image
+        if not self.masks:
+            return self.transform(image), self.labels[k]
+        mask = self.source.mask(i)
+        has = mask is not None
+        x, m = self.transform(image, mask if has else np.zeros(image.shape[:2], dtype=bool))
+        return x, self.labels[k], m, has
 
 
 def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:

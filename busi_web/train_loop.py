@@ -14,8 +14,8 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: nn.Module, p: dict[str, Any]) -> torch.optim.Optimizer:
-    params = [q for q in model.parameters() if q.requires_grad]
+def build_optimizer(model: nn.Module, p: dict[str, Any], extra: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """The optimiser of ``p`` over the model's trainable parameters, then ``extra`` ones (training aids)."""
+    params = [q for q in model.parameters() if q.requires_grad] + list(extra)
     if p["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=p["lr"], momentum=p["momentum"], weight_decay=p["weight_decay"],
                                nesterov=p["momentum"] > 0)
@@ -120,21 +121,96 @@ class WeightAverage:
         self.updates = int(state["updates"])
 
 
+class LesionGuide:
+    """Lesion guidance: an auxiliary loss that asks the feature map of ``layer`` to say where the lesion is.
+
+    A 1x1 convolution turns the layer's features into one logit per cell;
+    its target is the share of each cell that the lesion mask covers (the
+    augmented mask, average-pooled to the feature map's size). The loss is
+    binary cross-entropy over the cells of the images that have a mask
+    (a normal image's empty mask says "no lesion anywhere"), times
+    ``weight``, added to the classification loss. The convolution is only a
+    training aid: it is not part of the saved model, but the features it
+    shapes are, so the classifier and its class activation maps lean on the
+    lesion rather than on the rest of the image.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module, sample: torch.Tensor, weight: float):
+        if weight <= 0:
+            raise ValueError(f"the lesion loss weight must be positive, got {weight}")
+        self.layer, self.weight = layer, float(weight)
+        self._features: torch.Tensor | None = None
+        with self.capture(), torch.no_grad():  # one dry forward tells the layer's channel count
+            was_training = model.training
+            model.eval()
+            model(sample)
+            model.train(was_training)
+            feats = self._take()
+        if feats.dim() != 4:
+            raise ValueError(f"lesion guidance needs a layer with (N, C, H, W) output, got shape "
+                             f"{tuple(feats.shape)}")
+        self.head = nn.Conv2d(feats.shape[1], 1, kernel_size=1)
+
+    def to(self, device: torch.device) -> LesionGuide:
+        self.head.to(device)
+        return self
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.head.parameters()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu") for k, v in self.head.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.head.load_state_dict(state)
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        """While inside, every forward of the model keeps the layer's output for :meth:`loss`."""
+        def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self._features = output
+        handle = self.layer.register_forward_hook(keep)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self._features = None
+
+    def _take(self) -> torch.Tensor:
+        feats, self._features = self._features, None
+        if feats is None:
+            raise RuntimeError("the guided layer produced no output in the last forward pass")
+        return feats
+
+    def loss(self, masks: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+        """The weighted auxiliary loss of the last forward pass, for ``masks`` ``(N, H, W)`` in [0, 1]."""
+        feats = self._take()
+        logits = self.head(feats.float())
+        target = nn.functional.adaptive_avg_pool2d(masks[:, None].float(), logits.shape[-2:])
+        per_image = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2, 3))
+        has = has_mask.float()
+        return self.weight * (per_image * has).sum() / has.sum().clamp(min=1.0)
+
+
 class Engine:
     """Trains and evaluates one model on one device (AMP and channels_last on CUDA only).
 
     With ``ema_decay > 0`` a :class:`WeightAverage` follows the weights, and
     :attr:`eval_model` (what :meth:`predict` runs and what gets saved) is the
-    average; otherwise it is the trained model itself.
+    average; otherwise it is the trained model itself. With ``guide`` (a
+    :class:`LesionGuide`, moved to the device here; its head's parameters must
+    be in ``optimizer``) batches of ``(x, y, mask, has_mask)`` add its loss.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                 device: torch.device, amp: bool = True, channels_last: bool = True, ema_decay: float = 0.0):
+                 device: torch.device, amp: bool = True, channels_last: bool = True, ema_decay: float = 0.0,
+                 guide: LesionGuide | None = None):
         cuda = device.type == "cuda"
         self.device = device
         self.channels_last = channels_last and cuda
         self.model = model.to(device, memory_format=torch.channels_last) if self.channels_last else model.to(device)
         self.ema = WeightAverage(self.model, ema_decay) if ema_decay > 0 else None
+        self.guide = guide.to(device) if guide is not None else None
         self.optimizer, self.criterion = optimizer, criterion.to(device)
         self.amp_dtype: torch.dtype | None = None
         if amp and cuda:
@@ -158,7 +234,7 @@ class Engine:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
 
-    def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, epoch: int = 1, step: int = 0,
+    def train_epoch(self, batches: Iterable[Sequence[torch.Tensor]], *, epoch: int = 1, step: int = 0,
                     on_log: Callable[[dict[str, Any]], None] | None = None, log_interval: float = 0.5,
                     should_stop: Callable[[], bool] | None = None) -> EpochResult:
         """One pass over ``batches``. ``on_log`` gets the mean loss/accuracy since its last call.
@@ -166,7 +242,14 @@ class Engine:
         ``should_stop()`` is asked after every batch; when true the epoch ends
         early with ``stopped=True``. ``step`` is the global step before the epoch.
         """
-        model, opt, crit, scaler = self.model, self.optimizer, self.criterion, self.scaler
+        guide = self.guide
+        with guide.capture() if guide is not None else nullcontext():
+            return self._train_epoch(batches, epoch, step, on_log, log_interval, should_stop)
+
+    def _train_epoch(self, batches: Iterable[Sequence[torch.Tensor]], epoch: int, step: int,
+                     on_log: Callable[[dict[str, Any]], None] | None, log_interval: float,
+                     should_stop: Callable[[], bool] | None) -> EpochResult:
+        model, opt, crit, scaler, guide = self.model, self.optimizer, self.criterion, self.scaler, self.guide
         model.train()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -174,11 +257,16 @@ class Engine:
         stopped = False
         start = last = time.perf_counter()
         mark = (0.0, 0, 0)  # loss sum, correct, seen at the last log point
-        for x, y in batches:
-            x, y = self._to_device(x, y)
+        for batch in batches:
+            x, y = self._to_device(batch[0], batch[1])
             with self._autocast():
                 logits = model(x)
                 loss = crit(logits, y)
+                if guide is not None:
+                    if len(batch) < 4:
+                        raise ValueError("lesion guidance needs batches of (image, label, mask, has_mask)")
+                    loss = loss + guide.loss(batch[2].to(self.device, non_blocking=True),
+                                             batch[3].to(self.device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

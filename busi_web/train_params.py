@@ -56,6 +56,9 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("ema", "float", 0.0, "Keep an exponential moving average of the weights with this decay per step "
           "and validate, test and save it instead of the raw weights (0: off; 0.99 to 0.999 smooths noisy "
           "small-data training).", minimum=0.0, maximum=0.9999),
+    Param("lesion_loss", "float", 0.0, "Lesion guidance: weight of an auxiliary loss that teaches the "
+          "explained layer's features where the lesion mask is (datasets with masks, such as BUSI; 0: off). "
+          "Only training uses the masks; prediction needs none.", minimum=0.0, maximum=10.0),
     Param("balance", "choice", "weighted_loss", "Class balancing: 'weighted_loss' weighs the loss by inverse "
           "class frequency, 'oversample' draws rare classes more often, 'none' does neither.", choices=BALANCING),
     Param("monitor", "choice", "val_macro_f1", "Validation metric that picks the best model and drives early "
@@ -165,4 +168,7 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
     # Scanning the folder is cheap (nothing is decoded) and catches empty or one-class folders now.
     ds = ds_spec.build(ds_values, root=data_dir)
     ds.check_usable()
+    if train_values["lesion_loss"] > 0 and not ds.has_masks():
+        raise InvalidParameters({"lesion_loss": f"dataset {dataset!r} has no lesion masks to learn from; set it to "
+                                                "0, or add masks (NAME_mask.png beside NAME.png)"}, "training")
     return {"train": train_values, "backbone": bb_values, "dataset": ds_values}

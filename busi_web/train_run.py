@@ -14,13 +14,14 @@ import torch
 from . import artifacts as art
 from .checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from .datasets import DatasetError
+from .explain import resolve_layer
 from .plugins import load_plugins
 from .preprocess import PreprocessConfig, eval_transform, train_transform
 from .splits import Split, split_dataset
 from .train_data import (TransformedImages, balanced_sampler, build_source, class_counts, class_weights,
                          make_loader, resolve_workers)
-from .train_loop import (Engine, TrainingDiverged, build_optimizer, build_scheduler, epoch_seed, load_state,
-                         resolve_device, rng_state, save_state, seed_everything, set_rng_state)
+from .train_loop import (Engine, LesionGuide, TrainingDiverged, build_optimizer, build_scheduler, epoch_seed,
+                         load_state, resolve_device, rng_state, save_state, seed_everything, set_rng_state)
 from .train_params import validate_train_params
 
 
@@ -122,7 +123,14 @@ class TrainingRun:
                    if p["balance"] == "oversample" else None)
         augment = train_transform(self.cfg, p["hflip"], p["rotation"], crop_scale=p["crop_scale"],
                                   intensity=p["intensity"])
-        tr = TransformedImages(source, train_idx, labels, augment, variants)
+        guided = p["lesion_loss"] > 0
+        if guided and any(variants):
+            raise DatasetError(f"lesion_loss cannot be used with dataset {self.run['dataset']!r}: it makes its own "
+                               "training variants, which its masks do not follow; set lesion_loss to 0")
+        if guided and not ds.has_masks():
+            raise DatasetError(f"lesion_loss needs lesion masks and dataset {self.run['dataset']!r} has none; set "
+                               "lesion_loss to 0")
+        tr = TransformedImages(source, train_idx, labels, augment, variants, masks=guided)
         self.train_loader = make_loader(tr, p["batch_size"], train=True, workers=workers, device=device,
                                         generator=self.generator, sampler=sampler)
         self.loaders = {part: make_loader(TransformedImages(source, self.split.part(part), labels,
@@ -132,10 +140,18 @@ class TrainingRun:
         for loader in (self.train_loader, *self.loaders.values()):
             loader.worker_init_fn = _ignore_signals
         weight = class_weights(train_labels, len(self.classes)) if p["balance"] == "weighted_loss" else None
-        optimizer = build_optimizer(model, p)
+        guide = None
+        if guided:
+            layer_name = getattr(model, "target_layer", None) or "layer4"
+            sample = torch.zeros(1, ds.channels, p["input_size"], p["input_size"])
+            guide = LesionGuide(model, resolve_layer(model, layer_name), sample, p["lesion_loss"])
+            self.log(f"lesion guidance on {layer_name} (weight {p['lesion_loss']:g}); "
+                     f"{sum(source.mask(i) is not None for i in self.split.train)} of {len(self.split.train)} "
+                     "training images have masks")
+        optimizer = build_optimizer(model, p, guide.parameters() if guide is not None else ())
         criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=p["label_smoothing"])
         self.engine = Engine(model, optimizer, criterion, device, amp=p["amp"], channels_last=p["channels_last"],
-                             ema_decay=p["ema"])
+                             ema_decay=p["ema"], guide=guide)
         self.scheduler = build_scheduler(optimizer, p)
         self.log(f"classes {self.classes}; train/val/test {len(self.split.train)}/{len(self.split.val)}/"
                  f"{len(self.split.test)} images; device {device}, {workers} loader workers")
@@ -172,6 +188,8 @@ class TrainingRun:
                 self.scheduler.load_state_dict(state["scheduler"])
             if eng.scaler is not None and state.get("scaler"):
                 eng.scaler.load_state_dict(state["scaler"])
+            if eng.guide is not None and state.get("lesion_head"):
+                eng.guide.load_state_dict(state["lesion_head"])
             if eng.ema is not None:
                 if state.get("ema"):
                     eng.ema.load_state_dict(state["ema"])
@@ -291,6 +309,7 @@ class TrainingRun:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": eng.scaler.state_dict() if eng.scaler is not None else None,
             "ema": eng.ema.state_dict() if eng.ema is not None else None,
+            "lesion_head": eng.guide.state_dict() if eng.guide is not None else None,
             "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
             "history": self.history, "rng": rng_state(),
         })

@@ -88,6 +88,9 @@ class PhantomDataset(ImageDataset):
     def load_mask(self, index: int) -> np.ndarray:
         return self._render(index)[1].copy()
 
+    def has_masks(self) -> bool:
+        return True
+
 
 def render_phantom(kind: str, size: int, seed: int, class_index: int, index: int,
                    noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -394,7 +394,7 @@ def test_many_connections_opening_a_new_database_at_once_all_succeed(tmp_path):
         db = tmp_path / f"race{rep}.db"
         barrier = threading.Barrier(4)
 
-        def open_store():
+        def open_store(db=db, barrier=barrier, rep=rep):
             barrier.wait()
             try:
                 JobStore(db, tmp_path / "runs").create_run("tiny_cnn", "phantom", {})

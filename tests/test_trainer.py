@@ -216,8 +216,10 @@ def test_sigterm_cancels_after_the_batch_and_saves_last_pt(registry, store):
 
 def test_kill_9_then_resume_continues_from_last_pt_like_an_uninterrupted_run(registry, store):
     epochs = 8
-    # With every augmentation and the weight average on: the resumed run must restore the average too.
-    train = {"epochs": epochs, "ema": 0.9, "crop_scale": 0.6, "intensity": 0.2, "label_smoothing": 0.1}
+    # With every augmentation, the weight average and lesion guidance on: resuming restores the average and the
+    # guide's head too.
+    train = {"epochs": epochs, "ema": 0.9, "crop_scale": 0.6, "intensity": 0.2, "label_smoothing": 0.1,
+             "lesion_loss": 0.5}
     baseline = new_run(store, registry, train=train)
     assert run_training(store, baseline["id"], registry)["status"] == "finished"
     run = new_run(store, registry, train=train)
@@ -340,7 +342,7 @@ def test_weight_average_follows_the_recurrence_and_is_what_predict_runs():
     state = engine.ema.state_dict()
     copy_ = WeightAverage(model, 0.8)
     copy_.load_state_dict(state)
-    assert copy_.updates == 5 and all(torch.equal(a, b) for a, b in zip(copy_.model.state_dict().values(),
-                                                                        engine.ema.model.state_dict().values()))
+    pairs = zip(copy_.model.state_dict().values(), engine.ema.model.state_dict().values(), strict=True)
+    assert copy_.updates == 5 and all(torch.equal(a, b) for a, b in pairs)
     with pytest.raises(ValueError, match="between 0 and 1"):
         WeightAverage(model, 1.0)

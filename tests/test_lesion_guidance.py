@@ -1,0 +1,108 @@
+"""Lesion guidance: masks follow the augmentation, the auxiliary loss learns, the trainer wires it end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from busi_web import artifacts as art
+from busi_web.checkpoint import read_checkpoint
+from busi_web.explain import resolve_layer
+from busi_web.preprocess import PreprocessConfig, train_transform
+from busi_web.specs import InvalidParameters
+from busi_web.train_loop import Engine, LesionGuide, load_state
+from busi_web.trainer import prepare_run_params, run_training
+
+from .test_trainer import PHANTOM, TINY, make_image_folder, new_run
+
+torch.set_num_threads(2)
+
+
+def _blob(size: int = 64, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disc off centre on a dark, noisy background, and its mask."""
+    rng = rng or np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx, r = rng.integers(14, size - 14), rng.integers(14, size - 14), rng.integers(6, 11)
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    image = rng.integers(0, 40, (size, size)).astype(np.uint8)
+    image[mask] = 220
+    return image, mask
+
+
+def test_the_mask_moves_with_the_image_through_every_augmentation():
+    cfg = PreprocessConfig(input_size=48, resize=56, channels=1, mean=(0.0,), std=(1.0,))
+    t = train_transform(cfg, hflip=True, rotation=30, crop_scale=0.4, intensity=0.3)
+    rng = np.random.default_rng(3)
+    torch.manual_seed(0)
+    ious = []
+    for _ in range(25):
+        image, mask = _blob(64, rng)
+        x, m = t(image, mask)
+        assert x.shape == (1, 48, 48) and m.shape == (48, 48) and m.dtype == torch.float32
+        assert float(m.min()) >= 0.0 and float(m.max()) <= 1.0
+        lit, inside = x[0] > 0.5, m > 0.5
+        if inside.sum() == 0 and lit.sum() == 0:
+            continue  # the crop missed the disc: both agree
+        ious.append(float((lit & inside).sum()) / float((lit | inside).sum()))
+    assert len(ious) >= 15 and float(np.mean(ious)) > 0.85
+    with pytest.raises(ValueError, match="mask's size"):
+        t(np.zeros((64, 64), np.uint8), np.zeros((32, 32), bool))
+
+
+def test_guide_loss_learns_where_the_lesion_is_and_ignores_images_without_masks(registry):
+    torch.manual_seed(0)
+    model = registry.backbone("tiny_cnn").build({"width": 8}, num_classes=2, in_channels=1)
+    layer = resolve_layer(model, model.target_layer)
+    guide = LesionGuide(model, layer, torch.zeros(1, 1, 32, 32), weight=1.0)
+    rng = np.random.default_rng(1)
+    pairs = [_blob(32, rng) for _ in range(16)]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])).float()[:, None] / 255
+    masks = torch.from_numpy(np.stack([p[1] for p in pairs])).float()
+    y = torch.zeros(16, dtype=torch.long)
+    opt = torch.optim.Adam(list(model.parameters()) + list(guide.parameters()), lr=1e-2)
+    engine = Engine(model, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"), guide=guide)
+    has = torch.ones(16, dtype=torch.bool)
+
+    def guide_loss(has_mask: torch.Tensor) -> float:
+        with guide.capture(), torch.no_grad():
+            model.eval()
+            model(x)
+            return float(guide.loss(masks, has_mask))
+
+    before = guide_loss(has)
+    for _ in range(60):
+        engine.train_epoch([(x, y, masks, has)])
+    after = guide_loss(has)
+    assert after < 0.7 * before, (before, after)
+    assert guide_loss(torch.zeros(16, dtype=torch.bool)) == 0.0  # no mask: no lesion loss
+    with pytest.raises(ValueError, match="needs batches of"):
+        engine.train_epoch([(x, y)])
+    assert not layer._forward_hooks  # the hook is gone after every epoch, also after a failure
+
+
+def test_a_guided_run_finishes_and_keeps_the_head_out_of_the_saved_model(registry, store):
+    run = new_run(store, registry, train={"epochs": 2, "lesion_loss": 0.5, "ema": 0.9})
+    final = run_training(store, run["id"], registry)
+    assert final["status"] == "finished", final.get("error")
+    run_dir = Path(final["run_dir"])
+    assert "lesion guidance on" in (run_dir / art.LOG_TXT).read_text()
+    state = load_state(run_dir / art.LAST_PT)
+    assert state is not None and set(state["lesion_head"]) == {"weight", "bias"}
+    _meta, weights = read_checkpoint(run_dir / art.BEST_PT)
+    model = registry.backbone("tiny_cnn").build(_meta.backbone_params, num_classes=3, in_channels=3)
+    assert set(weights) == set(model.state_dict())  # the saved model is the plain backbone
+
+
+def test_lesion_loss_is_refused_for_data_without_masks(registry, store, tmp_path):
+    folder = make_image_folder(tmp_path / "nomasks", {"benign": 4, "malignant": 4})
+    with pytest.raises(InvalidParameters) as exc:
+        prepare_run_params(registry, "tiny_cnn", "imagefolder", train={**TINY, "lesion_loss": 1.0},
+                           data_dir=str(folder))
+    assert "no lesion masks" in exc.value.errors["lesion_loss"]
+    ok = prepare_run_params(registry, "tiny_cnn", "phantom", train={**TINY, "lesion_loss": 1.0},
+                            dataset_params=PHANTOM)
+    assert ok["train"]["lesion_loss"] == 1.0
+    assert store.list_runs() == []
