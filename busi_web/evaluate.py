@@ -37,8 +37,10 @@ from .checkpoint import CheckpointError
 from .datasets import DatasetError, ImageDataset
 from .plugins import PluginRegistry, UnknownPlugin, load_plugins
 from .quality import localisation
+from .roi import dataset_params as trained_dataset_params
 from .shortcuts import ShortcutScore, detect_marks, shortcut_score, summarise_shortcuts
 from .specs import InvalidParameters
+from .train_params import check_data_dir
 
 __all__ = ["EVALUATIONS_DIR", "EvaluationError", "evaluate_run", "evaluation_files", "list_evaluations"]
 
@@ -71,12 +73,8 @@ def _build_dataset(registry: PluginRegistry, dataset: str, data_dir: str | Path 
                    params: dict[str, Any] | None) -> ImageDataset:
     try:
         spec = registry.dataset(dataset)
-        if spec.needs_data_dir:
-            if not data_dir:
-                raise EvaluationError(f"dataset {dataset!r} needs a data folder; pass --data-dir DIR")
-            if not Path(data_dir).expanduser().is_dir():
-                raise EvaluationError(f"data folder {data_dir} does not exist or is not a folder")
-        ds = spec.build(params or {}, root=str(Path(data_dir).expanduser()) if data_dir else None)
+        root = check_data_dir(dataset, spec.needs_data_dir, data_dir)
+        ds = spec.build(params or {}, root=str(root) if root else None)
         ds.check_usable()
     except (DatasetError, UnknownPlugin, InvalidParameters) as exc:
         raise EvaluationError(str(exc)) from None
@@ -155,7 +153,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
     meta = predictor.checkpoint_meta
     dataset = dataset or meta.dataset or ""
     if dataset_params is None and dataset == meta.dataset:
-        dataset_params = _run_dataset_params(run_dir)
+        dataset_params = trained_dataset_params(predictor)
     ds = _build_dataset(registry, dataset, data_dir, dataset_params)
     to_model = _label_map(ds, meta.classes)
     indices = _indices(ds, run_dir, part)
@@ -222,16 +220,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
     write_report(folder, report, examples)
     log(f"report written to {folder}")
     return report
-
-
-def _run_dataset_params(run_dir: Path) -> dict[str, Any] | None:
-    import json
-
-    path = run_dir / art.PARAMS_JSON
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["params"]["dataset"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _localisation_summary(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -11,12 +11,15 @@ is then drawn on the crop. The dataset parameters the model was trained with
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .artifacts import PARAMS_JSON
 from .errors import UserError
 from .plugins import PluginRegistry, UnknownPlugin
 
@@ -47,8 +50,18 @@ def roi_cropper(predictor: Any, registry: PluginRegistry) -> Callable[..., Any] 
 
 
 def dataset_params(predictor: Any) -> dict[str, Any]:
-    """The dataset parameters the model was trained with (saved in the checkpoint by the trainer)."""
-    return dict(predictor.checkpoint_meta.extra.get("dataset_params") or {})
+    """The dataset parameters the model was trained with: from the checkpoint (the trainer saves them there),
+    else, for older checkpoints, from ``params.json`` of the run folder the checkpoint sits in; else ``{}``."""
+    saved = predictor.checkpoint_meta.extra.get("dataset_params")
+    if saved is not None:
+        return dict(saved)
+    if not predictor.path:
+        return {}
+    try:
+        params = json.loads((Path(predictor.path).parent / PARAMS_JSON).read_text(encoding="utf-8"))
+        return dict(params["params"]["dataset"] or {})
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def roi_info(predictor: Any, registry: PluginRegistry) -> dict[str, Any]:

@@ -139,6 +139,21 @@ def _check_paths(spec_params: tuple[Param, ...], values: dict[str, Any], what: s
         raise InvalidParameters(errors, what)
 
 
+def check_data_dir(dataset: str, needed: bool, data_dir: str | Path | None) -> Path | None:
+    """The data folder of ``dataset`` as a path (``None`` when it needs none and got none), or a
+    :class:`DatasetError` saying what to pass when it is needed and missing, or is not a folder."""
+    if not data_dir or not str(data_dir).strip():
+        if needed:
+            raise DatasetError(f"dataset {dataset!r} needs a data folder; pass one (--data-dir, or DATA_DIRS in "
+                               "the configuration)")
+        return None
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        why = "is not a folder" if path.exists() else "does not exist"
+        raise DatasetError(f"data folder {path} {why}; give the folder that holds the {dataset!r} images")
+    return path
+
+
 def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
                        train: Mapping[str, Any] | None = None, backbone_params: Mapping[str, Any] | None = None,
                        dataset_params: Mapping[str, Any] | None = None,
@@ -157,14 +172,7 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
     _check_paths(bb_spec.params, bb_values, backbone)
     ds_values = ds_spec.validate(dataset_params)
     _check_paths(ds_spec.params, ds_values, dataset)
-    if ds_spec.needs_data_dir:
-        if not data_dir or not str(data_dir).strip():
-            raise DatasetError(f"dataset {dataset!r} needs a data folder; pass one (--data-dir, or DATA_DIRS in "
-                               "the configuration)")
-        path = Path(data_dir).expanduser()
-        if not path.is_dir():
-            why = "is not a folder" if path.exists() else "does not exist"
-            raise DatasetError(f"data folder {path} {why}; give the folder that holds the {dataset!r} images")
+    check_data_dir(dataset, ds_spec.needs_data_dir, data_dir)
     # Scanning the folder is cheap (nothing is decoded) and catches empty or one-class folders now.
     ds = ds_spec.build(ds_values, root=data_dir)
     ds.check_usable()
