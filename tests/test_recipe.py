@@ -49,7 +49,8 @@ def test_the_train_form_fills_in_the_recipe_when_busi_is_chosen(server, new_page
     assert page.input_value("#f-train-epochs") == "20" and page.is_hidden("#recipe-note")
     page.select_option("#f-dataset", "busi")
     assert page.input_value("#f-backbone") == rec["backbone"]
-    for key in ("epochs", "lr", "input_size", "resize", "optimizer", "scheduler", "balance"):
+    for key in ("epochs", "lr", "input_size", "resize", "optimizer", "scheduler", "balance", "crop_scale", "ema",
+                "lesion_loss", "intensity"):
         got, want = page.input_value(f"#f-train-{key}"), rec["train"][key]
         assert (float(got) == want) if isinstance(want, float) else got == str(want), (key, got, want)
     assert float(page.input_value("#f-backbone_params-dropout")) == rec["backbone_params"]["dropout"]
