@@ -89,6 +89,11 @@ class CamInputs:
     head_input: Tensor | None = None
 
 
+def default_target_layer(model: nn.Module) -> str:
+    """The layer a backbone declares for its maps (its ``target_layer`` attribute), else ``"layer4"``."""
+    return getattr(model, "target_layer", None) or "layer4"
+
+
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     """The submodule of ``model`` named by a dotted path (``"layer4"``, ``"features.3"``) or given as a module.
 
@@ -260,7 +265,7 @@ class CamExplainer:
         """
         images = _check_images(images)
         if target_layer is None:
-            target_layer = getattr(model, "target_layer", None) or "layer4"
+            target_layer = default_target_layer(model)
         layer = resolve_layer(model, target_layer)
         layer_name = target_layer if isinstance(target_layer, str) else type(target_layer).__name__
         with capture(model, layer, leaf=self.needs_gradients, watch_head=self.needs_head) as cap, torch.no_grad():

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointMeta, load_checkpoint
-from .explain import classify, feature_map_grid, overlay, to_png
+from .explain import classify, default_target_layer, feature_map_grid, overlay, to_png
 from .plugins import PluginRegistry, load_plugins
 from .preprocess import eval_transform, paste_map, to_channels
 
@@ -93,7 +93,7 @@ class Predictor:
         self.transform = eval_transform(self.config)
         self.registry = registry or load_plugins()
         self.path = str(path) if path is not None else None
-        self.target_layer = meta.target_layer or getattr(model, "target_layer", "") or "layer4"
+        self.target_layer = meta.target_layer or default_target_layer(model)
         self._lock = threading.Lock()
         self._layers = {name for name, _ in self.model.named_modules() if name}
 

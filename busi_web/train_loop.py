@@ -100,17 +100,21 @@ class WeightAverage:
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        # Optimisers and load_state_dict update tensors in place, so the pairs are made once, not every step.
+        theirs = model.state_dict()
+        pairs = [(mine, theirs[key]) for key, mine in self.model.state_dict().items()]
+        self._floats = [(a, b) for a, b in pairs if a.is_floating_point()]
+        self._others = [(a, b) for a, b in pairs if not a.is_floating_point()]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self) -> None:
+        """One step towards the current weights of the model the average was made from."""
         self.updates += 1
         weight = 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
-        mine, theirs = self.model.state_dict(), model.state_dict()
-        for key, value in mine.items():
-            if value.is_floating_point():
-                value.lerp_(theirs[key].detach(), weight)
-            else:
-                value.copy_(theirs[key])
+        for mine, theirs in self._floats:
+            mine.lerp_(theirs, weight)
+        for mine, theirs in self._others:
+            mine.copy_(theirs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": {k: v.detach().to("cpu") for k, v in self.model.state_dict().items()},
@@ -276,7 +280,7 @@ class Engine:
                 loss.backward()
                 opt.step()
             if self.ema is not None:
-                self.ema.update(model)
+                self.ema.update()
             n = y.shape[0]
             loss_sum.add_(loss.detach().float(), alpha=n)
             correct.add_((logits.detach().argmax(1) == y).sum())

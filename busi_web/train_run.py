@@ -14,7 +14,7 @@ import torch
 from . import artifacts as art
 from .checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from .datasets import DatasetError
-from .explain import resolve_layer
+from .explain import default_target_layer, resolve_layer
 from .plugins import load_plugins
 from .preprocess import PreprocessConfig, eval_transform, train_transform
 from .splits import Split, split_dataset
@@ -142,7 +142,7 @@ class TrainingRun:
         weight = class_weights(train_labels, len(self.classes)) if p["balance"] == "weighted_loss" else None
         guide = None
         if guided:
-            layer_name = getattr(model, "target_layer", None) or "layer4"
+            layer_name = default_target_layer(model)
             sample = torch.zeros(1, ds.channels, p["input_size"], p["input_size"])
             guide = LesionGuide(model, resolve_layer(model, layer_name), sample, p["lesion_loss"])
             self.log(f"lesion guidance on {layer_name} (weight {p['lesion_loss']:g}); "
