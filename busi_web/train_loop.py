@@ -126,74 +126,91 @@ class WeightAverage:
 
 
 class LesionGuide:
-    """Lesion guidance: an auxiliary loss that asks the feature map of ``layer`` to say where the lesion is.
+    """Lesion guidance: an auxiliary loss that asks the feature maps of ``layers`` to say where the lesion is.
 
-    A 1x1 convolution turns the layer's features into one logit per cell;
-    its target is the share of each cell that the lesion mask covers (the
-    augmented mask, average-pooled to the feature map's size). The loss is
-    binary cross-entropy over the cells of the images that have a mask
-    (a normal image's empty mask says "no lesion anywhere"), times
-    ``weight``, added to the classification loss. The convolution is only a
-    training aid: it is not part of the saved model, but the features it
-    shapes are, so the classifier and its class activation maps lean on the
+    For each layer a 1x1 convolution turns its features into one logit per
+    cell; the target is the share of each cell that the lesion mask covers
+    (the augmented mask, average-pooled to that feature map's size). The loss
+    is binary cross-entropy over the cells of the images that have a mask (a
+    normal image's empty mask says "no lesion anywhere"), averaged over the
+    layers, times ``weight``, and added to the classification loss. The first
+    layer is the explained one; earlier, finer layers (deep supervision) get
+    the lesion's outline at a higher resolution. The convolutions are only a
+    training aid: they are not part of the saved model, but the features they
+    shape are, so the classifier and its class activation maps lean on the
     lesion rather than on the rest of the image.
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module, sample: torch.Tensor, weight: float):
+    def __init__(self, model: nn.Module, layers: nn.Module | Sequence[nn.Module], sample: torch.Tensor,
+                 weight: float):
         if weight <= 0:
             raise ValueError(f"the lesion loss weight must be positive, got {weight}")
-        self.layer, self.weight = layer, float(weight)
-        self._features: torch.Tensor | None = None
-        with self.capture(), torch.no_grad():  # one dry forward tells the layer's channel count
+        self.layers = [layers] if isinstance(layers, nn.Module) else list(layers)
+        if not self.layers:
+            raise ValueError("lesion guidance needs at least one layer")
+        self.weight = float(weight)
+        self._features: list[torch.Tensor | None] = [None] * len(self.layers)
+        with self.capture(), torch.no_grad():  # one dry forward tells each layer's channel count
             was_training = model.training
             model.eval()
             model(sample)
             model.train(was_training)
             feats = self._take()
-        if feats.dim() != 4:
-            raise ValueError(f"lesion guidance needs a layer with (N, C, H, W) output, got shape "
-                             f"{tuple(feats.shape)}")
-        self.head = nn.Conv2d(feats.shape[1], 1, kernel_size=1)
+        heads = []
+        for layer, f in zip(self.layers, feats, strict=True):
+            if f.dim() != 4:
+                raise ValueError(f"lesion guidance needs layers with (N, C, H, W) output; "
+                                 f"{type(layer).__name__} gives shape {tuple(f.shape)}")
+            heads.append(nn.Conv2d(f.shape[1], 1, kernel_size=1))
+        self.heads = nn.ModuleList(heads)
 
     def to(self, device: torch.device) -> LesionGuide:
-        self.head.to(device)
+        self.heads.to(device)
         return self
 
     def parameters(self) -> Iterator[nn.Parameter]:
-        return self.head.parameters()
+        return self.heads.parameters()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu") for k, v in self.head.state_dict().items()}
+        return {k: v.detach().to("cpu") for k, v in self.heads.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.head.load_state_dict(state)
+        if set(state) == {"weight", "bias"}:  # saved by the one-layer guide of earlier versions
+            state = {f"0.{k}": v for k, v in state.items()}
+        self.heads.load_state_dict(state)
 
     @contextmanager
     def capture(self) -> Iterator[None]:
-        """While inside, every forward of the model keeps the layer's output for :meth:`loss`."""
-        def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            self._features = output
-        handle = self.layer.register_forward_hook(keep)
+        """While inside, every forward of the model keeps the layers' outputs for :meth:`loss`."""
+        def keeper(i: int) -> Callable[..., None]:
+            def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                self._features[i] = output
+            return keep
+        handles = [layer.register_forward_hook(keeper(i)) for i, layer in enumerate(self.layers)]
         try:
             yield
         finally:
-            handle.remove()
-            self._features = None
+            for handle in handles:
+                handle.remove()
+            self._features = [None] * len(self.layers)
 
-    def _take(self) -> torch.Tensor:
-        feats, self._features = self._features, None
-        if feats is None:
-            raise RuntimeError("the guided layer produced no output in the last forward pass")
-        return feats
+    def _take(self) -> list[torch.Tensor]:
+        feats, self._features = self._features, [None] * len(self.layers)
+        if any(f is None for f in feats):
+            raise RuntimeError("a guided layer produced no output in the last forward pass")
+        return feats  # type: ignore[return-value]
 
     def loss(self, masks: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
         """The weighted auxiliary loss of the last forward pass, for ``masks`` ``(N, H, W)`` in [0, 1]."""
-        feats = self._take()
-        logits = self.head(feats.float())
-        target = nn.functional.adaptive_avg_pool2d(masks[:, None].float(), logits.shape[-2:])
-        per_image = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2, 3))
         has = has_mask.float()
-        return self.weight * (per_image * has).sum() / has.sum().clamp(min=1.0)
+        total = masks.new_zeros((), dtype=torch.float32)
+        for head, feats in zip(self.heads, self._take(), strict=True):
+            logits = head(feats.float())
+            target = nn.functional.adaptive_avg_pool2d(masks[:, None].float(), logits.shape[-2:])
+            per_image = nn.functional.binary_cross_entropy_with_logits(logits, target,
+                                                                       reduction="none").mean((1, 2, 3))
+            total = total + (per_image * has).sum() / has.sum().clamp(min=1.0)
+        return self.weight * total / len(self.heads)
 
 
 class Engine:

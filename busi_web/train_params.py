@@ -59,6 +59,9 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("lesion_loss", "float", 0.0, "Lesion guidance: weight of an auxiliary loss that teaches the "
           "explained layer's features where the lesion mask is (datasets with masks, such as BUSI; 0: off). "
           "Only training uses the masks; prediction needs none.", minimum=0.0, maximum=10.0),
+    Param("lesion_layers", "str", "", "Lesion guidance on more layers: comma-separated module names (e.g. "
+          "layer2,layer3 for the ResNets) whose finer feature maps also learn the lesion's outline, besides the "
+          "explained layer (empty: the explained layer only).", advanced=True),
     Param("balance", "choice", "weighted_loss", "Class balancing: 'weighted_loss' weighs the loss by inverse "
           "class frequency, 'oversample' draws rare classes more often, 'none' does neither.", choices=BALANCING),
     Param("monitor", "choice", "val_macro_f1", "Validation metric that picks the best model and drives early "
@@ -112,6 +115,13 @@ def validate_train_params(values: Mapping[str, Any] | None = None) -> dict[str, 
     if "val_frac" in out and "test_frac" in out and out["val_frac"] + out["test_frac"] >= 0.9:
         errors["test_frac"] = (f"val_frac + test_frac is {out['val_frac'] + out['test_frac']:g}; keep it below "
                                "0.9 so enough images are left for training")
+    if out.get("lesion_layers") is not None:
+        names = [n.strip() for n in str(out["lesion_layers"]).split(",")]
+        out["lesion_layers"] = ",".join(n for n in names if n)
+        if any(" " in n for n in names):
+            errors["lesion_layers"] = "module names have no spaces; separate them with commas, e.g. layer2,layer3"
+        elif out["lesion_layers"] and out.get("lesion_loss", 0) == 0:
+            errors["lesion_layers"] = "has no effect while lesion_loss is 0; set lesion_loss above 0 or clear it"
     if "device" in out:
         device = str(out["device"]).strip().lower() or "auto"
         out["device"] = device
@@ -179,4 +189,31 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
     if train_values["lesion_loss"] > 0 and not ds.has_masks():
         raise InvalidParameters({"lesion_loss": f"dataset {dataset!r} has no lesion masks to learn from; set it to "
                                                 "0, or add masks (NAME_mask.png beside NAME.png)"}, "training")
+    if train_values["lesion_layers"]:
+        _check_lesion_layers(bb_spec.build(bb_values, num_classes=len(ds.classes), in_channels=ds.channels),
+                             train_values, ds.channels, backbone)
     return {"train": train_values, "backbone": bb_values, "dataset": ds_values}
+
+
+def lesion_layer_names(model: Any, extra: str) -> list[str]:
+    """The layers lesion guidance teaches: the explained one first, then those named in ``extra``."""
+    from .explain import default_target_layer
+
+    names = [default_target_layer(model)]
+    names += [n.strip() for n in extra.split(",") if n.strip() and n.strip() not in names]
+    return names
+
+
+def _check_lesion_layers(model: Any, train_values: dict[str, Any], channels: int, backbone: str) -> None:
+    """Every guided layer must exist and give a 2-D feature map (one dry forward at the input size)."""
+    import torch
+
+    from .explain import resolve_layer
+    from .train_loop import LesionGuide
+
+    try:
+        layers = [resolve_layer(model, n) for n in lesion_layer_names(model, train_values["lesion_layers"])]
+        size = train_values["input_size"]
+        LesionGuide(model, layers, torch.zeros(1, channels, size, size), train_values["lesion_loss"])
+    except (ValueError, RuntimeError) as exc:
+        raise InvalidParameters({"lesion_layers": f"backbone {backbone!r}: {exc}"}, "training") from None

@@ -14,7 +14,7 @@ import torch
 from . import artifacts as art
 from .checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from .datasets import DatasetError
-from .explain import default_target_layer, resolve_layer
+from .explain import resolve_layer
 from .plugins import load_plugins
 from .preprocess import PreprocessConfig, eval_transform, train_transform
 from .splits import Split, split_dataset
@@ -22,7 +22,7 @@ from .train_data import (TransformedImages, balanced_sampler, build_source, clas
                          make_loader, resolve_workers)
 from .train_loop import (Engine, LesionGuide, TrainingDiverged, build_optimizer, build_scheduler, epoch_seed,
                          load_state, resolve_device, rng_state, save_state, seed_everything, set_rng_state)
-from .train_params import validate_train_params
+from .train_params import lesion_layer_names, validate_train_params
 
 
 class StopRequested(Exception):
@@ -142,10 +142,10 @@ class TrainingRun:
         weight = class_weights(train_labels, len(self.classes)) if p["balance"] == "weighted_loss" else None
         guide = None
         if guided:
-            layer_name = default_target_layer(model)
+            names = lesion_layer_names(model, p["lesion_layers"])
             sample = torch.zeros(1, ds.channels, p["input_size"], p["input_size"])
-            guide = LesionGuide(model, resolve_layer(model, layer_name), sample, p["lesion_loss"])
-            self.log(f"lesion guidance on {layer_name} (weight {p['lesion_loss']:g}); "
+            guide = LesionGuide(model, [resolve_layer(model, n) for n in names], sample, p["lesion_loss"])
+            self.log(f"lesion guidance on {', '.join(names)} (weight {p['lesion_loss']:g}); "
                      f"{sum(source.mask(i) is not None for i in self.split.train)} of {len(self.split.train)} "
                      "training images have masks")
         optimizer = build_optimizer(model, p, guide.parameters() if guide is not None else ())

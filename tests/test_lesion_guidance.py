@@ -84,13 +84,16 @@ def test_guide_loss_learns_where_the_lesion_is_and_ignores_images_without_masks(
 
 
 def test_a_guided_run_finishes_and_keeps_the_head_out_of_the_saved_model(registry, store):
-    run = new_run(store, registry, train={"epochs": 2, "lesion_loss": 0.5, "ema": 0.9})
+    run = new_run(store, registry, train={"epochs": 2, "lesion_loss": 0.5, "ema": 0.9,
+                                          "lesion_layers": " features.6 ,"})
+    assert run["params"]["train"]["lesion_layers"] == "features.6"
     final = run_training(store, run["id"], registry)
     assert final["status"] == "finished", final.get("error")
     run_dir = Path(final["run_dir"])
-    assert "lesion guidance on" in (run_dir / art.LOG_TXT).read_text()
+    assert "lesion guidance on features, features.6 (weight 0.5)" in (run_dir / art.LOG_TXT).read_text()
     state = load_state(run_dir / art.LAST_PT)
-    assert state is not None and set(state["lesion_head"]) == {"weight", "bias"}
+    assert state is not None and set(state["lesion_head"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    assert state["lesion_head"]["1.weight"].shape == (1, 32, 1, 1)  # features.6: the second block, 2 x width 16
     _meta, weights = read_checkpoint(run_dir / art.BEST_PT)
     model = registry.backbone("tiny_cnn").build(_meta.backbone_params, num_classes=3, in_channels=3)
     assert set(weights) == set(model.state_dict())  # the saved model is the plain backbone
@@ -105,4 +108,62 @@ def test_lesion_loss_is_refused_for_data_without_masks(registry, store, tmp_path
     ok = prepare_run_params(registry, "tiny_cnn", "phantom", train={**TINY, "lesion_loss": 1.0},
                             dataset_params=PHANTOM)
     assert ok["train"]["lesion_loss"] == 1.0
+    assert store.list_runs() == []
+
+
+def test_guidance_on_several_layers_learns_at_each_resolution_and_reads_old_heads(registry):
+    torch.manual_seed(0)
+    model = registry.backbone("tiny_cnn").build({"width": 8}, num_classes=2, in_channels=1)
+    layers = [resolve_layer(model, n) for n in ("features", "features.2", "features.6")]
+    guide = LesionGuide(model, layers, torch.zeros(1, 1, 32, 32), weight=1.0)
+    assert [h.in_channels for h in guide.heads] == [32, 8, 16]
+    rng = np.random.default_rng(2)
+    pairs = [_blob(32, rng) for _ in range(16)]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])).float()[:, None] / 255
+    masks = torch.from_numpy(np.stack([p[1] for p in pairs])).float()
+    has = torch.ones(16, dtype=torch.bool)
+    opt = torch.optim.Adam(list(model.parameters()) + list(guide.parameters()), lr=1e-2)
+    engine = Engine(model, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"), guide=guide)
+
+    def per_layer() -> list[float]:
+        out = []
+        for i in range(3):  # each head alone, with the others' weights unchanged
+            one = LesionGuide(model, layers[i], x[:1], weight=1.0)
+            one.load_state_dict({k[2:]: v for k, v in guide.state_dict().items() if k.startswith(f"{i}.")})
+            with one.capture(), torch.no_grad():
+                model.eval()
+                model(x)
+                out.append(float(one.loss(masks, has)))
+        return out
+
+    before = per_layer()
+    for _ in range(60):
+        engine.train_epoch([(x, torch.zeros(16, dtype=torch.long), masks, has)])
+    after = per_layer()
+    assert all(a < 0.8 * b for a, b in zip(after, before, strict=True)), (before, after)
+    assert not any(layer._forward_hooks for layer in layers)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        guide.load_state_dict({"weight": torch.zeros(1, 32, 1, 1), "bias": torch.zeros(1)})  # 1 head of 3
+
+
+def test_lesion_layers_are_checked_before_the_run_exists(registry, store):
+    with pytest.raises(InvalidParameters) as exc:
+        prepare_run_params(registry, "tiny_cnn", "phantom", train={**TINY, "lesion_loss": 1.0,
+                                                                   "lesion_layers": "features.6,feature.2"},
+                           dataset_params=PHANTOM)
+    message = exc.value.errors["lesion_layers"]
+    assert "tiny_cnn" in message and "feature.2" in message and "features.2" in message  # the close names
+    with pytest.raises(InvalidParameters) as exc:
+        prepare_run_params(registry, "tiny_cnn", "phantom", train={**TINY, "lesion_layers": "features.6"},
+                           dataset_params=PHANTOM)
+    assert "lesion_loss is 0" in exc.value.errors["lesion_layers"]
+    with pytest.raises(InvalidParameters) as exc:
+        prepare_run_params(registry, "tiny_cnn", "phantom", train={**TINY, "lesion_loss": 1.0,
+                                                                   "lesion_layers": "features 6"},
+                           dataset_params=PHANTOM)
+    assert "commas" in exc.value.errors["lesion_layers"]
+    with pytest.raises(InvalidParameters) as exc:
+        prepare_run_params(registry, "tiny_cnn", "phantom", train={**TINY, "lesion_loss": 1.0, "lesion_layers": "fc"},
+                           dataset_params=PHANTOM)
+    assert "(N, C, H, W)" in exc.value.errors["lesion_layers"]  # a layer without a feature map
     assert store.list_runs() == []
