@@ -37,14 +37,17 @@ def _write_metrics_for_own_run(db, runs_dir, barrier, name: str, batches: int) -
     store = JobStore(db, runs_dir)
     run_id = store.create_run("tiny_cnn", "phantom", {}, name=name)["id"]
     written, deadline, saw_other = 0, time.monotonic() + 60, False
-    # Write until the other process has written too (so the two really overlap), and at least `batches` times.
-    while written < batches or not saw_other:
-        store.add_metrics(run_id, [{"epoch": written, "step": i, "key": "loss", "value": written + i / 10}
-                                   for i in range(4)])
-        written += 1
+    # Write at least `batches` times, and at least once after seeing the other process's rows: then each
+    # writer's last row comes after a row of the other, so the two runs' rows interleave, whatever the timing.
+    while True:
         if not saw_other:
             count = store.db.execute("SELECT count(*) FROM metrics WHERE run_id != ?", [run_id]).fetchone()[0]
             saw_other = count > 0
+        store.add_metrics(run_id, [{"epoch": written, "step": i, "key": "loss", "value": written + i / 10}
+                                   for i in range(4)])
+        written += 1
+        if written >= batches and saw_other:
+            break
         if time.monotonic() > deadline:
             raise AssertionError("the other writer never wrote")
     return {"name": name, "run_id": run_id, "batches": written}
