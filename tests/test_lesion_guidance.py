@@ -32,6 +32,19 @@ def _blob(size: int = 64, rng: np.random.Generator | None = None) -> tuple[np.nd
     return image, mask
 
 
+def _blob_batch(seed: int, n: int = 16, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` blob images ``(n, 1, size, size)`` in [0, 1] and their masks ``(n, size, size)``."""
+    rng = np.random.default_rng(seed)
+    pairs = [_blob(size, rng) for _ in range(n)]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])).float()[:, None] / 255
+    return x, torch.from_numpy(np.stack([p[1] for p in pairs])).float()
+
+
+def _guided_engine(model: torch.nn.Module, guide: LesionGuide) -> Engine:
+    opt = torch.optim.Adam(list(model.parameters()) + list(guide.parameters()), lr=1e-2)
+    return Engine(model, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"), guide=guide)
+
+
 def test_the_mask_moves_with_the_image_through_every_augmentation():
     cfg = PreprocessConfig(input_size=48, resize=56, channels=1, mean=(0.0,), std=(1.0,))
     t = train_transform(cfg, hflip=True, rotation=30, crop_scale=0.4, intensity=0.3)
@@ -57,13 +70,9 @@ def test_guide_loss_learns_where_the_lesion_is_and_ignores_images_without_masks(
     model = registry.backbone("tiny_cnn").build({"width": 8}, num_classes=2, in_channels=1)
     layer = resolve_layer(model, model.target_layer)
     guide = LesionGuide(model, layer, torch.zeros(1, 1, 32, 32), weight=1.0)
-    rng = np.random.default_rng(1)
-    pairs = [_blob(32, rng) for _ in range(16)]
-    x = torch.from_numpy(np.stack([p[0] for p in pairs])).float()[:, None] / 255
-    masks = torch.from_numpy(np.stack([p[1] for p in pairs])).float()
+    x, masks = _blob_batch(seed=1)
     y = torch.zeros(16, dtype=torch.long)
-    opt = torch.optim.Adam(list(model.parameters()) + list(guide.parameters()), lr=1e-2)
-    engine = Engine(model, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"), guide=guide)
+    engine = _guided_engine(model, guide)
     has = torch.ones(16, dtype=torch.bool)
 
     def guide_loss(has_mask: torch.Tensor) -> float:
@@ -117,13 +126,9 @@ def test_guidance_on_several_layers_learns_at_each_resolution_and_reads_old_head
     layers = [resolve_layer(model, n) for n in ("features", "features.2", "features.6")]
     guide = LesionGuide(model, layers, torch.zeros(1, 1, 32, 32), weight=1.0)
     assert [h.in_channels for h in guide.heads] == [32, 8, 16]
-    rng = np.random.default_rng(2)
-    pairs = [_blob(32, rng) for _ in range(16)]
-    x = torch.from_numpy(np.stack([p[0] for p in pairs])).float()[:, None] / 255
-    masks = torch.from_numpy(np.stack([p[1] for p in pairs])).float()
+    x, masks = _blob_batch(seed=2)
     has = torch.ones(16, dtype=torch.bool)
-    opt = torch.optim.Adam(list(model.parameters()) + list(guide.parameters()), lr=1e-2)
-    engine = Engine(model, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"), guide=guide)
+    engine = _guided_engine(model, guide)
 
     def per_layer() -> list[float]:
         out = []
