@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .mixup import mix_batch
+
 STATE_FORMAT = "busi-web-train-state"
 
 
@@ -221,12 +223,17 @@ class Engine:
     average; otherwise it is the trained model itself. With ``guide`` (a
     :class:`LesionGuide`, moved to the device here; its head's parameters must
     be in ``optimizer``) batches of ``(x, y, mask, has_mask)`` add its loss.
+    With ``mixup > 0`` every training batch (masks too) is blended first
+    (:func:`busi_web.mixup.mix_batch`).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                  device: torch.device, amp: bool = True, channels_last: bool = True, ema_decay: float = 0.0,
-                 guide: LesionGuide | None = None):
+                 guide: LesionGuide | None = None, mixup: float = 0.0):
+        if mixup < 0:
+            raise ValueError(f"the mixup strength must be 0 (off) or positive, got {mixup}")
         cuda = device.type == "cuda"
+        self.mixup = float(mixup)
         self.device = device
         self.channels_last = channels_last and cuda
         self.model = model.to(device, memory_format=torch.channels_last) if self.channels_last else model.to(device)
@@ -280,14 +287,20 @@ class Engine:
         mark = (0.0, 0, 0)  # loss sum, correct, seen at the last log point
         for batch in batches:
             x, y = self._to_device(batch[0], batch[1])
+            masks = None
+            if guide is not None:
+                if len(batch) < 4:
+                    raise ValueError("lesion guidance needs batches of (image, label, mask, has_mask)")
+                masks = (batch[2].to(self.device, non_blocking=True), batch[3].to(self.device, non_blocking=True))
+            mix = mix_batch(self.mixup, x, masks) if self.mixup > 0 and x.shape[0] > 1 else None
+            if mix is not None:
+                x, masks = mix.images, mix.masks
             with self._autocast():
                 logits = model(x)
-                loss = crit(logits, y)
-                if guide is not None:
-                    if len(batch) < 4:
-                        raise ValueError("lesion guidance needs batches of (image, label, mask, has_mask)")
-                    loss = loss + guide.loss(batch[2].to(self.device, non_blocking=True),
-                                             batch[3].to(self.device, non_blocking=True))
+                loss = crit(logits, y) if mix is None else (mix.share * crit(logits, y)
+                                                            + (1.0 - mix.share) * crit(logits, y[mix.partner]))
+                if masks is not None:
+                    loss = loss + guide.loss(*masks)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -51,6 +51,9 @@ TRAIN_PARAMS: tuple[Param, ...] = (
           "aspect ratios from 3:4 to 4:3, scaled to input_size.", minimum=0.05, maximum=1.0),
     Param("intensity", "float", 0.0, "Random brightness, contrast and gamma while training, each within "
           "+/- this fraction (0: off).", minimum=0.0, maximum=0.9),
+    Param("mixup", "float", 0.0, "Mixup: blend each training image (and its lesion mask) with another image of "
+          "its batch, in shares drawn from Beta(a, a) for this a, and blend their labels in the same shares (0: "
+          "off; 0.2 to 0.4 is usual).", minimum=0.0, maximum=10.0, advanced=True),
     Param("label_smoothing", "float", 0.0, "Share of each target's probability spread over the other classes "
           "(0: plain cross-entropy).", minimum=0.0, maximum=0.5, advanced=True),
     Param("ema", "float", 0.0, "Keep an exponential moving average of the weights with this decay per step "

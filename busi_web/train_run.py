@@ -151,8 +151,11 @@ class TrainingRun:
         optimizer = build_optimizer(model, p, guide.parameters() if guide is not None else ())
         criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=p["label_smoothing"])
         self.engine = Engine(model, optimizer, criterion, device, amp=p["amp"], channels_last=p["channels_last"],
-                             ema_decay=p["ema"], guide=guide)
+                             ema_decay=p["ema"], guide=guide, mixup=p["mixup"])
         self.scheduler = build_scheduler(optimizer, p)
+        if p["mixup"] > 0:
+            self.log(f"mixup: every training image blended with another of its batch, shares from "
+                     f"Beta({p['mixup']:g}, {p['mixup']:g})")
         self.log(f"classes {self.classes}; train/val/test {len(self.split.train)}/{len(self.split.val)}/"
                  f"{len(self.split.test)} images; device {device}, {workers} loader workers")
 
