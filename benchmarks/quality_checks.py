@@ -1,0 +1,114 @@
+"""Post-hoc checks on trained BUSI runs: test-time flips, the last epoch's weights, and the mean of several runs.
+
+Each run folder (from ``benchmarks/quality.py --train-only`` or from the app)
+is scored on the validation and test parts of its own ``split.json``, with
+
+* ``best``: the saved model (the epoch picked on validation), as trained;
+* ``flip``: the same model, averaging its probabilities on the image and on
+  the image flipped left to right;
+* ``last``: the weights after the last epoch (the weight average when the
+  run kept one), read from ``last.pt``.
+
+Runs that share a split are also averaged (the mean of their ``best``
+probabilities). These checks look at the test part again, so they are for
+understanding a recipe, never for picking one: pick by the validation
+columns. The data folder defaults to ``../shared/data/busi/Dataset_BUSI_with_GT``;
+when it is absent the script says so and exits 0.
+
+    python benchmarks/quality_checks.py RUN_DIR [RUN_DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "busi" / "Dataset_BUSI_with_GT"
+PARTS = ("val", "test")
+
+
+def _score(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> str:
+    from busi_web.artifacts import classification_metrics
+
+    m = classification_metrics(y, probs, classes)
+    return f"{m['accuracy']:.3f} / {m['macro_f1']:.3f}"
+
+
+def _probs(model, x) -> np.ndarray:
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        return torch.softmax(model(x).float(), dim=1).numpy()
+
+
+def check_run(run_dir: Path, data_dir: Path, registry) -> dict:
+    """The labels of the run's validation and test parts, and its probabilities under each way of scoring."""
+    import copy
+
+    import torch
+
+    from busi_web import artifacts as art
+    from busi_web.predictor import Predictor
+    from busi_web.roi import dataset_params
+    from busi_web.splits import Split
+    from busi_web.train_loop import load_state
+
+    pred = Predictor.from_checkpoint(run_dir / art.BEST_PT, registry)
+    ds = registry.dataset("busi").build(dataset_params(pred), root=str(data_dir))
+    split = Split.load(run_dir / art.SPLIT_JSON, ds)
+    to_model = [pred.classes.index(c) for c in ds.classes]
+    state = load_state(run_dir / art.LAST_PT)
+    last = None
+    if state is not None:
+        last = copy.deepcopy(pred.model)
+        last.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
+    out: dict = {"classes": pred.classes, "split": tuple(sorted(ds.samples[i].key for i in split.test))}
+    for part in PARTS:
+        idx = split.part(part)
+        x = torch.stack(pred.prepare([ds.load_image(i) for i in idx]))
+        out[part] = {"y": np.array([to_model[ds.samples[i].label] for i in idx]), "best": _probs(pred.model, x)}
+        out[part]["flip"] = (out[part]["best"] + _probs(pred.model, x.flip(-1))) / 2
+        if last is not None:
+            out[part]["last"] = _probs(last, x)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders (each with best_model.pt and split.json)")
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    args = ap.parse_args(argv)
+    if not args.data_dir.is_dir():
+        print(f"skipped: BUSI folder {args.data_dir} is absent (pass --data-dir to point at one)")
+        return 0
+    from busi_web.plugins import load_plugins
+
+    registry = load_plugins()
+    results = {}
+    print("accuracy / macro-F1 on each run's own split")
+    print("| run | val: best | val: flip | val: last | test: best | test: flip | test: last |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for run_dir in args.runs:
+        r = results[run_dir] = check_run(run_dir, args.data_dir, registry)
+        cells = [_score(r[p]["y"], r[p][way], r["classes"]) if way in r[p] else "-"
+                 for p in PARTS for way in ("best", "flip", "last")]
+        print(f"| {run_dir} | " + " | ".join(cells) + " |", flush=True)
+    groups: dict[tuple, list[Path]] = {}
+    for run_dir, r in results.items():
+        groups.setdefault(r["split"], []).append(run_dir)
+    for members in (g for g in groups.values() if len(g) > 1):
+        first = results[members[0]]
+        cells = [_score(first[p]["y"], np.mean([results[m][p]["best"] for m in members], axis=0), first["classes"])
+                 for p in PARTS]
+        print(f"mean of {', '.join(str(m) for m in members)}: val {cells[0]}, test {cells[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
