@@ -60,6 +60,8 @@ def check_run(run_dir: Path, data_dir: Path, registry) -> dict:
     from busi_web.train_loop import load_state
 
     pred = Predictor.from_checkpoint(run_dir / art.BEST_PT, registry)
+    if pred.checkpoint_meta.dataset != "busi":
+        raise SystemExit(f"{run_dir} was trained on {pred.checkpoint_meta.dataset!r}; these checks read BUSI runs")
     ds = registry.dataset("busi").build(dataset_params(pred), root=str(data_dir))
     split = Split.load(run_dir / art.SPLIT_JSON, ds)
     to_model = [pred.classes.index(c) for c in ds.classes]
@@ -87,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data_dir.is_dir():
         print(f"skipped: BUSI folder {args.data_dir} is absent (pass --data-dir to point at one)")
         return 0
+    from busi_web import artifacts as art
     from busi_web.plugins import load_plugins
+
+    for run_dir in args.runs:
+        for name in (art.BEST_PT, art.SPLIT_JSON):
+            if not (run_dir / name).is_file():
+                raise SystemExit(f"{run_dir} has no {name}: give folders of finished BUSI runs")
 
     registry = load_plugins()
     results = {}
