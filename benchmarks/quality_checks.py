@@ -40,11 +40,9 @@ def _score(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> str:
 
 
 def _probs(model, x) -> np.ndarray:
-    import torch
+    from busi_web.explain import classify
 
-    model.eval()
-    with torch.inference_mode():
-        return torch.softmax(model(x).float(), dim=1).numpy()
+    return classify(model.eval(), x).probs.numpy()
 
 
 def check_run(run_dir: Path, data_dir: Path, registry) -> dict:

@@ -297,8 +297,9 @@ class Engine:
                 x, masks = mix.images, mix.masks
             with self._autocast():
                 logits = model(x)
-                loss = crit(logits, y) if mix is None else (mix.share * crit(logits, y)
-                                                            + (1.0 - mix.share) * crit(logits, y[mix.partner]))
+                loss = crit(logits, y)
+                if mix is not None:
+                    loss = mix.share * loss + (1.0 - mix.share) * crit(logits, y[mix.partner])
                 if masks is not None:
                     loss = loss + guide.loss(*masks)
             opt.zero_grad(set_to_none=True)
