@@ -25,7 +25,7 @@ from .specs import InvalidParameters, Param
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("plateau", "cosine", "none")
 BALANCING = ("none", "weighted_loss", "oversample")
-MONITORS = ("val_macro_f1", "val_loss")
+MONITORS = ("val_macro_f1", "val_loss", "last")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 TRAIN_PARAMS: tuple[Param, ...] = (
@@ -68,7 +68,8 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("balance", "choice", "weighted_loss", "Class balancing: 'weighted_loss' weighs the loss by inverse "
           "class frequency, 'oversample' draws rare classes more often, 'none' does neither.", choices=BALANCING),
     Param("monitor", "choice", "val_macro_f1", "Validation metric that picks the best model and drives early "
-          "stopping.", choices=MONITORS),
+          "stopping; 'last' keeps the model of the last epoch (with ema, the weight average at the end) and "
+          "validation only reports (patience must then be 0).", choices=MONITORS),
     Param("patience", "int", 7, "Stop after this many epochs without improvement of the monitored metric "
           "(0: never stop early).", minimum=0, maximum=1000),
     Param("seed", "int", 42, "Seed for the split, initial weights, augmentation and shuffling.", minimum=0,
@@ -118,6 +119,9 @@ def validate_train_params(values: Mapping[str, Any] | None = None) -> dict[str, 
     if "val_frac" in out and "test_frac" in out and out["val_frac"] + out["test_frac"] >= 0.9:
         errors["test_frac"] = (f"val_frac + test_frac is {out['val_frac'] + out['test_frac']:g}; keep it below "
                                "0.9 so enough images are left for training")
+    if out.get("monitor") == "last" and out.get("patience"):
+        errors["patience"] = ("early stopping needs a monitored metric, and monitor 'last' has none; set patience "
+                              "to 0 or monitor val_macro_f1 or val_loss")
     if out.get("lesion_layers") is not None:
         names = [n.strip() for n in str(out["lesion_layers"]).split(",")]
         out["lesion_layers"] = ",".join(n for n in names if n)

@@ -202,7 +202,7 @@ class TrainingRun:
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.best, self.best_epoch = state["best"], int(state["best_epoch"])
             self.bad_epochs, self.history = int(state["bad_epochs"]), list(state["history"])
-            self.log(f"resuming after epoch {self.epoch} (best {self.train['monitor']} {self.best})")
+            self.log(f"resuming after epoch {self.epoch} (kept so far: {self._metric_name()} {self.best})")
         # Rows of epochs after the saved state (a partly done epoch) would be duplicated: drop them.
         self.store.delete_metrics(self.run_id, from_epoch=self.epoch + 1)
 
@@ -243,13 +243,15 @@ class TrainingRun:
                                "val_acc": m["accuracy"], "val_macro_f1": m["macro_f1"]}
         row.update({f"val_recall_{c}": m["per_class"][c]["recall"] for c in self.classes})
         row.update(val_auc=m["auc"], lr=lr, images_per_s=res.images / max(res.seconds, 1e-9))
-        value = row[p["monitor"]]
+        last = p["monitor"] == "last"
+        value = row["val_macro_f1" if last else p["monitor"]]
         if self.scheduler is not None:
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(value)
             else:
                 self.scheduler.step()
-        improved = self.best is None or (value < self.best if p["monitor"] == "val_loss" else value > self.best)
+        improved = last or self.best is None or (value < self.best if p["monitor"] == "val_loss"
+                                                 else value > self.best)
         if improved:
             self.best, self.best_epoch, self.bad_epochs = float(value), epoch, 0
             self._save_best(epoch, m)
@@ -261,12 +263,12 @@ class TrainingRun:
         self.store.add_metrics(self.run_id, [{"epoch": epoch, "step": self.step, "key": k, "value": float(v)}
                                              for k, v in row.items() if k != "epoch" and v is not None])
         self.store.update_run(self.run_id, epochs_done=epoch, best_metric=self.best,
-                              best_metric_name=p["monitor"])
+                              best_metric_name=self._metric_name())
         self.save_last()
         art.write_atomic(self.dir / art.HISTORY_PNG, art.history_plot_png(self.history))
         self.log(f"epoch {epoch}/{p['epochs']}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None)
-            + (" (best)" if improved else ""))
+            + ((" (kept)" if last else " (best)") if improved else ""))
         if self.progress is not None:
             self.progress({"type": "epoch", "epoch": epoch, "epochs": p["epochs"], "metrics": dict(row)})
         self.check_store_cancel()
@@ -284,6 +286,16 @@ class TrainingRun:
             self.progress({"type": "batch", **row})
 
     # -- artifacts -------------------------------------------------------------
+    def _metric_name(self) -> str:
+        """What ``best_metric`` holds: the monitored metric, or with monitor 'last' the last epoch's macro-F1."""
+        assert self.train is not None
+        return "val_macro_f1 (last epoch)" if self.train["monitor"] == "last" else self.train["monitor"]
+
+    def _kept_text(self) -> str:
+        assert self.train is not None
+        which = "model of the last epoch," if self.train["monitor"] == "last" else "best model of epoch"
+        return f"{which} {self.best_epoch} ({self._metric_name()} {self.best:.4f})"
+
     def _meta(self, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
         p = self.train
         assert p is not None
@@ -325,8 +337,8 @@ class TrainingRun:
         eng.eval_model.load_state_dict(state)
         y, probs, test_loss = eng.predict(self.loaders["test"])
         m = art.classification_metrics(y, probs, self.classes)
-        title = (f"run {self.run_id}: {self.run['backbone']} on {self.run['dataset']}, test part, best model of "
-                 f"epoch {self.best_epoch} ({self.train['monitor']} {self.best:.4f})")
+        title = (f"run {self.run_id}: {self.run['backbone']} on {self.run['dataset']}, test part, "
+                 f"{self._kept_text()}")
         art.write_json(self.dir / art.METRICS_JSON, {
             "run_id": self.run_id, "part": "test", "loss": test_loss, **m, "best_epoch": self.best_epoch,
             "monitor": self.train["monitor"], "best_value": self.best, "epochs_done": self.epoch,

@@ -261,6 +261,32 @@ def test_seeded_cpu_run_reproduces_its_metrics(registry, store):
     assert val_series(store, other["id"]) != a
 
 
+def test_monitor_last_keeps_the_final_weight_average_where_validation_picks_an_earlier_epoch(registry, store):
+    from busi_web.checkpoint import read_checkpoint
+
+    with pytest.raises(InvalidParameters) as exc:
+        validate_train_params({"monitor": "last", "patience": 3})
+    assert "patience" in exc.value.errors and "monitor" in exc.value.errors["patience"]
+    train = {"epochs": 6, "lr": 0.03, "ema": 0.5, "patience": 0}
+    picked, kept = new_run(store, registry, train=train), new_run(store, registry, train={**train, "monitor": "last"})
+    for r in (picked, kept):
+        assert run_training(store, r["id"], registry)["status"] == "finished"
+    # The same seeded run: validation macro-F1 peaks before the end, so the two modes keep different models.
+    assert json.loads((Path(store.get_run(picked["id"])["run_dir"]) / art.METRICS_JSON).read_text())["best_epoch"] < 6
+    assert val_series(store, picked["id"]) == val_series(store, kept["id"])
+    final = store.get_run(kept["id"])
+    run_dir = Path(final["run_dir"])
+    meta, weights = read_checkpoint(run_dir / art.BEST_PT)
+    assert meta.extra["epoch"] == 6 and meta.extra["monitor"] == "last"
+    average = load_state(run_dir / art.LAST_PT)["ema"]["model"]
+    assert weights.keys() == average.keys() and all(torch.equal(weights[k], average[k]) for k in weights)
+    metrics = json.loads((run_dir / art.METRICS_JSON).read_text())
+    assert metrics["best_epoch"] == 6 and metrics["monitor"] == "last"
+    assert final["best_metric_name"] == "val_macro_f1 (last epoch)"
+    assert final["best_metric"] == pytest.approx(val_series(store, kept["id"])[(6, "val_macro_f1")])
+    assert "model of the last epoch, 6" in (run_dir / art.REPORT_TXT).read_text()
+
+
 def test_failures_are_stored_on_the_run_and_leave_other_runs_alone(registry, store, tmp_path):
     done = new_run(store, registry, train={"epochs": 1})
     run_training(store, done["id"], registry)
