@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--scorecam-maps", type=int, default=20,
                     help="images Score-CAM maps (one forward per channel: seconds per image on a CPU); -1: all")
     ap.add_argument("--reuse-run", type=Path, help="evaluate this trained run folder instead of training")
+    ap.add_argument("--naive-split", action="store_true",
+                    help="split by class only, ignoring near-duplicates (the leaky protocol, to measure the leak)")
     ap.add_argument("--train-only", action="store_true",
                     help="train and stop (recipe sweeps pick by validation; the run still logs its test numbers)")
     return ap.parse_args(argv)
@@ -69,6 +71,8 @@ def train(args: argparse.Namespace, registry) -> Path:
     store = JobStore(args.out / "busi.db", args.out / "runs")
     run = store.create_run(backbone, "busi", params, name="quality benchmark", data_dir=str(args.data_dir))
     print(f"run {run['id']}: {backbone} {params['backbone']} on busi, training {params['train']}", flush=True)
+    if args.naive_split:
+        print(naive_split(registry, args.data_dir, params["train"], Path(run["run_dir"])), flush=True)
 
     def progress(event: dict) -> None:
         if event.get("type") == "log":
@@ -82,11 +86,34 @@ def train(args: argparse.Namespace, registry) -> Path:
     return Path(final["run_dir"])
 
 
+def naive_split(registry, data_dir: Path, train_params: dict, run_dir: Path) -> str:
+    """Write the run's split.json as a split by class alone: near-duplicates may sit on both sides.
+
+    The trainer reuses a split.json it finds in the run folder. This is the
+    leaky protocol, kept only to measure how much the leak inflates the test
+    numbers; returns a line saying how many test images have a near-duplicate
+    in the training part.
+    """
+    from busi_web.artifacts import write_json
+    from busi_web.splits import near_duplicate_groups, split_dataset
+
+    ds = registry.dataset("busi").build({}, root=str(data_dir))
+    groups = near_duplicate_groups(ds)
+    ds.has_duplicates = False  # the splitter then deals every image on its own
+    split = split_dataset(ds, train_params["val_frac"], train_params["test_frac"], train_params["seed"])
+    write_json(run_dir / "split.json", {**split.to_dict(), "threshold": None, "protocol": "naive"})
+    train = set(split.train)
+    leaked = sum(1 for g in groups for i in g if i in split.test and train.intersection(g))
+    return (f"naive split (near-duplicates ignored): {leaked} of {len(split.test)} test images have a "
+            f"near-duplicate in the training part")
+
+
 def split_protocol(run_dir: Path) -> dict:
     """Seed, fractions, duplicate threshold, group count and the per-part class counts of the run."""
     split = json.loads((run_dir / "split.json").read_text())
     params = json.loads((run_dir / "params.json").read_text())
-    return {"seed": split["seed"], "val_frac": split["val_frac"], "test_frac": split["test_frac"],
+    return {"protocol": split.get("protocol", "duplicate-aware"), "seed": split["seed"],
+            "val_frac": split["val_frac"], "test_frac": split["test_frac"],
             "phash_threshold": split["threshold"], "duplicate_groups": len(split["groups"]),
             "images_in_groups": sum(len(g) for g in split["groups"]), "counts": params.get("counts")}
 
