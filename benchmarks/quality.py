@@ -16,6 +16,8 @@ the run folder under ``evaluations/``, and a summary to ``--out``.
     python benchmarks/quality.py --epochs 2           # a quick smoke run
     python benchmarks/quality.py --reuse-run DIR      # only evaluate an already trained run folder
     python benchmarks/quality.py --train-only --param ema=0.99 --out DIR   # one point of a recipe sweep
+    python benchmarks/quality.py --train-only --split-from RUN_DIR --param seed=43 --out DIR   # training noise
+    python benchmarks/quality.py --train-only --naive-split --out DIR   # the leaky protocol, to measure the leak
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -46,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reuse-run", type=Path, help="evaluate this trained run folder instead of training")
     ap.add_argument("--naive-split", action="store_true",
                     help="split by class only, ignoring near-duplicates (the leaky protocol, to measure the leak)")
+    ap.add_argument("--split-from", type=Path, metavar="RUN_DIR",
+                    help="train on this run's split.json (same parts; the seed then only changes the initial "
+                         "weights, augmentation and shuffling)")
     ap.add_argument("--train-only", action="store_true",
                     help="train and stop (recipe sweeps pick by validation; the run still logs its test numbers)")
     return ap.parse_args(argv)
@@ -73,6 +79,9 @@ def train(args: argparse.Namespace, registry) -> Path:
     print(f"run {run['id']}: {backbone} {params['backbone']} on busi, training {params['train']}", flush=True)
     if args.naive_split:
         print(naive_split(registry, args.data_dir, params["train"], Path(run["run_dir"])), flush=True)
+    elif args.split_from:
+        shutil.copyfile(args.split_from / "split.json", Path(run["run_dir"]) / "split.json")
+        print(f"the split of {args.split_from}", flush=True)
 
     def progress(event: dict) -> None:
         if event.get("type") == "log":
@@ -120,6 +129,10 @@ def split_protocol(run_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.naive_split and args.split_from:
+        raise SystemExit("give --naive-split or --split-from, not both")
+    if args.split_from and not (args.split_from / "split.json").is_file():
+        raise SystemExit(f"{args.split_from} has no split.json: give the folder of a run")
     if not args.data_dir.is_dir():
         print(f"skipped: BUSI folder {args.data_dir} is absent (pass --data-dir to point at one)")
         return 0
