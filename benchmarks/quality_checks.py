@@ -32,11 +32,25 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "busi" / "Dataset_BUSI_with_GT"
 PARTS = ("val", "test")
 
 
-def _score(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> str:
+def _metrics(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> tuple[float, float]:
     from busi_web.artifacts import classification_metrics
 
     m = classification_metrics(y, probs, classes)
-    return f"{m['accuracy']:.3f} / {m['macro_f1']:.3f}"
+    return m["accuracy"], m["macro_f1"]
+
+
+def _fmt(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.3f} / {pair[1]:.3f}"
+
+
+def _score(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> str:
+    return _fmt(_metrics(y, probs, classes))
+
+
+def _mean_sd(pairs: list[tuple[float, float]]) -> str:
+    """``mean (sd) / mean (sd)`` of accuracy and macro-F1 over runs (sample sd)."""
+    a = np.array(pairs)
+    return " / ".join(f"{a[:, k].mean():.3f} ({a[:, k].std(ddof=1):.3f})" for k in (0, 1))
 
 
 def _probs(model, x) -> np.ndarray:
@@ -97,14 +111,22 @@ def main(argv: list[str] | None = None) -> int:
 
     registry = load_plugins()
     results = {}
+    columns = [(part, way) for part in PARTS for way in ("best", "flip", "last")]
+    scores: dict[tuple[str, str], list[tuple[float, float]]] = {c: [] for c in columns}
     print("accuracy / macro-F1 on each run's own split")
     print("| run | val: best | val: flip | val: last | test: best | test: flip | test: last |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for run_dir in args.runs:
         r = results[run_dir] = check_run(run_dir, args.data_dir, registry)
-        cells = [_score(r[p]["y"], r[p][way], r["classes"]) if way in r[p] else "-"
-                 for p in PARTS for way in ("best", "flip", "last")]
+        cells = []
+        for part, way in columns:
+            if way in r[part]:
+                scores[part, way].append(_metrics(r[part]["y"], r[part][way], r["classes"]))
+            cells.append(_fmt(scores[part, way][-1]) if way in r[part] else "-")
         print(f"| {run_dir} | " + " | ".join(cells) + " |", flush=True)
+    if len(results) > 1:
+        cells = [_mean_sd(scores[c]) if len(scores[c]) > 1 else "-" for c in columns]
+        print(f"| mean (sd) of {len(results)} runs | " + " | ".join(cells) + " |")
     groups: dict[tuple, list[Path]] = {}
     for run_dir, r in results.items():
         groups.setdefault(r["split"], []).append(run_dir)
