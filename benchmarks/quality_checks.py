@@ -9,10 +9,13 @@ is scored on the validation and test parts of its own ``split.json``, with
 * ``last``: the weights after the last epoch (the weight average when the
   run kept one), read from ``last.pt``.
 
-Runs that share a split are also averaged (the mean of their ``best``
-probabilities). These checks look at the test part again, so they are for
-understanding a recipe, never for picking one: pick by the validation
-columns. The data folder defaults to ``../shared/data/busi/Dataset_BUSI_with_GT``;
+With more than one run, a last row gives each column's mean (sd) over the
+runs. Runs that share a split are also averaged (the mean of their ``best``
+probabilities). For a run on a split by class alone (``quality.py
+--naive-split``) the test images that have a near-duplicate in the training
+part are also scored apart from the others. These checks look at the test
+part again, so they are for understanding a recipe, never for picking one:
+pick by the validation columns. The data folder defaults to ``../shared/data/busi/Dataset_BUSI_with_GT``;
 when it is absent the script says so and exits 0.
 
     python benchmarks/quality_checks.py RUN_DIR [RUN_DIR ...]
@@ -21,6 +24,7 @@ when it is absent the script says so and exits 0.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -68,7 +72,7 @@ def check_run(run_dir: Path, data_dir: Path, registry) -> dict:
     from busi_web import artifacts as art
     from busi_web.predictor import Predictor
     from busi_web.roi import dataset_params
-    from busi_web.splits import Split
+    from busi_web.splits import Split, near_duplicate_groups
     from busi_web.train_loop import load_state
 
     pred = Predictor.from_checkpoint(run_dir / art.BEST_PT, registry)
@@ -83,6 +87,11 @@ def check_run(run_dir: Path, data_dir: Path, registry) -> dict:
         last = copy.deepcopy(pred.model)
         last.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
     out: dict = {"classes": pred.classes, "split": tuple(sorted(ds.samples[i].key for i in split.test))}
+    if json.loads((run_dir / art.SPLIT_JSON).read_text()).get("protocol") == "naive":
+        # A split by class alone (quality.py --naive-split): mark the test images whose near-duplicate was trained on.
+        train = set(split.train)
+        twins = {i for g in near_duplicate_groups(ds) if train.intersection(g) for i in g}
+        out["leaked"] = np.array([i in twins for i in split.test])
     for part in PARTS:
         idx = split.part(part)
         x = torch.stack(pred.prepare([ds.load_image(i) for i in idx]))
@@ -135,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         cells = [_score(first[p]["y"], np.mean([results[m][p]["best"] for m in members], axis=0), first["classes"])
                  for p in PARTS]
         print(f"mean of {', '.join(str(m) for m in members)}: val {cells[0]}, test {cells[1]}")
+    for run_dir, r in results.items():
+        if "leaked" in r:
+            right = r["test"]["best"].argmax(1) == r["test"]["y"]
+            leaked = r["leaked"]
+            print(f"{run_dir}: naive split; the {leaked.sum()} test images with a near-duplicate in training: "
+                  f"{right[leaked].mean():.3f} right, the other {(~leaked).sum()}: {right[~leaked].mean():.3f}")
     return 0
 
 
