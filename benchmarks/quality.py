@@ -111,8 +111,7 @@ def naive_split(registry, data_dir: Path, train_params: dict, run_dir: Path) -> 
     ds.has_duplicates = False  # the splitter then deals every image on its own
     split = split_dataset(ds, train_params["val_frac"], train_params["test_frac"], train_params["seed"])
     write_json(run_dir / "split.json", {**split.to_dict(), "threshold": None, "protocol": "naive"})
-    train = set(split.train)
-    leaked = sum(1 for g in groups for i in g if i in split.test and train.intersection(g))
+    leaked = len(split.twins_of_training(groups))
     return (f"naive split (near-duplicates ignored): {leaked} of {len(split.test)} test images have a "
             f"near-duplicate in the training part")
 

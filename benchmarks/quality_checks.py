@@ -79,7 +79,8 @@ def check_run(run_dir: Path, data_dir: Path, registry) -> dict:
     if pred.checkpoint_meta.dataset != "busi":
         raise SystemExit(f"{run_dir} was trained on {pred.checkpoint_meta.dataset!r}; these checks read BUSI runs")
     ds = registry.dataset("busi").build(dataset_params(pred), root=str(data_dir))
-    split = Split.load(run_dir / art.SPLIT_JSON, ds)
+    doc = json.loads((run_dir / art.SPLIT_JSON).read_text(encoding="utf-8"))
+    split = Split.from_json(doc, ds)
     to_model = [pred.classes.index(c) for c in ds.classes]
     state = load_state(run_dir / art.LAST_PT)
     last = None
@@ -87,10 +88,8 @@ def check_run(run_dir: Path, data_dir: Path, registry) -> dict:
         last = copy.deepcopy(pred.model)
         last.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
     out: dict = {"classes": pred.classes, "split": tuple(sorted(ds.samples[i].key for i in split.test))}
-    if json.loads((run_dir / art.SPLIT_JSON).read_text()).get("protocol") == "naive":
-        # A split by class alone (quality.py --naive-split): mark the test images whose near-duplicate was trained on.
-        train = set(split.train)
-        twins = {i for g in near_duplicate_groups(ds) if train.intersection(g) for i in g}
+    if doc.get("protocol") == "naive":  # a split by class alone (quality.py --naive-split): mark the leaked images
+        twins = split.twins_of_training(near_duplicate_groups(ds))
         out["leaked"] = np.array([i in twins for i in split.test])
     for part in PARTS:
         idx = split.part(part)

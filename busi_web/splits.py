@@ -150,6 +150,13 @@ class Split:
             raise KeyError(f"unknown split part {name!r}; expected one of {', '.join(PARTS)}")
         return getattr(self, name)
 
+    def twins_of_training(self, groups: Sequence[Sequence[int]], part: str = "test") -> set[int]:
+        """The images of ``part`` with a near-duplicate in the training part (``groups`` as from
+        :func:`near_duplicate_groups`): none on a duplicate-aware split; the leak of a split that ignored them."""
+        train = set(self.train)
+        members = set(self.part(part))
+        return {i for g in groups if train.intersection(g) for i in g if i in members}
+
     def counts(self, dataset: ImageDataset) -> dict[str, dict[str, int]]:
         """``{part: {class: n}}``."""
         out = {}

@@ -191,3 +191,13 @@ def test_generated_dataset_skips_hashing() -> None:
     split = split_dataset(ds, seed=0)
     assert split.groups == [] and len(split.train) + len(split.val) + len(split.test) == 30
     assert all(n >= 1 for part in split.counts(ds).values() for n in part.values())
+
+
+def test_twins_of_training_are_the_leak_of_a_split_that_ignores_near_duplicates() -> None:
+    keys = [f"k{i}" for i in range(8)]
+    split = Split(train=[0, 1, 3], val=[2, 4], test=[5, 6, 7], keys=keys)
+    groups = [[0, 5], [1, 2], [6, 7]]  # 5's twin was trained on; 2 is in val; 6 and 7 are twins of each other
+    assert split.twins_of_training(groups) == {5}
+    assert split.twins_of_training(groups, part="val") == {2}
+    with pytest.raises(KeyError):
+        split.twins_of_training(groups, part="train_set")
