@@ -18,6 +18,7 @@ the run folder under ``evaluations/``, and a summary to ``--out``.
     python benchmarks/quality.py --train-only --param ema=0.99 --out DIR   # one point of a recipe sweep
     python benchmarks/quality.py --train-only --split-from RUN_DIR --param seed=43 --out DIR   # training noise
     python benchmarks/quality.py --train-only --naive-split --out DIR   # the leaky protocol, to measure the leak
+    python benchmarks/quality.py --train-only --backbone-param output_stride=16 --out DIR   # a backbone option
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override any training parameter of the recipe")
     ap.add_argument("--backbone", help="override the recipe's backbone")
+    ap.add_argument("--backbone-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a backbone parameter of the recipe (e.g. output_stride=16)")
     ap.add_argument("--explainers", default="", help="comma-separated explainers (default: every one)")
     ap.add_argument("--scorecam-maps", type=int, default=20,
                     help="images Score-CAM maps (one forward per channel: seconds per image on a CPU); -1: all")
@@ -72,6 +75,9 @@ def train(args: argparse.Namespace, registry) -> Path:
         key, _, value = pair.partition("=")
         train_params[key.strip()] = value
     bb_params = dict(rec.get("backbone_params") or {}) if backbone == rec.get("backbone") else {}
+    for pair in args.backbone_param:
+        key, _, value = pair.partition("=")
+        bb_params[key.strip()] = value
     params = prepare_run_params(registry, backbone, "busi", train=train_params, backbone_params=bb_params,
                                 data_dir=str(args.data_dir))
     store = JobStore(args.out / "busi.db", args.out / "runs")

@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 CBAM_PLACEMENTS = ("end", "blocks")
+OUTPUT_STRIDES = (32, 16)
 
 
 def _check_sizes(num_classes: int, in_channels: int) -> None:
@@ -77,11 +78,16 @@ class ResNetClassifier(nn.Module):
     """
 
     def __init__(self, trunk: tvm.ResNet, num_classes: int, in_channels: int = 3, dropout: float = 0.5,
-                 cbam_end: bool = False):
+                 cbam_end: bool = False, output_stride: int = 32):
         super().__init__()
         _check_sizes(num_classes, in_channels)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if int(output_stride) == 16:
+            _keep_layer4_size(trunk.layer4)
+        elif int(output_stride) != 32:
+            raise ValueError(f"output_stride must be 32 or 16 (input pixels per feature-map cell), "
+                             f"got {output_stride}")
         conv1 = trunk.conv1
         if in_channels != conv1.in_channels:
             conv1 = nn.Conv2d(in_channels, conv1.out_channels, kernel_size=conv1.kernel_size, stride=conv1.stride,
@@ -107,6 +113,20 @@ class ResNetClassifier(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.avgpool(self.forward_features(x)), 1)))
 
 
+def _keep_layer4_size(layer4: nn.Sequential) -> None:
+    """Make ``layer4`` keep layer3's grid (stride 1 where it halved it): an output stride of 16, not 32.
+
+    The weights keep their shapes (a torchvision state_dict still loads);
+    only the first block's strided convolution and its shortcut change. The
+    target layer's map then has twice the side (8 x 8 at 128 px, not 4 x 4),
+    for finer heatmaps and lesion guidance, at about 1.7 times the compute.
+    """
+    block = layer4[0]
+    for conv in (block.conv1, getattr(block, "conv2", None), block.downsample[0] if block.downsample else None):
+        if isinstance(conv, nn.Conv2d) and conv.stride != (1, 1):
+            conv.stride = (1, 1)
+
+
 def _finish(model: nn.Module, pretrained_path: str | None) -> nn.Module:
     if pretrained_path:
         model.pretrained_report = load_pretrained(model, pretrained_path)
@@ -114,7 +134,8 @@ def _finish(model: nn.Module, pretrained_path: str | None) -> nn.Module:
 
 
 def build_resnet50_cbam(num_classes: int = 3, in_channels: int = 3, cbam_placement: str = "end",
-                        dropout: float = 0.5, pretrained_path: str | None = None) -> ResNetClassifier:
+                        dropout: float = 0.5, pretrained_path: str | None = None,
+                        output_stride: int = 32) -> ResNetClassifier:
     """ResNet50 with CBAM, ``placement`` ``end`` (one CBAM after layer4) or ``blocks`` (one per bottleneck)."""
     if cbam_placement not in CBAM_PLACEMENTS:
         raise ValueError(f"cbam_placement must be one of {', '.join(CBAM_PLACEMENTS)}, got {cbam_placement!r}")
@@ -123,21 +144,22 @@ def build_resnet50_cbam(num_classes: int = 3, in_channels: int = 3, cbam_placeme
         trunk = tvm.ResNet(CBAMBottleneck, [3, 4, 6, 3])
     else:
         trunk = tvm.resnet50(weights=None)
-    model = ResNetClassifier(trunk, num_classes, in_channels, dropout, cbam_end=cbam_placement == "end")
+    model = ResNetClassifier(trunk, num_classes, in_channels, dropout, cbam_end=cbam_placement == "end",
+                             output_stride=output_stride)
     return _finish(model, pretrained_path)  # type: ignore[return-value]
 
 
 def build_resnet50(num_classes: int = 3, in_channels: int = 3, dropout: float = 0.5,
-                   pretrained_path: str | None = None) -> ResNetClassifier:
+                   pretrained_path: str | None = None, output_stride: int = 32) -> ResNetClassifier:
     """Plain torchvision ResNet50 (no attention) with our head: the baseline for the CBAM ablation."""
-    model = ResNetClassifier(tvm.resnet50(weights=None), num_classes, in_channels, dropout)
+    model = ResNetClassifier(tvm.resnet50(weights=None), num_classes, in_channels, dropout, output_stride=output_stride)
     return _finish(model, pretrained_path)  # type: ignore[return-value]
 
 
 def build_resnet18(num_classes: int = 3, in_channels: int = 3, dropout: float = 0.5,
-                   pretrained_path: str | None = None) -> ResNetClassifier:
+                   pretrained_path: str | None = None, output_stride: int = 32) -> ResNetClassifier:
     """Plain torchvision ResNet18 with our head: a lighter baseline."""
-    model = ResNetClassifier(tvm.resnet18(weights=None), num_classes, in_channels, dropout)
+    model = ResNetClassifier(tvm.resnet18(weights=None), num_classes, in_channels, dropout, output_stride=output_stride)
     return _finish(model, pretrained_path)  # type: ignore[return-value]
 
 
@@ -186,6 +208,11 @@ def _dropout(default: float) -> Param:
                  minimum=0.0, maximum=0.9)
 
 
+_OUTPUT_STRIDE = Param("output_stride", "choice", 32,
+                        "input pixels per cell of the last feature map: 32 (standard) or 16 (layer4 keeps "
+                        "layer3's grid: heatmaps and lesion guidance twice as fine, about 1.7x the compute)",
+                        choices=OUTPUT_STRIDES, advanced=True)
+
 _PRETRAINED = Param("pretrained_path", "path", None,
                     "optional local torchvision ResNet state_dict (.pth) to start from; nothing is downloaded. "
                     "The backbone loads from it; CBAM and the classifier head start fresh.", advanced=True)
@@ -205,6 +232,7 @@ def register_backbones() -> list[BackboneSpec]:
                 Param("cbam_placement", "choice", "end", "where CBAM sits: 'end' after layer4, or 'blocks' "
                       "in every bottleneck", choices=CBAM_PLACEMENTS),
                 _dropout(0.5),
+                _OUTPUT_STRIDE,
                 _PRETRAINED,
             ),
             target_layer="cbam",
@@ -214,7 +242,7 @@ def register_backbones() -> list[BackboneSpec]:
             title="ResNet50",
             description="Plain ResNet50 without attention: the baseline for ResNet50 + CBAM.",
             factory=build_resnet50,
-            params=(_dropout(0.5), _PRETRAINED),
+            params=(_dropout(0.5), _OUTPUT_STRIDE, _PRETRAINED),
             target_layer="layer4",
         ),
         BackboneSpec(
@@ -222,7 +250,7 @@ def register_backbones() -> list[BackboneSpec]:
             title="ResNet18",
             description="Plain ResNet18: a lighter baseline that trains several times faster on a CPU.",
             factory=build_resnet18,
-            params=(_dropout(0.5), _PRETRAINED),
+            params=(_dropout(0.5), _OUTPUT_STRIDE, _PRETRAINED),
             target_layer="layer4",
         ),
         BackboneSpec(

@@ -137,13 +137,49 @@ def test_registered_specs_match_the_builders():
     assert {"resnet50_cbam", "resnet50", "resnet18", "tiny_cnn"} <= set(reg.backbones)
     spec = reg.backbone("resnet50_cbam")
     assert spec.target_layer == "cbam"
-    assert spec.defaults() == {"cbam_placement": "end", "dropout": 0.5, "pretrained_path": None}
+    assert spec.defaults() == {"cbam_placement": "end", "dropout": 0.5, "output_stride": 32, "pretrained_path": None}
     for s in reg.backbones.values():
         assert not {"num_classes", "in_channels"} & {p.name for p in s.params}
     with pytest.raises(InvalidParameters, match="cbam_placement"):
         spec.validate({"cbam_placement": "middle"})
     tiny = reg.backbone("tiny_cnn").build({"width": "8"}, num_classes=3, in_channels=3)
     assert tiny.fc.in_features == 32 and reg.backbone("tiny_cnn").target_layer == tiny.target_layer == "features"
+
+
+@pytest.mark.parametrize("builder, kwargs", [(build_resnet18, {}), (build_resnet50, {}),
+                                             (build_resnet50_cbam, {"cbam_placement": "end"}),
+                                             (build_resnet50_cbam, {"cbam_placement": "blocks"})])
+def test_output_stride_16_keeps_layer3s_grid_with_the_same_weights(builder, kwargs):
+    coarse = builder(num_classes=3, **kwargs).eval()
+    fine = builder(num_classes=3, output_stride=16, **kwargs).eval()
+    fine.load_state_dict(coarse.state_dict())  # same tensors, same shapes: weights move between the two
+    seen = {}
+
+    def keep_shape(_module, _inputs, out):
+        seen["layer3"] = out.shape
+
+    fine.layer3.register_forward_hook(keep_shape)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert coarse.forward_features(x).shape[-2:] == (2, 2)
+        feats = fine.forward_features(x)
+        assert feats.shape[-2:] == (4, 4) == seen["layer3"][-2:]
+        assert fine(x).shape == (2, 3)
+        # Only the grid changed: the head is still a linear map of the pooled target-layer map (the CAM layout).
+        pooled = feats.mean((2, 3))
+        assert torch.allclose(fine(x), fine.fc(pooled), atol=1e-5)
+    with pytest.raises(ValueError, match="output_stride must be 32 or 16"):
+        builder(output_stride=8, **kwargs)
+
+
+def test_output_stride_is_a_registered_choice_and_reaches_the_model():
+    spec = load_plugins().backbone("resnet18")
+    assert spec.defaults()["output_stride"] == 32
+    model = spec.build(spec.validate({"output_stride": "16"}), num_classes=2, in_channels=1)
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 1, 32, 32)).shape[-2:] == (2, 2)
+    with pytest.raises(InvalidParameters, match="output_stride"):
+        spec.validate({"output_stride": "8"})
 
 
 def test_tiny_cnn_learns_a_simple_task_quickly():

@@ -36,7 +36,8 @@ def test_the_recipe_is_a_valid_run_as_it_stands(tmp_path: Path):
     params = prepare_run_params(registry, rec["backbone"], "busi", train=rec["train"],
                                 backbone_params=rec["backbone_params"], data_dir=str(data))
     assert params["train"]["input_size"] == rec["train"]["input_size"]
-    assert params["backbone"]["dropout"] == rec["backbone_params"]["dropout"]
+    assert params["backbone"] == {**params["backbone"], **rec["backbone_params"]}
+    assert params["backbone"]["output_stride"] == 16
 
 
 @pytest.mark.browser
@@ -54,7 +55,9 @@ def test_the_train_form_fills_in_the_recipe_when_busi_is_chosen(server, new_page
         got, want = page.input_value(f"#f-train-{key}"), rec["train"][key]
         assert (float(got) == want) if isinstance(want, float) else got == str(want), (key, got, want)
     assert float(page.input_value("#f-backbone_params-dropout")) == rec["backbone_params"]["dropout"]
+    assert page.input_value("#f-backbone_params-output_stride") == str(rec["backbone_params"]["output_stride"])
     assert page.is_visible("#recipe-note") and "README" in page.inner_text("#recipe-note")
     page.select_option("#f-dataset", "phantom")
     assert page.input_value("#f-train-epochs") == "20" and page.input_value("#f-train-input_size") == "224"
+    assert page.input_value("#f-backbone_params-output_stride") == "32"
     assert page.is_hidden("#recipe-note")

@@ -128,6 +128,8 @@
         onBackbone();
         const bb = rec.backbone_params || {};
         spec("backbones", rec.backbone).params.forEach((p) => { if (p.name in bb) setParam("backbone_params", p, bb[p.name]); });
+      } else if (!rec) {
+        onBackbone(); // leaving a recipe: its backbone parameters go back to the backbone's defaults too
       }
       recipeApplied = !!rec;
       recipeNote.hidden = !rec;
