@@ -19,6 +19,10 @@ backbone                           target layer     what it is
 ``tiny_cnn``                       ``features``     last conv block
 =================================  ===============  =======================================
 
+The ResNets take ``output_stride`` 32 (standard) or 16: layer4 then keeps
+layer3's grid, so the target layer's map has twice the side (the same
+weights; see :func:`_keep_layer4_size`).
+
 The spec's ``target_layer`` is the one of the default parameters; callers that
 know the model should prefer ``model.target_layer`` (the checkpoint stores it).
 
@@ -119,7 +123,7 @@ def _keep_layer4_size(layer4: nn.Sequential) -> None:
     The weights keep their shapes (a torchvision state_dict still loads);
     only the first block's strided convolution and its shortcut change. The
     target layer's map then has twice the side (8 x 8 at 128 px, not 4 x 4),
-    for finer heatmaps and lesion guidance, at about 1.7 times the compute.
+    for finer heatmaps and lesion guidance, at about 1.4 times the compute (ResNet18).
     """
     block = layer4[0]
     for conv in (block.conv1, getattr(block, "conv2", None), block.downsample[0] if block.downsample else None):
@@ -210,7 +214,8 @@ def _dropout(default: float) -> Param:
 
 _OUTPUT_STRIDE = Param("output_stride", "choice", 32,
                         "input pixels per cell of the last feature map: 32 (standard) or 16 (layer4 keeps "
-                        "layer3's grid: heatmaps and lesion guidance twice as fine, about 1.7x the compute)",
+                        "layer3's grid: heatmaps and lesion guidance twice as fine, about 1.4x the compute "
+                        "for ResNet18)",
                         choices=OUTPUT_STRIDES, advanced=True)
 
 _PRETRAINED = Param("pretrained_path", "path", None,
