@@ -60,6 +60,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def _pairs(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict, parsed as the CLI's ``--param`` is; a malformed pair ends the script."""
+    import click
+
+    from busi_web.cli import parse_params
+
+    try:
+        return parse_params(tuple(pairs))
+    except click.ClickException as exc:
+        raise SystemExit(exc.message) from None
+
+
 def train(args: argparse.Namespace, registry) -> Path:
     """Train the recipe as a run in a benchmark-local job store; returns the run folder."""
     from busi_web.store import JobStore
@@ -71,13 +83,9 @@ def train(args: argparse.Namespace, registry) -> Path:
     train_params = dict(rec.get("train") or {})
     if args.epochs:
         train_params["epochs"] = args.epochs
-    for pair in args.param:
-        key, _, value = pair.partition("=")
-        train_params[key.strip()] = value
+    train_params.update(_pairs(args.param))
     bb_params = dict(rec.get("backbone_params") or {}) if backbone == rec.get("backbone") else {}
-    for pair in args.backbone_param:
-        key, _, value = pair.partition("=")
-        bb_params[key.strip()] = value
+    bb_params.update(_pairs(args.backbone_param))
     params = prepare_run_params(registry, backbone, "busi", train=train_params, backbone_params=bb_params,
                                 data_dir=str(args.data_dir))
     store = JobStore(args.out / "busi.db", args.out / "runs")
