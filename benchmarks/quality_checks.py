@@ -71,14 +71,13 @@ def check_run(run_dir: Path, data_dir: Path, registry) -> dict:
 
     from busi_web import artifacts as art
     from busi_web.predictor import Predictor
-    from busi_web.roi import dataset_params
     from busi_web.splits import Split, near_duplicate_groups
     from busi_web.train_loop import load_state
 
     pred = Predictor.from_checkpoint(run_dir / art.BEST_PT, registry)
     if pred.checkpoint_meta.dataset != "busi":
         raise SystemExit(f"{run_dir} was trained on {pred.checkpoint_meta.dataset!r}; these checks read BUSI runs")
-    ds = registry.dataset("busi").build(dataset_params(pred), root=str(data_dir))
+    ds = registry.dataset("busi").build(pred.dataset_params, root=str(data_dir))
     doc = json.loads((run_dir / art.SPLIT_JSON).read_text(encoding="utf-8"))
     split = Split.from_json(doc, ds)
     to_model = [pred.classes.index(c) for c in ds.classes]

@@ -37,7 +37,6 @@ from .checkpoint import CheckpointError
 from .datasets import DatasetError, ImageDataset
 from .plugins import PluginRegistry, UnknownPlugin, load_plugins
 from .quality import localisation
-from .roi import dataset_params as trained_dataset_params
 from .shortcuts import ShortcutScore, detect_marks, shortcut_score, summarise_shortcuts
 from .specs import InvalidParameters
 from .train_params import check_data_dir
@@ -153,7 +152,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
     meta = predictor.checkpoint_meta
     dataset = dataset or meta.dataset or ""
     if dataset_params is None and dataset == meta.dataset:
-        dataset_params = trained_dataset_params(predictor)
+        dataset_params = predictor.dataset_params
     ds = _build_dataset(registry, dataset, data_dir, dataset_params)
     to_model = _label_map(ds, meta.classes)
     indices = _indices(ds, run_dir, part)

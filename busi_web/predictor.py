@@ -16,6 +16,7 @@ eval mode (BatchNorm statistics and dropout are fixed).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .artifacts import PARAMS_JSON
 from .checkpoint import CheckpointMeta, load_checkpoint
 from .explain import classify, default_target_layer, feature_map_grid, overlay, to_png
 from .plugins import PluginRegistry, load_plugins
@@ -108,6 +110,21 @@ class Predictor:
     @property
     def classes(self) -> list[str]:
         return list(self.checkpoint_meta.classes)
+
+    @property
+    def dataset_params(self) -> dict[str, Any]:
+        """The dataset parameters the model was trained with: from the checkpoint (the trainer saves them there),
+        else, for older checkpoints, from ``params.json`` of the run folder the checkpoint sits in; else ``{}``."""
+        saved = self.checkpoint_meta.extra.get("dataset_params")
+        if saved is not None:
+            return dict(saved)
+        if not self.path:
+            return {}
+        try:
+            params = json.loads((Path(self.path).parent / PARAMS_JSON).read_text(encoding="utf-8"))
+            return dict(params["params"]["dataset"] or {})
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
 
     @property
     def meta(self) -> dict[str, Any]:

@@ -11,15 +11,12 @@ is then drawn on the crop. The dataset parameters the model was trained with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .artifacts import PARAMS_JSON
 from .errors import UserError
 from .plugins import PluginRegistry, UnknownPlugin
 
@@ -49,25 +46,10 @@ def roi_cropper(predictor: Any, registry: PluginRegistry) -> Callable[..., Any] 
         return None
 
 
-def dataset_params(predictor: Any) -> dict[str, Any]:
-    """The dataset parameters the model was trained with: from the checkpoint (the trainer saves them there),
-    else, for older checkpoints, from ``params.json`` of the run folder the checkpoint sits in; else ``{}``."""
-    saved = predictor.checkpoint_meta.extra.get("dataset_params")
-    if saved is not None:
-        return dict(saved)
-    if not predictor.path:
-        return {}
-    try:
-        params = json.loads((Path(predictor.path).parent / PARAMS_JSON).read_text(encoding="utf-8"))
-        return dict(params["params"]["dataset"] or {})
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
 def roi_info(predictor: Any, registry: PluginRegistry) -> dict[str, Any]:
     """What the Diagnose page needs to know: ``roi`` (does the model take a region?) and the crop size."""
     cropper = roi_cropper(predictor, registry)
-    params = dataset_params(predictor)
+    params = predictor.dataset_params
     size = params.get("crop_size", predictor.checkpoint_meta.input_size)
     return {"dataset": predictor.checkpoint_meta.dataset, "roi": cropper is not None,
             "roi_size": int(size) if cropper is not None else None}
@@ -115,5 +97,5 @@ def roi_crops(predictor: Any, registry: PluginRegistry, images: list[np.ndarray]
     radius = None
     if (form.get("roi_radius") or "").strip():
         radius = _number(form, "roi_radius", max(h, w) + 1, "radius")
-    crop, box = cropper(image, x, y, dataset_params(predictor), radius=radius)
+    crop, box = cropper(image, x, y, predictor.dataset_params, radius=radius)
     return [RoiCrop(np.ascontiguousarray(crop), x, y, tuple(int(v) for v in box))]  # type: ignore[arg-type]

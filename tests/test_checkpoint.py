@@ -212,16 +212,15 @@ def test_trained_dataset_params_come_from_the_checkpoint_else_the_run_folder(tmp
     import json
 
     from busi_web.predictor import Predictor
-    from busi_web.roi import dataset_params
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "params.json").write_text(json.dumps({"params": {"dataset": {"size": 40, "per_class": 5}}}))
     old = run_dir / "old.pt"  # a checkpoint from before the trainer saved its dataset parameters
     save_checkpoint(old, _tiny(), _meta())
-    assert dataset_params(Predictor.from_checkpoint(old)) == {"size": 40, "per_class": 5}
+    assert Predictor.from_checkpoint(old).dataset_params == {"size": 40, "per_class": 5}
     new = run_dir / "new.pt"
     save_checkpoint(new, _tiny(), _meta(extra={"run_id": 7, "dataset_params": {"size": 48}}))
-    assert dataset_params(Predictor.from_checkpoint(new)) == {"size": 48}  # the checkpoint wins
+    assert Predictor.from_checkpoint(new).dataset_params == {"size": 48}  # the checkpoint wins
     (run_dir / "params.json").write_text("{not json")
-    assert dataset_params(Predictor.from_checkpoint(old)) == {}
+    assert Predictor.from_checkpoint(old).dataset_params == {}
