@@ -178,9 +178,10 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
     """Validate a whole run before it is created: ``{"train": {...}, "backbone": {...}, "dataset": {...}}``.
 
     Raises :class:`~busi_web.plugins.UnknownPlugin` for a backbone or dataset
-    no plugin registers, :class:`InvalidParameters` for bad values and
-    :class:`DatasetError` (naming the path) when the data folder is missing
-    or the dataset cannot train a classifier (e.g. a single class).
+    no plugin registers, :class:`InvalidParameters` for bad values (a weights
+    file that does not fit the backbone included) and :class:`DatasetError`
+    (naming the path) when the data folder is missing or the dataset cannot
+    train a classifier (e.g. a single class).
     """
     bb_spec = registry.backbone(backbone)
     ds_spec = registry.dataset(dataset)
@@ -196,9 +197,16 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
     if train_values["lesion_loss"] > 0 and not ds.has_masks():
         raise InvalidParameters({"lesion_loss": f"dataset {dataset!r} has no lesion masks to learn from; set it to "
                                                 "0, or add masks (NAME_mask.png beside NAME.png)"}, "training")
+    model = None
+    files = [p.name for p in bb_spec.params if p.type == "path" and bb_values.get(p.name)]
+    if files:  # a weights file must fit the backbone: say so now, not when the run starts
+        try:
+            model = bb_spec.build(bb_values, num_classes=len(ds.classes), in_channels=ds.channels)
+        except ValueError as exc:
+            raise InvalidParameters({files[0]: str(exc)}, backbone) from None
     if train_values["lesion_layers"]:
-        _check_lesion_layers(bb_spec.build(bb_values, num_classes=len(ds.classes), in_channels=ds.channels),
-                             train_values, ds.channels, backbone)
+        model = model or bb_spec.build(bb_values, num_classes=len(ds.classes), in_channels=ds.channels)
+        _check_lesion_layers(model, train_values, ds.channels, backbone)
     return {"train": train_values, "backbone": bb_values, "dataset": ds_values}
 
 

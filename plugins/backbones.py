@@ -27,7 +27,8 @@ The spec's ``target_layer`` is the one of the default parameters; callers that
 know the model should prefer ``model.target_layer`` (the checkpoint stores it).
 
 Pretrained weights are never downloaded: ``pretrained_path`` names a local
-torchvision ResNet ``state_dict`` file (see :func:`load_pretrained`).
+torchvision ResNet ``state_dict`` file or a busi-web run's model file (see
+:func:`load_pretrained`).
 """
 
 from __future__ import annotations
@@ -219,8 +220,9 @@ _OUTPUT_STRIDE = Param("output_stride", "choice", 32,
                         choices=OUTPUT_STRIDES, advanced=True)
 
 _PRETRAINED = Param("pretrained_path", "path", None,
-                    "optional local torchvision ResNet state_dict (.pth) to start from; nothing is downloaded. "
-                    "The backbone loads from it; CBAM and the classifier head start fresh.", advanced=True)
+                    "optional local weights to start from: a torchvision ResNet state_dict (.pth) or a busi-web "
+                    "run's best_model.pt of the same backbone; nothing is downloaded. The backbone (and CBAM, "
+                    "when the file has it) loads from it; the classifier head starts fresh.", advanced=True)
 
 
 @hookimpl

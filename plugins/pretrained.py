@@ -1,11 +1,15 @@
-"""Loading a local torchvision ResNet ``state_dict`` into a backbone (never a download).
+"""Loading local ResNet weights into a backbone (never a download).
 
-The file is what ``torch.save(torchvision.models.resnet50(...).state_dict(), path)``
-writes, e.g. torchvision's own ``resnet50-0676ba61.pth``. The trunk
-(``conv1`` .. ``layer4``) must match key for key and shape for shape; the
-classifier head (``fc``) and the CBAM modules are not in such a file and stay
-freshly initialised. A 3-channel ``conv1`` loads into a 1-channel model by
-summing its RGB filters (a gray image seen as R=G=B gives the same response).
+The file is either what ``torch.save(torchvision.models.resnet50(...).state_dict(), path)``
+writes, e.g. torchvision's own ``resnet50-0676ba61.pth``, or a busi-web model
+file (a run's ``best_model.pt``) of the same backbone: a warm start from an
+earlier run, e.g. one trained on synthetic phantoms or on another hospital's
+images. The trunk (``conv1`` .. ``layer4``) must match key for key and shape
+for shape. The classifier head (``fc``) always starts fresh, so the new run
+may have other classes; CBAM modules load when the file has them (a busi-web
+``resnet50_cbam`` model) and start fresh when it does not (torchvision). A
+3-channel ``conv1`` loads into a 1-channel model by summing its RGB filters (a
+gray image seen as R=G=B gives the same response).
 """
 
 from __future__ import annotations
@@ -22,16 +26,22 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 _FIX = ("give the path of a torchvision ResNet state_dict of the same depth, saved with "
-        "torch.save(model.state_dict(), path), or leave pretrained_path empty to train from scratch")
+        "torch.save(model.state_dict(), path), or the best_model.pt of a busi-web run of the same backbone, "
+        "or leave pretrained_path empty to train from scratch")
 
 
 class PretrainedWeightsError(ValueError):
     """The pretrained weights file cannot be used; the message names the file and the fix."""
 
 
-def _fresh(key: str) -> bool:
-    """Keys that a torchvision ResNet file does not provide for our models: the head and CBAM."""
-    return key.startswith("fc.") or key == "cbam" or key.startswith("cbam.") or ".cbam." in key
+def _head(key: str) -> bool:
+    """The classifier head: never loaded (the file's classes need not be the new run's)."""
+    return key.startswith("fc.")
+
+
+def _optional(key: str) -> bool:
+    """Keys a file may lack: the head, and CBAM (a torchvision ResNet has none; a busi-web model file has them)."""
+    return _head(key) or key == "cbam" or key.startswith("cbam.") or ".cbam." in key
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -64,12 +74,13 @@ def _adapt_conv1(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Copy a torchvision ResNet ``state_dict`` file's trunk weights into ``model``; return a report.
+    """Copy a weights file's trunk (and CBAM, when it has one) into ``model``; return a report.
 
     The report has ``path``, ``loaded`` (count), ``loaded_keys``, ``missing``
-    (model keys left fresh: head and CBAM), ``unexpected`` (file keys not used:
-    its ``fc``), and ``adapted`` (keys converted, e.g. ``conv1.weight`` summed
-    to one channel). It is also logged. Raises :class:`PretrainedWeightsError`
+    (model keys left fresh: the head, and CBAM when the file has none),
+    ``unexpected`` (file keys not used: its ``fc``, CBAM the model lacks),
+    and ``adapted`` (keys converted, e.g. ``conv1.weight`` summed to one
+    channel). It is also logged. Raises :class:`PretrainedWeightsError`
     when the file is missing or unreadable, or when its trunk does not match
     the model's (another depth, another architecture).
     """
@@ -84,7 +95,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, Any]:
         if key not in target:
             unexpected.append(key)
             continue
-        if _fresh(key):
+        if _head(key):
             unexpected.append(key)  # e.g. ImageNet's 1000-class fc: the head always starts fresh
             continue
         want = target[key].shape
@@ -97,8 +108,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, Any]:
             continue
         loaded[key] = value
     # BatchNorm's num_batches_tracked is absent from some older files and does not matter for inference.
-    absent = [k for k in target if not _fresh(k) and k not in loaded and not k.endswith("num_batches_tracked")]
-    trunk_unexpected = [k for k in unexpected if not _fresh(k)]
+    absent = [k for k in target if not _optional(k) and k not in loaded and not k.endswith("num_batches_tracked")]
+    trunk_unexpected = [k for k in unexpected if not _optional(k)]  # a file's CBAM may go unused
     if mismatched or absent or trunk_unexpected or not loaded:
         parts = []
         if mismatched:

@@ -252,6 +252,32 @@ def test_start_run_validates_fields(admin_client, store):
     assert store.count_runs() == 0  # nothing is stored for a refused run
 
 
+def test_a_weights_file_that_does_not_fit_the_backbone_is_refused_before_the_run_exists(admin_client, store,
+                                                                                       tmp_path):
+    import torchvision
+
+    from busi_web.trainer import prepare_run_params
+    from plugins.backbones import build_resnet18
+
+    r50 = tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), r50)
+    r = admin_client.post("/api/runs", json={"backbone": "resnet18", "dataset": "phantom",
+                                             "backbone_params": {"pretrained_path": str(r50)},
+                                             "dataset_params": TINY_PHANTOM})
+    body = r.get_json()
+    assert r.status_code == 400, body
+    assert "do not fit this backbone" in body["fields"]["backbone_params.pretrained_path"]
+    assert "r50.pth" in body["fields"]["backbone_params.pretrained_path"]
+    assert store.count_runs() == 0
+    # An earlier run's model file of the same backbone fits, whatever its classes.
+    earlier = tmp_path / "best_model.pt"
+    save_checkpoint(earlier, build_resnet18(num_classes=2), CheckpointMeta(
+        backbone="resnet18", classes=["lesion", "normal"], input_size=32, resize=32, dataset="phantom"))
+    params = prepare_run_params(load_plugins(), "resnet18", "phantom", train=TINY_TRAIN, dataset_params=TINY_PHANTOM,
+                                backbone_params={"pretrained_path": str(earlier), "output_stride": 16})
+    assert params["backbone"]["pretrained_path"] == str(earlier)
+
+
 def test_cancel_and_resume_follow_the_run_states(admin_client, store):
     from busi_web.trainer import prepare_run_params
 

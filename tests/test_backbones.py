@@ -263,3 +263,47 @@ def test_pretrained_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(PretrainedWeightsError, match=r"model does not have"):
         # resnet50's file into resnet18: extra blocks and conv3 layers the model lacks
         build_resnet18(pretrained_path=str(_save(tmp_path, torchvision.models.resnet50(weights=None), "r50.pth")))
+
+
+def _model_file(tmp_path, model: nn.Module, backbone: str, params: dict, classes: list[str]):
+    """A busi-web model file, as a run writes its best_model.pt."""
+    from busi_web.checkpoint import CheckpointMeta, save_checkpoint
+
+    path = tmp_path / f"{backbone}_best_model.pt"
+    save_checkpoint(path, model, CheckpointMeta(backbone=backbone, classes=classes, backbone_params=params,
+                                                input_size=64, resize=64, dataset="phantom"))
+    return path
+
+
+def test_pretrained_from_a_busi_web_model_file_loads_trunk_and_cbam_with_a_fresh_head(tmp_path):
+    torch.manual_seed(1)
+    earlier = build_resnet50_cbam(num_classes=2, cbam_placement="end")
+    with torch.no_grad():  # weights no fresh model has, so a copy is told apart from a re-initialisation
+        for p in earlier.parameters():
+            p.add_(0.5)
+    path = _model_file(tmp_path, earlier, "resnet50_cbam", {"cbam_placement": "end"}, ["lesion", "normal"])
+    # Other classes and another output stride: the same weight shapes, a new head.
+    model = build_resnet50_cbam(num_classes=3, cbam_placement="end", output_stride=16, pretrained_path=str(path))
+    report = model.pretrained_report
+    sd, ref = model.state_dict(), earlier.state_dict()
+    assert report["missing"] == ["fc.weight", "fc.bias"]
+    assert report["unexpected"] == ["fc.bias", "fc.weight"]
+    cbam_keys = [k for k in ref if "cbam" in k]
+    assert cbam_keys and all(k in report["loaded_keys"] for k in cbam_keys)
+    for k in ref:
+        if not k.startswith("fc."):
+            assert torch.equal(sd[k], ref[k]), k
+    assert sd["fc.weight"].shape == (3, 2048) and not torch.equal(sd["fc.bias"][:2], ref["fc.bias"])
+    model.eval()
+    assert model(torch.rand(1, 3, 64, 64)).shape == (1, 3)
+
+    # The same file into a ResNet50 without CBAM: the trunk loads, the file's CBAM goes unused.
+    plain = build_resnet50(num_classes=3, pretrained_path=str(path))
+    assert all(k in plain.pretrained_report["unexpected"] for k in cbam_keys)
+    assert torch.equal(plain.layer4[2].conv3.weight, earlier.layer4[2].conv3.weight)
+
+
+def test_pretrained_from_a_busi_web_model_of_another_backbone_is_refused_with_the_fix(tmp_path):
+    path = _model_file(tmp_path, build_resnet18(num_classes=3), "resnet18", {}, ["benign", "malignant", "normal"])
+    with pytest.raises(PretrainedWeightsError, match=r"do not fit this backbone: .*best_model\.pt of a busi-web run"):
+        build_resnet50(pretrained_path=str(path))
