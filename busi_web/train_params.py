@@ -205,7 +205,8 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
         except ValueError as exc:
             raise InvalidParameters({files[0]: str(exc)}, backbone) from None
     if train_values["lesion_layers"]:
-        model = model or bb_spec.build(bb_values, num_classes=len(ds.classes), in_channels=ds.channels)
+        if model is None:
+            model = bb_spec.build(bb_values, num_classes=len(ds.classes), in_channels=ds.channels)
         _check_lesion_layers(model, train_values, ds.channels, backbone)
     return {"train": train_values, "backbone": bb_values, "dataset": ds_values}
 
