@@ -21,6 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping, Sequence
@@ -113,8 +114,13 @@ class Predictor:
 
     @property
     def dataset_params(self) -> dict[str, Any]:
-        """The dataset parameters the model was trained with: from the checkpoint (the trainer saves them there),
-        else, for older checkpoints, from ``params.json`` of the run folder the checkpoint sits in; else ``{}``."""
+        """The dataset parameters the model was trained with (a copy): see :meth:`_trained_dataset_params`."""
+        return dict(self._trained_dataset_params)
+
+    @cached_property
+    def _trained_dataset_params(self) -> dict[str, Any]:
+        """From the checkpoint (the trainer saves them there), else, for older checkpoints, from ``params.json``
+        of the run folder the checkpoint sits in; else ``{}``. Read once per loaded model, not per request."""
         saved = self.checkpoint_meta.extra.get("dataset_params")
         if saved is not None:
             return dict(saved)

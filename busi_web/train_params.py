@@ -197,17 +197,17 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
     if train_values["lesion_loss"] > 0 and not ds.has_masks():
         raise InvalidParameters({"lesion_loss": f"dataset {dataset!r} has no lesion masks to learn from; set it to "
                                                 "0, or add masks (NAME_mask.png beside NAME.png)"}, "training")
-    model = None
+    # A weights file must fit the backbone (say so now, not when the run starts); guided layers must exist.
     files = [p.name for p in bb_spec.params if p.type == "path" and bb_values.get(p.name)]
-    if files:  # a weights file must fit the backbone: say so now, not when the run starts
+    if files or train_values["lesion_layers"]:
         try:
             model = bb_spec.build(bb_values, num_classes=len(ds.classes), in_channels=ds.channels)
         except ValueError as exc:
+            if not files:
+                raise
             raise InvalidParameters({files[0]: str(exc)}, backbone) from None
-    if train_values["lesion_layers"]:
-        if model is None:
-            model = bb_spec.build(bb_values, num_classes=len(ds.classes), in_channels=ds.channels)
-        _check_lesion_layers(model, train_values, ds.channels, backbone)
+        if train_values["lesion_layers"]:
+            _check_lesion_layers(model, train_values, ds.channels, backbone)
     return {"train": train_values, "backbone": bb_values, "dataset": ds_values}
 
 
