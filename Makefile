@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 THREADS ?= 16
 
-.PHONY: run init test chromium lint bench-explain bench-train bench-serve bench-quality bench-mias clean
+.PHONY: run init test quick chromium lint bench-explain bench-train bench-serve bench-quality bench-mias clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,12 @@ chromium:
 test: $(VENV)/.installed-test chromium
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The quick loop while working: everything but the slow and the browser tests.
+quick: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check busi_web plugins tests benchmarks wsgi.py
+	$(BIN)/ruff check busi_web plugins tests benchmarks examples wsgi.py
 
 bench-explain: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/explain.py

@@ -4,7 +4,7 @@ For each explainer and batch size, three things are timed side by side, in
 interleaved rounds (their order rotates every round, so drift in the
 machine's speed hits all three alike), and the medians are printed:
 
-* **ours**: :meth:`busi_web.explain.CamExplainer.explain`, i.e. class
+* **ours**: :meth:`busi_web.explain.base.CamExplainer.explain`, i.e. class
   probabilities plus the normalised ``(B, H, W)`` maps, copied to the CPU;
 * **forward**: one bare ``model(x)`` under ``torch.no_grad()``;
 * **pgc**: pytorch-grad-cam 1.5 (the test-only ``grad-cam`` package) computing
@@ -16,7 +16,7 @@ gradcam, gradcampp, cam, layercam and hirescam at the default target layer
 (the end of the feature extractor): ours <= 1.3x forward and <= 0.6x pgc.
 
 Then resident memory (VmRSS) is read before and after ``--leak-runs``
-diagnoses through :class:`busi_web.predictor.Predictor` (uint8 image in,
+diagnoses through :class:`busi_web.model.predictor.Predictor` (uint8 image in,
 probabilities and an original-size heatmap out); goal: growth < 20 MB.
 
     OMP_NUM_THREADS=2 python benchmarks/explain.py                 # CPU, 224 px, batches 1 and 8
@@ -38,11 +38,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from busi_web.cam_methods import METHODS  # noqa: E402
-from busi_web.checkpoint import CheckpointMeta  # noqa: E402
-from busi_web.explain import resolve_layer  # noqa: E402
+from busi_web.explain.base import resolve_layer  # noqa: E402
+from busi_web.explain.methods import METHODS  # noqa: E402
+from busi_web.model.checkpoint import CheckpointMeta  # noqa: E402
+from busi_web.model.device import resolve_device  # noqa: E402
+from busi_web.model.predictor import Predictor  # noqa: E402
 from busi_web.plugins import load_plugins  # noqa: E402
-from busi_web.predictor import Predictor, resolve_device  # noqa: E402
 
 FAST = ["gradcam", "gradcampp", "cam", "layercam", "hirescam"]
 GOAL_FORWARD, GOAL_PGC, GOAL_RSS_MB = 1.3, 0.6, 20.0

@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def split_summary(run_dir: Path, dataset) -> dict:
     """Pairs and crops per part, and a check that no woman (pair) is in two parts."""
-    from busi_web.splits import PARTS, Split
+    from busi_web.data.splits import PARTS, Split
 
     split = Split.load(run_dir / "split.json", dataset)
     pairs = {p: {dataset.samples[i].group for i in split.part(p)} for p in PARTS}
@@ -78,8 +78,8 @@ def split_summary(run_dir: Path, dataset) -> dict:
 
 def run_once(store, registry, backbone: str, seed: int, data_dir: Path, epochs: int | None,
              scale_by_radius: bool = True, intensity: str = "crop") -> dict:
-    from busi_web.train_params import prepare_run_params
-    from busi_web.trainer import run_training
+    from busi_web.training.params import prepare_run_params
+    from busi_web.training.trainer import run_training
 
     bb_params, ds_extra, train_extra = SETUPS[backbone]
     train = {**TRAIN, **train_extra, "seed": seed, **({"epochs": epochs} if epochs else {})}

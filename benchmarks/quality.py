@@ -62,21 +62,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _pairs(pairs: list[str]) -> dict[str, str]:
     """``KEY=VALUE`` options as a dict, parsed as the CLI's ``--param`` is; a malformed pair ends the script."""
-    import click
-
-    from busi_web.cli import parse_params
+    from busi_web.cli.common import parse_params
+    from busi_web.errors import UserError
 
     try:
         return parse_params(tuple(pairs))
-    except click.ClickException as exc:
-        raise SystemExit(exc.message) from None
+    except UserError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def train(args: argparse.Namespace, registry) -> Path:
     """Train the recipe as a run in a benchmark-local job store; returns the run folder."""
     from busi_web.store import JobStore
-    from busi_web.train_params import prepare_run_params
-    from busi_web.trainer import run_training
+    from busi_web.training.params import prepare_run_params
+    from busi_web.training.trainer import run_training
 
     rec = registry.dataset("busi").recommended or {}
     backbone = args.backbone or rec.get("backbone", "resnet18")
@@ -117,8 +116,8 @@ def naive_split(registry, data_dir: Path, train_params: dict, run_dir: Path) -> 
     numbers; returns a line saying how many test images have a near-duplicate
     in the training part.
     """
-    from busi_web.artifacts import write_json
-    from busi_web.splits import near_duplicate_groups, split_dataset
+    from busi_web.data.splits import near_duplicate_groups, split_dataset
+    from busi_web.store.run_files import write_json
 
     ds = registry.dataset("busi").build({}, root=str(data_dir))
     groups = near_duplicate_groups(ds)
@@ -158,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_only:
         print(f"trained: {run_dir}")
         return 0
-    from busi_web.evaluate import EvaluationError, evaluate_run  # after training: a long run sees the latest code
+    from busi_web.evaluation.evaluate import (  # after training: a long run sees the latest code
+        EvaluationError,
+        evaluate_run,
+    )
     explainers = [e for e in args.explainers.split(",") if e] or None
     start = time.perf_counter()
     try:

@@ -37,7 +37,7 @@ PARTS = ("val", "test")
 
 
 def _metrics(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> tuple[float, float]:
-    from busi_web.artifacts import classification_metrics
+    from busi_web.evaluation.metrics import classification_metrics
 
     m = classification_metrics(y, probs, classes)
     return m["accuracy"], m["macro_f1"]
@@ -58,7 +58,7 @@ def _mean_sd(pairs: list[tuple[float, float]]) -> str:
 
 
 def _probs(model, x) -> np.ndarray:
-    from busi_web.explain import classify
+    from busi_web.explain.base import classify
 
     return classify(model.eval(), x).probs.numpy()
 
@@ -69,10 +69,10 @@ def check_run(run_dir: Path, data_dir: Path, registry) -> dict:
 
     import torch
 
-    from busi_web import artifacts as art
-    from busi_web.predictor import Predictor
-    from busi_web.splits import Split, near_duplicate_groups
-    from busi_web.train_loop import load_state
+    from busi_web.data.splits import Split, near_duplicate_groups
+    from busi_web.model.predictor import Predictor
+    from busi_web.store import run_files as art
+    from busi_web.training.resume import load_state
 
     pred = Predictor.from_checkpoint(run_dir / art.BEST_PT, registry)
     if pred.checkpoint_meta.dataset != "busi":
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data_dir.is_dir():
         print(f"skipped: BUSI folder {args.data_dir} is absent (pass --data-dir to point at one)")
         return 0
-    from busi_web import artifacts as art
     from busi_web.plugins import load_plugins
+    from busi_web.store import run_files as art
 
     for run_dir in args.runs:
         for name in (art.BEST_PT, art.SPLIT_JSON):

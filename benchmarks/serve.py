@@ -16,7 +16,7 @@ In a temporary instance folder this script
    the ratio of served throughput to the baseline. Goal: 0 errors, ratio >= 0.8.
 
 The server batches concurrent requests into shared forward passes
-(:mod:`busi_web.web.api_batching`), which is what lets it approach the
+(:mod:`busi_web.diagnosis.batching`), which is what lets it approach the
 batched baseline. The client runs in this process, on the same machine: on a
 small machine it takes CPU from the server, which the ratio includes.
 
@@ -58,10 +58,11 @@ GOAL_RATIO = 0.8
 
 def make_model(inst: Path, args) -> int:
     """Train (or save untrained) a ``--backbone`` run in the instance's store, promote it; returns its run id."""
-    from busi_web.checkpoint import CheckpointMeta, save_checkpoint
+    from busi_web.model.checkpoint import CheckpointMeta, save_checkpoint
     from busi_web.plugins import load_plugins
     from busi_web.store import JobStore
-    from busi_web.trainer import prepare_run_params, run_training
+    from busi_web.training.params import prepare_run_params
+    from busi_web.training.trainer import run_training
 
     registry = load_plugins()
     store = JobStore(inst / "busi.db", inst / "runs")
@@ -100,9 +101,10 @@ def phantoms(n: int, size: int) -> list[np.ndarray]:
 
 def baseline(checkpoint: str, images: list[np.ndarray], batch: int, explainer: str, seconds: float) -> list[float]:
     """Images/s of Predictor.predict_batch on full batches, per round of about a second, after a warm-up."""
-    from busi_web.predictor import Predictor
+    from busi_web.model.predictor import Predictor
+    from busi_web.plugins import load_plugins
 
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint, load_plugins())
     batches = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
     predictor.predict_batch(batches[0], explainer)
     rounds, end = [], time.perf_counter() + seconds

@@ -4,7 +4,7 @@ Both sides train the same architecture (built from the same seed) on the
 same in-memory batches with the same loss, optimiser, and (on CUDA) the same
 mixed precision and memory layout. The bare loop is the plain
 ``for x, y in batches: forward, loss, backward, step``. The engine's side is
-:meth:`busi_web.train_loop.Engine.train_epoch` with everything the trainer
+:meth:`busi_web.training.loop.Engine.train_epoch` with everything the trainer
 adds per batch: on-device loss / accuracy sums, the stop check after every
 batch, and at the ~0.5 s log points a host sync, two metric rows written to
 a real SQLite job store and a read of the run's cancel flag.
@@ -34,13 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from busi_web.plugins import load_plugins  # noqa: E402
-from busi_web.train_loop import Engine, build_optimizer  # noqa: E402
-from busi_web.train_params import validate_train_params  # noqa: E402
+from busi_web.training.loop import Engine, build_optimizer  # noqa: E402
+from busi_web.training.params import validate_train_params  # noqa: E402
 
 
 def make_batches(size: int, batch: int, n_batches: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Normalised phantom images, pre-transformed and batched in memory (the same for both sides)."""
-    from busi_web.preprocess import PreprocessConfig, eval_transform
+    from busi_web.data.preprocess import PreprocessConfig, eval_transform
 
     registry = load_plugins()
     n = batch * n_batches

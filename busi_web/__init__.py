@@ -4,14 +4,16 @@
 plugin author decorates hook functions with (see :mod:`busi_web.hookspecs`).
 """
 
-from .hookspecs import hookimpl
+from busi_web.hookspecs import hookimpl
 
 __all__ = ["create_app", "hookimpl"]
 __version__ = "0.1.0"
 
 
-def create_app(config=None):
+def create_app(config=None, plugins=()):
     """Build the Flask app (see :func:`busi_web.app.create_app`)."""
-    from .app import create_app as _create_app
+    # Imported here, not above: plugin modules import this package for ``hookimpl`` and must not pull in the
+    # whole app (and torch) with it.
+    from busi_web.app import create_app as _create_app
 
-    return _create_app(config)
+    return _create_app(config, plugins)

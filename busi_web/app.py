@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
-from collections.abc import Mapping
 
 from flask import Flask
 
-from .config import DEFAULTS, ROOT, env_overrides, finalise, instance_path_from_env
-from .plugins import PluginRegistry, load_plugins
+from busi_web.cli import register_commands
+from busi_web.config import DEFAULTS, ROOT, env_overrides, finalise, instance_path_from_env
+from busi_web.plugins import load_plugins
+from busi_web.services import EXTENSION, make_services
+from busi_web.web import init_web
 
-log = logging.getLogger(__name__)
 
-
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(config: Mapping[str, Any] | None = None, plugins: Iterable[object] = ()) -> Flask:
     """Build the app: config from defaults, ``instance/config.py``, ``BUSI_WEB_*`` env, then ``config``.
 
     ``config`` may carry ``INSTANCE_PATH`` (tests use a temporary folder);
     otherwise ``BUSI_WEB_INSTANCE_PATH`` or the project's ``instance/``.
+    ``plugins`` are plugin objects (modules or instances with hook
+    implementations) registered after the installed ones, as if installed:
+    how a plugin's own tests run it without packaging it (see :mod:`busi_web.testing`).
     """
     overrides = dict(config or {})
     instance_path = overrides.pop("INSTANCE_PATH", None) or instance_path_from_env() or str(ROOT / "instance")
@@ -36,26 +39,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     finalise(app.config, app.instance_path)
 
     registry = load_plugins(app.config["ALLOWED_PLUGINS"])
-    app.extensions["busi_plugins"] = registry
-
-    from .store import JobStore
-
-    app.extensions["busi_store"] = JobStore(app.config["DATABASE"], app.config["RUNS_DIR"])
-
-    from . import errors
-    from .auth import init_auth
-    from .cli import register_commands
-    from .live import socketio
-    from .web import register_blueprints
-
-    errors.register(app)
-    init_auth(app)
-    register_blueprints(app)
+    for plugin in plugins:
+        registry.register(plugin)
+    app.extensions[EXTENSION] = make_services(app.config, registry)
+    init_web(app)
     register_commands(app)
-    socketio.init_app(app, async_mode="threading", cors_allowed_origins=[])
     registry.call_startup(app)
     return app
-
-
-def plugins_of(app: Flask) -> PluginRegistry:
-    return app.extensions["busi_plugins"]

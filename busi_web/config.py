@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 ENV_PREFIX = "BUSI_WEB_"
+ADMIN_PASSWORD_FILE = "ADMIN_PASSWORD.txt"  # the first admin's one-time password, until it is changed
 ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULTS: dict[str, Any] = {
@@ -90,3 +91,13 @@ def write_instance_config(instance_path: str | Path) -> Path:
         )
         path.chmod(0o600)
     return path
+
+
+def forget_admin_password_file(instance_path: str | Path, name: str) -> None:
+    """Delete ``instance/ADMIN_PASSWORD.txt`` once the user it names has chosen their own password."""
+    path = Path(instance_path) / ADMIN_PASSWORD_FILE
+    try:
+        if path.read_text().split(":", 1)[0].strip() == name:
+            path.unlink()
+    except OSError:
+        pass

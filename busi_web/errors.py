@@ -1,71 +1,27 @@
-"""Error pages and JSON errors: user mistakes get a message, bugs get a logged traceback and an id."""
+"""The one error type for mistakes a user can make and fix: a message that says what to do, and a status.
+
+Every layer raises :class:`UserError` (or a subclass) for bad input; the web
+answers it as a 4xx with the message (and ``fields`` naming the offending
+form or JSON fields), the command line prints the message on one line. An
+error that is not a :class:`UserError` is a bug: the web logs its traceback
+and answers 500 with an id.
+"""
 
 from __future__ import annotations
 
-import logging
-import uuid
-
-from flask import Flask, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-
-from .datasets import DatasetError
-from .plugins import UnknownPlugin
-from .specs import InvalidParameters
-
-log = logging.getLogger(__name__)
+from collections.abc import Mapping
 
 
 class UserError(ValueError):
-    """A request that cannot be served as sent; ``status`` is the HTTP code."""
+    """A request that cannot be served as sent; ``status`` is the HTTP code, ``fields`` the fields at fault."""
 
-    def __init__(self, message: str, status: int = 400, fields: dict | None = None):
+    status: int = 400
+
+    def __init__(self, message: str, status: int | None = None, fields: Mapping[str, str] | None = None):
         super().__init__(message)
-        self.status = status
-        self.fields = fields or {}
+        if status is not None:
+            self.status = status
+        self.fields = dict(fields or {})
 
-
-def wants_json() -> bool:
-    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
-
-
-def _reply(message: str, status: int, fields: dict | None = None, error_id: str | None = None):
-    if wants_json():
-        body = {"error": message, "status": status}
-        if fields:
-            body["fields"] = fields
-        if error_id:
-            body["error_id"] = error_id
-        return jsonify(body), status
-    return render_template("error.html", message=message, status=status, fields=fields, error_id=error_id), status
-
-
-def register(app: Flask) -> None:
-    @app.errorhandler(RequestEntityTooLarge)
-    def too_large(exc):
-        limit = app.config["MAX_UPLOAD_MB"]
-        return _reply(f"the upload is larger than the {limit} MB limit; send a smaller image "
-                      "(an administrator can raise MAX_UPLOAD_MB)", 413)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        return _reply(exc.description or exc.name, exc.code or 500)
-
-    @app.errorhandler(UserError)
-    def user_error(exc: UserError):
-        return _reply(str(exc), exc.status, exc.fields)
-
-    @app.errorhandler(InvalidParameters)
-    def invalid(exc: InvalidParameters):
-        return _reply(str(exc), 400, exc.errors)
-
-    @app.errorhandler(DatasetError)
-    @app.errorhandler(UnknownPlugin)
-    def bad_name(exc):
-        return _reply(str(exc), 400)
-
-    @app.errorhandler(Exception)
-    def bug(exc: Exception):
-        error_id = uuid.uuid4().hex[:12]
-        log.exception("unhandled error %s on %s %s", error_id, request.method, request.path)
-        return _reply("internal error; the administrator can find details in the server log under this id",
-                      500, error_id=error_id)
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -7,11 +7,14 @@ entry point in the group ``busi_web``::
     [project.entry-points.busi_web]
     my_plugin = "my_package.my_module"
 
-Built-in plugins ship in this project's ``plugins/`` package and load
-through the very same entry-point group. Each ``register_*`` hook returns
-a list of spec objects from :mod:`busi_web.specs`; names must be unique
-across all plugins (a plugin that registers a taken name is reported and
-skipped). A hook that raises is reported and skipped too: the app starts.
+Built-in plugins ship in this project's ``plugins/`` folder (installed as
+the package ``busi_web_plugins``) and load through the very same entry-point
+group. Each ``register_*`` hook returns a list of spec objects from
+:mod:`busi_web.specs`; names must be unique across all plugins (a plugin that
+registers a taken name is reported and skipped). A hook that raises is
+reported and skipped too, and so is a plugin with a function marked as a hook
+that is not one of these (a misspelled name): the app starts. The guide for
+plugin authors is ``docs/plugins.md``.
 """
 
 from __future__ import annotations

@@ -1,29 +1,37 @@
 """Plugin manager: loads built-in and third-party plugins through one entry-point group.
 
 Every plugin, built-in or not, is an entry point in the group ``busi_web``.
-Loading never raises: a plugin that fails to import, whose hook raises or
-returns something that is not a list of specs, or that registers a name
-already taken, is recorded with its error and skipped.
+Loading never raises: a plugin that fails to import, that implements a hook
+the contract does not have (a misspelled name, found by pluggy's
+``check_pending``), whose hook raises or returns something that is not a
+list of specs, or that registers a name already taken, is recorded with its
+error and skipped; the log gets one line for it (the traceback at debug level).
+
+There is no process-wide registry: :func:`load_plugins` builds one, and
+whoever needs it is handed it (the app keeps one in its services, a trainer
+process builds its own).
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
-from collections.abc import Iterable
 
 import pluggy
 
-from . import hookspecs
-from .specs import BackboneSpec, DatasetSpec, ExplainerSpec, Spec
+from busi_web import hookspecs
+from busi_web.errors import UserError
+from busi_web.specs import BackboneSpec, DatasetSpec, ExplainerSpec, Spec
 
 log = logging.getLogger(__name__)
 
 GROUP = "busi_web"
 OWN_DISTRIBUTION = "busi-web"
+BUILTIN_PACKAGE = "busi_web_plugins"  # the plugins/ folder, installed under this name
 _KINDS: dict[str, tuple[str, type[Spec]]] = {
     "register_backbones": ("backbones", BackboneSpec),
     "register_explainers": ("explainers", ExplainerSpec),
@@ -31,16 +39,29 @@ _KINDS: dict[str, tuple[str, type[Spec]]] = {
 }
 
 
-class UnknownPlugin(KeyError):
+class UnknownPlugin(UserError, KeyError):
     """A backbone, explainer or dataset name that no loaded plugin registers."""
 
     def __init__(self, kind: str, name: str, known: Iterable[str]):
         self.kind, self.name = kind, name
         known = sorted(known)
-        super().__init__(f"unknown {kind} {name!r}; available: {', '.join(known) or 'none'}")
+        message = f"unknown {kind} {name!r}; available: {', '.join(known) or 'none'}"
+        super().__init__(message, 400, {kind: message})
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return self.args[0]
+
+
+class PluginFailure(RuntimeError):
+    """A plugin's code failed while it was being used: a bug in the plugin, not in the user's input.
+
+    The message names the plugin, what it was doing and the error, so the page, the API and the command line
+    can say which plugin to fix or remove.
+    """
+
+    def __init__(self, plugin: str | None, what: str, error: BaseException):
+        self.plugin, self.what, self.error = plugin, what, error
+        super().__init__(f"plugin {plugin or '(unknown)'!r} failed in {what}: {type(error).__name__}: {error}")
 
 
 @dataclass
@@ -76,7 +97,7 @@ class PluginInfo:
 class PluginRegistry:
     """The loaded specs by kind and name, plus a report on every plugin."""
 
-    def __init__(self, allowed: Iterable[str] | None = None):
+    def __init__(self, allowed: Iterable[str] | None = None) -> None:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.allowed = None if allowed is None else {a.strip() for a in allowed if a and a.strip()}
@@ -116,7 +137,7 @@ class PluginRegistry:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             info.fail(f"import failed: {type(exc).__name__}: {exc}")
-            log.warning("plugin %s failed to import:\n%s", ep.name, traceback.format_exc())
+            _report(info.name, "failed to import", exc)
             return
         self.register(obj, info)
 
@@ -135,6 +156,15 @@ class PluginRegistry:
             self.pm.register(obj, name=info.name)
         except Exception as exc:
             info.fail(f"registration failed: {type(exc).__name__}: {exc}")
+            _report(info.name, "could not be registered", exc)
+            return info
+        try:
+            self.pm.check_pending()  # a hook name the contract does not have (a typo) is an error, not a no-op
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(obj)
+            known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("register_")))
+            info.fail(f"{exc}; the hooks are: {known}")
+            _report(info.name, "implements an unknown hook", exc)
             return info
         staged: dict[str, dict[str, Spec]] = {k: {} for k, _ in _KINDS.values()}
         for hook_name, (kind, spec_type) in _KINDS.items():
@@ -145,7 +175,7 @@ class PluginRegistry:
                 specs = impls[0].function()
             except Exception as exc:
                 info.fail(f"{hook_name}() raised {type(exc).__name__}: {exc}")
-                log.warning("plugin %s: %s failed:\n%s", info.name, hook_name, traceback.format_exc())
+                _report(info.name, f"{hook_name}() failed", exc)
                 continue
             if specs is None:
                 continue
@@ -208,6 +238,7 @@ class PluginRegistry:
             raise UnknownPlugin(kind, name, table) from None
 
     def call_startup(self, app: Any) -> None:
+        """Call every plugin's ``startup(app)``; one that raises is reported and the others still run."""
         for impl in self.pm.hook.startup.get_hookimpls():
             try:
                 impl.function(app)
@@ -215,7 +246,11 @@ class PluginRegistry:
                 for p in self.plugins:
                     if p.name == impl.plugin_name:
                         p.fail(f"startup(app) raised {type(exc).__name__}: {exc}")
-                log.warning("plugin %s: startup failed:\n%s", impl.plugin_name, traceback.format_exc())
+                _report(impl.plugin_name, "startup(app) failed", exc)
+
+    def allowed_list(self) -> list[str] | None:
+        """The allow-list this registry was loaded with (``None``: every installed plugin)."""
+        return None if self.allowed is None else sorted(self.allowed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -228,15 +263,15 @@ class PluginRegistry:
 
 def _is_builtin(ep: metadata.EntryPoint) -> bool:
     dist = getattr(ep, "dist", None)
-    return bool(dist and dist.metadata["Name"] == OWN_DISTRIBUTION and ep.value.startswith("plugins."))
+    return bool(dist and dist.metadata["Name"] == OWN_DISTRIBUTION and ep.value.startswith(BUILTIN_PACKAGE + "."))
 
 
-_cache: dict[frozenset[str] | None, PluginRegistry] = {}
+def _report(plugin: str, what: str, exc: BaseException) -> None:
+    """One warning line naming the plugin and the error; the traceback only at debug level."""
+    log.warning("plugin %s %s (skipped): %s: %s", plugin, what, type(exc).__name__, exc)
+    log.debug("plugin %s: %s", plugin, "".join(traceback.format_exception(exc)))
 
 
-def load_plugins(allowed: Iterable[str] | None = None, *, fresh: bool = False) -> PluginRegistry:
-    """Return the registry for an allow-list, loading entry points once per process."""
-    key = None if allowed is None else frozenset(allowed)
-    if fresh or key not in _cache:
-        _cache[key] = PluginRegistry(allowed).load_entry_points()
-    return _cache[key]
+def load_plugins(allowed: Iterable[str] | None = None) -> PluginRegistry:
+    """A new registry with every installed plugin (or those ``allowed``) loaded through the entry points."""
+    return PluginRegistry(allowed).load_entry_points()

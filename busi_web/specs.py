@@ -10,16 +10,21 @@ and the CLI validate raw input (strings from a form, JSON values, CLI
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from busi_web.errors import UserError
+
+if TYPE_CHECKING:  # the contract is read without torch; only the annotations name it
+    from torch import Tensor
 
 PARAM_TYPES = ("int", "float", "str", "bool", "choice", "path")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-class InvalidParameters(ValueError):
+class InvalidParameters(UserError):
     """Raised when user-supplied parameters fail validation.
 
     ``errors`` maps each offending parameter name to a message a user can
@@ -31,7 +36,7 @@ class InvalidParameters(ValueError):
         self.spec_name = spec_name
         where = f" for {spec_name!r}" if spec_name else ""
         detail = "; ".join(f"{k}: {v}" for k, v in self.errors.items())
-        super().__init__(f"invalid parameters{where}: {detail}")
+        super().__init__(f"invalid parameters{where}: {detail}", 400, self.errors)
 
 
 @dataclass(frozen=True)
@@ -188,9 +193,14 @@ class BackboneSpec(Spec):
     ``factory(num_classes=..., in_channels=..., **params)`` returns a plain
     ``torch.nn.Module`` mapping ``(B, in_channels, H, W)`` to logits
     ``(B, num_classes)``. ``num_classes`` and ``in_channels`` are passed by
-    the trainer from the dataset and must not be declared in ``params``.
-    ``target_layer`` is the dotted module path the explainers use by default
-    (the end of the feature extractor, e.g. ``"layer4"``).
+    the trainer from the dataset and must not be declared in ``params``. When
+    a run is submitted the model is built and run once on a blank image; an
+    output that is not ``(1, num_classes)`` is refused then, before the run exists.
+
+    ``target_layer`` is the dotted module path of the end of the feature
+    extractor (e.g. ``"layer4"``): the layer the explainers map and lesion
+    guidance teaches. A model whose layer depends on its parameters may set
+    a ``target_layer`` attribute of its own, which then wins.
     """
 
     target_layer: str = ""
@@ -200,14 +210,47 @@ class BackboneSpec(Spec):
         return {**super().to_dict(), "target_layer": self.target_layer}
 
 
+@dataclass
+class Explanation:
+    """What an explainer returns for a batch: the forward pass's results and the maps.
+
+    ``logits`` and ``probs`` are ``(B, K)`` (detached; ``probs`` the softmax
+    of ``logits``), ``targets`` ``(B,)`` the class explained for each image,
+    and ``maps`` ``(B, H, W)`` in [0, 1] at the input's size, or ``None`` when
+    no map was made. All on the images' device.
+    """
+
+    logits: Tensor
+    probs: Tensor
+    targets: Tensor
+    maps: Tensor | None = None
+
+
 @dataclass(frozen=True)
 class ExplainerSpec(Spec):
     """A saliency method.
 
-    ``factory(**params)`` returns an object with
-    ``explain(model, images, targets, target_layer) -> Tensor (B, H, W)``
-    whose values are in [0, 1] on the images' device (see
-    :mod:`busi_web.explain` for the shared machinery and normalisation).
+    ``factory(**params)`` returns an object with a method
+    ``explain(model, images, targets, target_layer)``:
+
+    * ``model`` is the ``torch.nn.Module`` in eval mode; ``images`` a float
+      tensor ``(B, C, H, W)``, preprocessed as in training;
+    * ``targets`` is ``None`` (explain each image's predicted class) or a
+      ``(B,)`` long tensor of class indices;
+    * ``target_layer`` is a dotted module path (``"layer4"``): the backbone's
+      declared layer unless the user chose another.
+
+    It returns either an :class:`Explanation`, or just the maps: a tensor
+    ``(B, h, w)`` of any range and size. For plain maps the core runs the
+    forward pass itself for the probabilities, and scales each map as the
+    built-in explainers do: ReLU, bilinear resize to ``(H, W)``, min-max to
+    [0, 1] (see :func:`busi_web.explain.base.normalise_maps`). An explainer
+    that subclasses :class:`busi_web.explain.base.CamExplainer` and only
+    writes ``raw_maps`` gets all of this from the base.
+
+    An exception it raises is reported naming the plugin (a ``ValueError``
+    is taken as the user's choice being wrong, e.g. a layer the method cannot
+    use, and answered with its message).
     """
 
     kind: str = field(default="explainer", init=False)
@@ -217,7 +260,7 @@ class ExplainerSpec(Spec):
 class DatasetSpec(Spec):
     """A source of labelled images.
 
-    ``factory(root=..., **params)`` returns a :class:`busi_web.datasets.ImageDataset`.
+    ``factory(root=..., **params)`` returns a :class:`busi_web.data.datasets.ImageDataset`.
     ``root`` is the data folder (``None`` for generated datasets when
     ``needs_data_dir`` is false). ``modality`` is ``"ultrasound"`` or
     ``"mammography"``; the Diagnose page adapts to it.

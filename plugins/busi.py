@@ -10,14 +10,14 @@ Mask files are never samples; several masks of one image are merged, and a
 mask of another size than its image is resized to it (nearest neighbour).
 Images may have any size. Known traps of the set (near-duplicate scans, some
 filed under two classes) are reported by ``busi-web datasets inspect busi``
-and handled by the group-aware split in :mod:`busi_web.splits`.
+and handled by the group-aware split in :mod:`busi_web.data.splits`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from busi_web.datasets import IMAGE_SUFFIXES, DatasetError, Sample
+from busi_web.data.datasets import IMAGE_SUFFIXES, DatasetError, Sample
 from busi_web.hookspecs import hookimpl
 from busi_web.specs import DatasetSpec, Param
 

@@ -1,14 +1,14 @@
 """Built-in explainers: the CAM family (Grad-CAM, Grad-CAM++, CAM, LayerCAM, HiResCAM, Score-CAM).
 
-Each spec's factory returns a :class:`busi_web.explain.CamExplainer`; its
+Each spec's factory returns a :class:`busi_web.explain.base.CamExplainer`; its
 ``explain(model, images, targets, target_layer)`` gives the class
 probabilities and ``(B, H, W)`` maps in [0, 1] from one forward pass (Score-CAM
-adds one masked forward per channel). The maths is in :mod:`busi_web.cam_methods`.
+adds one masked forward per channel). The maths is in :mod:`busi_web.explain.methods`.
 """
 
 from __future__ import annotations
 
-from busi_web.cam_methods import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
+from busi_web.explain.methods import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
 from busi_web.hookspecs import hookimpl
 from busi_web.specs import ExplainerSpec, Param
 

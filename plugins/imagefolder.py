@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from busi_web.datasets import IMAGE_SUFFIXES, DatasetError, ImageDataset, Sample, read_image
+from busi_web.data.datasets import IMAGE_SUFFIXES, DatasetError, ImageDataset, Sample, read_image
 from busi_web.hookspecs import hookimpl
 from busi_web.specs import DatasetSpec, Param
 
@@ -24,7 +24,7 @@ MASK_STEM = re.compile(r"^(?P<base>.+?)_mask(?:_(?P<n>\d+))?$", re.IGNORECASE)
 
 
 def is_image_file(path: Path) -> bool:
-    """True for a regular, non-hidden file with one of :data:`busi_web.datasets.IMAGE_SUFFIXES`."""
+    """True for a regular, non-hidden file with one of :data:`busi_web.data.datasets.IMAGE_SUFFIXES`."""
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
 
 

@@ -36,14 +36,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from busi_web.datasets import DatasetError, ImageDataset, Sample, read_image
+from busi_web.data.datasets import DatasetError, ImageDataset, Sample, read_image
 from busi_web.hookspecs import hookimpl
 from busi_web.specs import DatasetSpec, Param
 
-from .mias_crops import (DIHEDRAL, INTENSITY, crop_window, dihedral, mias_to_pixel, normal_centre, resize_square,
-                         roi_crop, standardise, window_side)
-from .mias_info import (ABNORMALITIES, LAYOUT, InfoRow, check_root, info_file, pair_of, parse_classes, parse_info,
-                        scan_files)
+from .mias_crops import (
+    DIHEDRAL,
+    INTENSITY,
+    crop_window,
+    dihedral,
+    mias_to_pixel,
+    normal_centre,
+    resize_square,
+    roi_crop,
+    standardise,
+    window_side,
+)
+from .mias_info import (
+    ABNORMALITIES,
+    LAYOUT,
+    InfoRow,
+    check_root,
+    info_file,
+    pair_of,
+    parse_classes,
+    parse_info,
+    scan_files,
+)
 
 __all__ = ["ABNORMALITIES", "BALANCING", "TASKS", "InfoRow", "MiasDataset", "balance_items", "crop_for_model",
            "pair_of", "parse_info", "register_datasets"]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from busi_web.datasets import DatasetError
+from busi_web.data.datasets import DatasetError
 
 ABNORMALITIES = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM")
 SCAN_SUFFIXES = (".pgm", ".png")

@@ -29,7 +29,7 @@ from collections import OrderedDict
 import cv2
 import numpy as np
 
-from busi_web.datasets import ImageDataset, Sample
+from busi_web.data.datasets import ImageDataset, Sample
 from busi_web.hookspecs import hookimpl
 from busi_web.specs import DatasetSpec, Param
 

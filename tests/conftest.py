@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+from tests.helpers import ADMIN, CLINICIAN, make_user_client
 
 # Keep the suite polite on a 2-core machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -55,56 +52,6 @@ def store(tmp_path: Path):
     from busi_web.store import JobStore
 
     return JobStore(tmp_path / "busi.db", tmp_path / "runs")
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.02):
-    """Poll ``predicate`` until it returns something true, and return that; fail after ``timeout`` seconds."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 300,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real ``busi-web`` console script in a subprocess."""
-    exe = Path(sys.executable).with_name("busi-web")
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}
-    full_env.update(env or {})
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, input=input,
-                          timeout=timeout, cwd=cwd or ROOT)
-
-
-ADMIN = ("admin", "admin-pass-1")
-CLINICIAN = ("clin", "clin-pass-1")
-
-
-def login(client, name: str, password: str, *, next_url: str | None = None):
-    """Log ``client`` in through the real login form (with its CSRF token, so it also works when CSRF is on)."""
-    import re
-
-    page = client.get("/login").get_data(as_text=True)
-    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    data = {"username": name, "password": password, "csrf_token": match.group(1) if match else ""}
-    if next_url:
-        data["next"] = next_url
-    return client.post("/login", data=data)
-
-
-def make_user_client(app, name: str, password: str, role: str):
-    """A test client logged in as a new (or existing) user ``name`` with ``role``."""
-    store = app.extensions["busi_store"]
-    if store.get_user(name) is None:
-        store.add_user(name, role, password)
-    client = app.test_client()
-    r = login(client, name, password)
-    assert r.status_code == 302, f"login as {name} failed: {r.status_code}"
-    return client
 
 
 @pytest.fixture

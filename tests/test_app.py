@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from busi_web import create_app
-
-from .conftest import ROOT, make_user_client, run_cli
+from tests.helpers import ROOT, make_user_client, run_cli
 
 
 def test_config_precedence_instance_file_then_env_then_argument(instance_path, monkeypatch):
@@ -39,7 +38,7 @@ def test_bad_config_value_names_the_key(instance_path):
 
 
 def test_socketio_runs_in_threading_mode_and_eventlet_is_absent(app):
-    from busi_web.live import socketio
+    from busi_web.web.live import socketio
 
     assert socketio.async_mode == "threading"
     assert importlib.util.find_spec("eventlet") is None
@@ -66,6 +65,7 @@ def test_a_bug_gives_a_500_with_an_error_id_not_a_traceback(app, caplog):
     assert body["error_id"] in caplog.text
 
 
+@pytest.mark.slow
 def test_init_writes_a_secret_key_once_and_creates_the_store(tmp_path):
     inst = tmp_path / "inst"
     env = {"BUSI_WEB_INSTANCE_PATH": str(inst), "BUSI_WEB_AUTO_FIRST_RUN": "false"}
@@ -78,6 +78,7 @@ def test_init_writes_a_secret_key_once_and_creates_the_store(tmp_path):
     assert second.returncode == 0 and (inst / "config.py").read_text() == config
 
 
+@pytest.mark.slow
 def test_flask_cli_has_the_same_commands(tmp_path):
     flask = Path(sys.executable).with_name("flask")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}
@@ -95,6 +96,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_serve_runs_gunicorn_gthread_and_lists_plugins(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}

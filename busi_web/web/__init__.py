@@ -1,14 +1,28 @@
-"""Blueprints, one per page family."""
+"""The web: one blueprint per page family (its HTML page and its JSON API), Socket.IO, login, and shared helpers.
+
+Owns routes, templates' data, authentication and sessions, the live channel
+(:mod:`~busi_web.web.live`), and how errors are answered
+(:mod:`~busi_web.web.helpers`). May import every layer below it (services,
+training, diagnosis, evaluation, model, explain, data, store, plugins and the
+contract); the command line does not import it, nor it the command line.
+"""
 
 from __future__ import annotations
 
 from flask import Flask
 
+from busi_web.web import diagnose, home, runs, runs_api, system, train
+from busi_web.web.auth import init_auth
+from busi_web.web.helpers import register_error_handlers
+from busi_web.web.live import init_live
 
-def register_blueprints(app: Flask) -> None:
-    from . import api, api_pages, home, pages
+BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, system.bp)
 
-    app.register_blueprint(home.bp)
-    app.register_blueprint(pages.bp)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(api_pages.bp)
+
+def init_web(app: Flask) -> None:
+    """Install error answers, login and CSRF, every blueprint and the Socket.IO channel on ``app``."""
+    register_error_handlers(app)
+    init_auth(app)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    init_live(app)

@@ -96,6 +96,23 @@
     node.hidden = !message;
   };
 
+  /* The input for one parameter of a spec (``Param.to_dict()`` of /api/specs): a checkbox, a select, a number
+   * or a text field, with its default. The Train and Diagnose pages draw their parameter forms with it. */
+  busi.paramControl = function (p) {
+    const el = busi.el;
+    if (p.type === "bool") return el("input", { type: "checkbox", checked: !!p.default });
+    if (p.type === "choice") {
+      return el("select", {}, (p.choices || []).map((c) => el("option", { value: String(c), selected: c === p.default }, String(c))));
+    }
+    if (p.type === "int" || p.type === "float") {
+      return el("input", { type: "number", step: p.type === "int" ? "1" : "any", value: p.default === null ? "" : String(p.default),
+        min: p.minimum === null ? null : String(p.minimum), max: p.maximum === null ? null : String(p.maximum),
+        class: "num" });
+    }
+    return el("input", { type: "text", value: p.default === null || p.default === undefined ? "" : String(p.default),
+      placeholder: p.type === "path" ? "a folder or file on the server" : "" });
+  };
+
   busi.TERMINAL = new Set(["finished", "failed", "cancelled"]);
 
   /* Buttons with data-action="cancel|resume|promote" and data-run-id post to the API (admins only see them). */

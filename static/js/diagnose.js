@@ -24,6 +24,7 @@
   const panel = $("mode-panel");
   const modelSel = $("model");
   const explainerSel = $("explainer");
+  const explainerParams = $("explainer-params");
   const targetSel = $("target");
   const layerSel = $("layer");
   const channelsInput = $("channels");
@@ -120,6 +121,31 @@
   }
   modelSel.addEventListener("change", loadModel);
 
+  // -- the chosen explainer's parameters ---------------------------------------------------------------------
+  const explainerSpecs = JSON.parse(explainerParams.dataset.explainers || "[]");
+  function showExplainerParams() {
+    const spec = explainerSpecs.find((s) => s.name === explainerSel.value);
+    explainerParams.replaceChildren(...(spec ? spec.params : []).map((p) => {
+      const control = busi.paramControl(p);
+      control.id = `xp-${p.name}`;
+      control.dataset.param = p.name;
+      const label = el("label", { for: control.id }, p.name.replace(/_/g, " "));
+      return el("div", { class: "field" + (control.type === "checkbox" ? " check" : "") },
+        control.type === "checkbox" ? el("label", { for: control.id }, control, " ", p.name.replace(/_/g, " ")) : label,
+        control.type === "checkbox" ? null : control, p.help ? el("small", { class: "help" }, p.help) : null);
+    }));
+  }
+  function explainerValues() {
+    const values = {};
+    explainerParams.querySelectorAll("[data-param]").forEach((c) => {
+      const value = c.type === "checkbox" ? c.checked : c.value.trim();
+      if (value !== "") values[c.dataset.param] = value; // empty: the parameter's default
+    });
+    return values;
+  }
+  explainerSel.addEventListener("change", showExplainerParams);
+  showExplainerParams();
+
   // -- diagnose ----------------------------------------------------------------------------------------------
   async function diagnose(event) {
     event.preventDefault();
@@ -140,6 +166,7 @@
     }
     if (modelSel.value) fd.append("run_id", modelSel.value);
     fd.append("explainer", explainerSel.value);
+    if (explainerSel.value !== "none") fd.append("explainer_params", JSON.stringify(explainerValues()));
     if (targetSel.value) fd.append("target", targetSel.value);
     if (layerSel.value) {
       fd.append("layer", layerSel.value);

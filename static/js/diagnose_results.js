@@ -58,7 +58,7 @@
     const explained = result.explainer
       ? `${result.explainer} heatmap for class “${result.target}”${result.target === result.label ? " (predicted)" : ""}`
       : "no heatmap (explainer: none)";
-    const card = el("article", { class: "card result", dataset: { filename: result.filename, label: result.label } },
+    const card = el("article", { class: "card result", dataset: { filename: result.filename, label: result.label, explainer: result.explainer || "none" } },
       title, el("p", { class: "muted explained" }, explained, ` · ${result.width}×${result.height} px`,
         result.roi ? ` · region of interest: ${result.roi.side} px square centred at (${result.roi.x}, ${result.roi.y})` : ""),
       probabilityBars(result, opts.classes));

@@ -47,22 +47,8 @@
       el("small", { class: "field-error", dataset: { errorFor: key }, hidden: true }));
   }
 
-  function paramControl(p) {
-    if (p.type === "bool") return el("input", { type: "checkbox", checked: !!p.default });
-    if (p.type === "choice") {
-      return el("select", {}, (p.choices || []).map((c) => el("option", { value: String(c), selected: c === p.default }, String(c))));
-    }
-    if (p.type === "int" || p.type === "float") {
-      return el("input", { type: "number", step: p.type === "int" ? "1" : "any", value: p.default === null ? "" : String(p.default),
-        min: p.minimum === null ? null : String(p.minimum), max: p.maximum === null ? null : String(p.maximum),
-        class: "num" });
-    }
-    return el("input", { type: "text", value: p.default === null || p.default === undefined ? "" : String(p.default),
-      placeholder: p.type === "path" ? "a folder or file on the server" : "" });
-  }
-
   function paramField(group, p) {
-    const control = paramControl(p);
+    const control = busi.paramControl(p);
     control.dataset.group = group;
     control.dataset.param = p.name;
     control.dataset.type = p.type;

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from busi_web import hookimpl
-from busi_web.datasets import ImageDataset, Sample
+from busi_web.data.datasets import ImageDataset, Sample
 from busi_web.specs import BackboneSpec, DatasetSpec, ExplainerSpec, Param
 
 
@@ -24,7 +24,7 @@ class InputGradient:
     """Saliency as |d score / d input|, averaged over channels."""
 
     def explain(self, model, images, targets=None, target_layer=None):
-        from busi_web.explain import Explanation
+        from busi_web.specs import Explanation
 
         x = images.detach().requires_grad_(True)
         with torch.enable_grad():

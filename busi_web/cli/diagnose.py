@@ -1,0 +1,120 @@
+"""Command line for using a model: ``predict`` (images to probabilities and overlays) and ``evaluate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from busi_web.cli.common import RUN_ID, parse_params, services, user_errors
+from busi_web.data.datasets import read_image
+from busi_web.errors import UserError
+
+
+@click.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--run", "run_id", type=RUN_ID, help="Use this run's best model (default: the active model).")
+@click.option("--explainer", default="gradcam", show_default=True, help="An explainer (`busi-web plugins` lists them).")
+@click.option("--explainer-param", "explainer_params", multiple=True, metavar="KEY=VALUE",
+              help="A parameter of the explainer, e.g. batch_size=8 for scorecam. Repeatable.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for overlay PNGs.")
+@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_appcontext
+@user_errors
+def predict_command(images: tuple[str, ...], run_id: int | None, explainer: str,
+                    explainer_params: tuple[str, ...], out_dir: str, alpha: float, as_json: bool) -> None:
+    """Classify IMAGES with a heatmap: probabilities on stdout, overlays in --out."""
+    svc = services()
+    params = svc.registry.explainer(explainer).validate(parse_params(explainer_params, "--explainer-param"))
+    predictor = svc.predictor(run_id)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for image_path in images:
+        image = read_image(image_path, grayscale=predictor.meta["in_channels"] == 1)
+        try:
+            pred = predictor.predict(image, explainer=explainer, explainer_params=params)
+        except ValueError as exc:  # the image or the explainer's choice does not suit this model
+            raise UserError(f"{image_path}: {exc}") from None
+        overlay_path = out / f"{Path(image_path).stem}_{explainer}.png"
+        overlay_path.write_bytes(pred.overlay_png(alpha=alpha))
+        results.append({"image": image_path, "label": pred.label, "probabilities": pred.probabilities,
+                        "overlay": str(overlay_path)})
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
+            click.echo(f"{r['image']}: {r['label']}  ({probs})  -> {r['overlay']}")
+
+
+@click.command("evaluate")
+@click.option("--run", "run_id", required=True, type=RUN_ID, help="The run whose best model is evaluated.")
+@click.option("--data-dir", type=click.Path(),
+              help="Folder of images in the dataset's layout (default: the run's own folder for its dataset, "
+                   "else DATA_DIRS).")
+@click.option("--dataset", help="Dataset plugin that reads the folder (default: the run's dataset).")
+@click.option("--part", type=click.Choice(["train", "val", "test"]),
+              help="Only this part of the run's own split (for the folder the run was trained on).")
+@click.option("--explainers", default="", help="Comma-separated explainers (default: every registered one).")
+@click.option("--max-maps", "max_maps", multiple=True, metavar="N|EXPLAINER=N",
+              help="Map at most N images (spread evenly) per explainer, or for one explainer, e.g. scorecam=20 "
+                   "(Score-CAM takes seconds per image on a CPU). Every image is still classified.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Dataset parameter. Repeatable.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@with_appcontext
+@user_errors
+def evaluate_command(run_id: int, data_dir: str | None, dataset: str | None, part: str | None, explainers: str,
+                     max_maps: tuple[str, ...], params: tuple[str, ...], device: str) -> None:
+    """Accuracy, macro-F1, AUC, confusion matrix, heatmap localisation and a shortcut check of run ID's model.
+
+    The report (report.md, report.json, PNGs) goes into the run's folder under
+    evaluations/ and shows on the run's page. An explainer that fails is skipped, and the report says why.
+    """
+    from busi_web.evaluation.evaluate import evaluate_run  # imports torch: not at CLI start
+
+    svc = services()
+    run = svc.store.get_run(run_id)
+    dataset = dataset or run["dataset"]
+    if data_dir is None:  # the run's own folder for its own dataset, else the configured one
+        data_dir = (run.get("data_dir") if dataset == run["dataset"] else None) or \
+            (current_app.config.get("DATA_DIRS") or {}).get(dataset)
+    report = evaluate_run(Path(run["run_dir"]), data_dir, dataset, registry=svc.registry, part=part,
+                          explainers=[e.strip() for e in explainers.split(",") if e.strip()] or None,
+                          dataset_params=parse_params(params) or None, max_maps=_max_maps(max_maps),
+                          device=device, log=lambda m: click.echo(m, err=True))
+    c = report["classification"]
+    auc = "n/a" if c["auc"] is None else f"{c['auc']:.4f}"
+    click.echo(f"{c['n']} images: accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}, AUC {auc}")
+    for name, s in report["localisation"].items():
+        if s["n"]:
+            click.echo(f"{name:<10} pointing {s['pointing']:.3f}  energy {s['energy']:.3f}  IoU {s['iou']:.3f}  "
+                       f"(chance {s['chance']:.3f}, {s['n']} lesions)"
+                       + ("  LOOKS AT MARKS" if report["shortcuts"][name]["flagged"] else ""))
+    for name, why in (report.get("skipped") or {}).items():
+        click.echo(f"{name:<10} skipped: {why}")
+    click.echo(f"report: {Path(report['folder']) / 'report.md'}")
+
+
+def _max_maps(values: tuple[str, ...]) -> int | dict[str, int] | None:
+    """``("20",)`` caps every explainer; ``("scorecam=20", ...)`` caps the ones named."""
+    if not values:
+        return None
+    per: dict[str, int] = {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            n = int(number)
+        except ValueError:
+            raise UserError(f"--max-maps expects N or EXPLAINER=N, got {value!r}") from None
+        if not name:
+            return n
+        per[name.strip()] = n
+    return per
+
+
+COMMANDS = [predict_command, evaluate_command]

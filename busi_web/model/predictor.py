@@ -1,0 +1,243 @@
+"""Prediction with heatmaps from a checkpoint, safe to call from many request threads.
+
+``Predictor.from_checkpoint(path)`` rebuilds the model and the exact
+preprocessing it was trained with. ``predict(image)`` returns the class
+probabilities and, in the same forward pass, the explainer's heatmap mapped
+back onto the uploaded image's own size.
+
+Threading: explainers capture activations and gradients with hooks on the
+model's modules. A hook registered by one request would also fire for a
+forward pass of another request on the same (shared) model, so every use of
+the model runs under the Predictor's lock. Inference has no other shared
+mutable state: explainer objects are built per call, and the model is in
+eval mode (BatchNorm statistics and dropout are fixed).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from busi_web.data.preprocess import eval_transform, paste_map, to_channels
+from busi_web.explain.base import classify, complete_explanation, default_target_layer, feature_map_grid
+from busi_web.explain.render import overlay, to_png
+from busi_web.model.checkpoint import CheckpointMeta, load_checkpoint
+from busi_web.model.device import resolve_device
+from busi_web.plugins import PluginFailure, PluginRegistry
+from busi_web.specs import Explanation
+from busi_web.store.run_files import PARAMS_JSON
+
+
+@dataclass
+class Prediction:
+    """One image's result. ``heatmap`` is ``float32 (H, W)`` in [0, 1] at the uploaded image's size."""
+
+    label: str
+    index: int
+    probabilities: dict[str, float]
+    target: int | None = None
+    target_label: str | None = None
+    explainer: str | None = None
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    image: np.ndarray | None = field(default=None, repr=False)
+    seconds: float = 0.0
+
+    def overlay_png(self, alpha: float = 0.5, colormap: str = "jet") -> bytes:
+        """The heatmap blended over the original image, as PNG bytes."""
+        if self.heatmap is None or self.image is None:
+            raise ValueError("this prediction has no heatmap; predict with an explainer (e.g. 'gradcam')")
+        return overlay(to_channels(self.image, 3), self.heatmap, alpha=alpha, colormap=colormap)
+
+    def heatmap_png(self) -> bytes:
+        """The heatmap alone as an 8-bit grayscale PNG."""
+        if self.heatmap is None:
+            raise ValueError("this prediction has no heatmap; predict with an explainer (e.g. 'gradcam')")
+        return to_png(np.clip(np.rint(self.heatmap * 255), 0, 255).astype(np.uint8))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (no arrays)."""
+        return {"label": self.label, "index": self.index, "probabilities": dict(self.probabilities),
+                "target": self.target, "target_label": self.target_label, "explainer": self.explainer,
+                "seconds": round(self.seconds, 4)}
+
+
+class Predictor:
+    """A loaded model plus its preprocessing. Thread-safe (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, meta: CheckpointMeta, registry: PluginRegistry,
+                 device: str | torch.device = "cpu", path: str | Path | None = None):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.checkpoint_meta = meta
+        self.config = meta.preprocess_config()
+        self.transform = eval_transform(self.config)
+        self.registry = registry
+        self.path = str(path) if path is not None else None
+        self.target_layer = meta.target_layer or default_target_layer(model)
+        self._lock = threading.Lock()
+        self._layers = {name for name, _ in self.model.named_modules() if name}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, registry: PluginRegistry,
+                        device: str | torch.device = "cpu") -> Predictor:
+        """Load ``path`` (raises :class:`busi_web.model.checkpoint.CheckpointError` when unusable)."""
+        model, meta = load_checkpoint(path, registry, map_location="cpu")
+        return cls(model, meta, registry, device, path)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.checkpoint_meta.classes)
+
+    @property
+    def dataset_params(self) -> dict[str, Any]:
+        """The dataset parameters the model was trained with (a copy): see :meth:`_trained_dataset_params`."""
+        return dict(self._trained_dataset_params)
+
+    @cached_property
+    def _trained_dataset_params(self) -> dict[str, Any]:
+        """From the checkpoint (the trainer saves them there), else, for older checkpoints, from ``params.json``
+        of the run folder the checkpoint sits in; else ``{}``. Read once per loaded model, not per request."""
+        saved = self.checkpoint_meta.extra.get("dataset_params")
+        if saved is not None:
+            return dict(saved)
+        if not self.path:
+            return {}
+        try:
+            params = json.loads((Path(self.path).parent / PARAMS_JSON).read_text(encoding="utf-8"))
+            return dict(params["params"]["dataset"] or {})
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What the UI shows about the model."""
+        m = self.checkpoint_meta
+        return {"classes": list(m.classes), "backbone": m.backbone, "backbone_version": m.backbone_version,
+                "backbone_params": dict(m.backbone_params), "run_id": m.run_id, "modality": m.modality,
+                "dataset": m.dataset, "input_size": m.input_size, "resize": m.resize, "in_channels": m.in_channels,
+                "target_layer": self.target_layer, "path": self.path, "device": str(self.device)}
+
+    # -- prediction --------------------------------------------------------
+    def predict(self, image: np.ndarray, explainer: str | None = "gradcam", target: int | None = None,
+                explainer_params: Mapping[str, Any] | None = None, target_layer: str | None = None) -> Prediction:
+        """Classify one ``uint8`` image, ``(H, W)`` or ``(H, W, 3)``; explain ``target`` (default: the top class)."""
+        return self.predict_batch([image], explainer, None if target is None else [target],
+                                  explainer_params, target_layer)[0]
+
+    def prepare(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """The model's input tensors of ``images``, preprocessed exactly as in training (no model, no lock).
+
+        Callers that feed one model from many threads (the server's micro-batcher) run this in their own
+        threads and pass the result to :meth:`predict_batch` as ``prepared``.
+        """
+        tensors = []
+        for i, img in enumerate(images):
+            try:
+                tensors.append(self.transform(img))
+            except ValueError as exc:
+                raise ValueError(f"image {i}: {exc}" if len(images) > 1 else str(exc)) from None
+        return tensors
+
+    def predict_batch(self, images: Sequence[np.ndarray], explainer: str | None = "gradcam",
+                      targets: Sequence[int | None] | None = None, explainer_params: Mapping[str, Any] | None = None,
+                      target_layer: str | None = None, prepared: Sequence[torch.Tensor] | None = None
+                      ) -> list[Prediction]:
+        """Classify and explain several images (any sizes) in one forward pass.
+
+        ``prepared``: the images' tensors from :meth:`prepare`, when the caller made them already.
+        """
+        start = time.perf_counter()
+        images = list(images)
+        if not images:
+            raise ValueError("no images given; pass at least one uint8 image array")
+        tensors = list(prepared) if prepared is not None else self.prepare(images)
+        if len(tensors) != len(images):
+            raise ValueError(f"got {len(tensors)} prepared tensors for {len(images)} images")
+        batch = torch.stack(tensors).to(self.device)
+        target_t = self._targets(targets, len(images))
+        layer = None if explainer is None else self._layer(target_layer)
+        with self._lock:
+            if explainer is None:
+                result = classify(self.model, batch)
+            else:
+                result = self._explain(explainer, explainer_params or {}, batch, target_t, layer)
+        probs = result.probs.detach().float().cpu()
+        explained = result.targets.detach().cpu() if result.targets is not None else None
+        maps = result.maps.detach().float().cpu() if result.maps is not None else None
+        seconds = (time.perf_counter() - start) / len(images)
+        classes = self.checkpoint_meta.classes
+        out = []
+        for i, img in enumerate(images):
+            p = probs[i]
+            index = int(torch.argmax(p))
+            tgt = int(explained[i]) if explained is not None and explainer is not None else None
+            heatmap = None
+            if maps is not None:
+                heatmap = np.clip(paste_map(maps[i], img.shape[:2], self.config), 0.0, 1.0).astype(np.float32)
+            out.append(Prediction(
+                label=classes[index], index=index,
+                probabilities={c: float(p[k]) for k, c in enumerate(classes)},
+                target=tgt, target_label=classes[tgt] if tgt is not None else None, explainer=explainer,
+                heatmap=heatmap, image=img, seconds=seconds))
+        return out
+
+    def _explain(self, name: str, params: Mapping[str, Any], batch: torch.Tensor, targets: torch.Tensor | None,
+                 layer: str | None) -> Explanation:
+        """Run explainer ``name``; a failure of the plugin's code is a :class:`PluginFailure` naming the plugin.
+
+        A ``ValueError`` stays what it is: the explainer saying that the user's choice does not suit it (e.g. CAM
+        on a layer that is not followed by pooling and the classifier), with a message that says so.
+        """
+        spec = self.registry.explainer(name)
+        values = spec.validate(params)  # InvalidParameters (a ValueError) names the bad one
+        try:
+            # Built per call: explainer objects may keep state while they run.
+            result = spec.factory(**values).explain(self.model, batch, targets, layer)
+            return complete_explanation(result, self.model, batch, targets)
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a third party's code may raise anything
+            raise PluginFailure(self.registry.owner_of("explainers", name), f"explainer {name!r}", exc) from exc
+
+    def feature_maps(self, image: np.ndarray, layer: str | None = None, channels: int = 16) -> bytes:
+        """A PNG grid of the ``channels`` most active feature maps of ``layer`` (default: the target layer)."""
+        if not 1 <= int(channels) <= 256:
+            raise ValueError(f"channels must be between 1 and 256, got {channels}")
+        x = self.transform(image)[None].to(self.device)
+        name = self._layer(layer)
+        with self._lock:
+            grid = feature_map_grid(self.model, x, name, channels=int(channels))
+        return to_png(grid)
+
+    def _targets(self, targets: Sequence[int | None] | None, n: int) -> torch.Tensor | None:
+        if targets is None or all(t is None for t in targets):
+            return None
+        targets = list(targets)
+        if len(targets) != n:
+            raise ValueError(f"got {len(targets)} targets for {n} images; give one target class per image")
+        k = len(self.checkpoint_meta.classes)
+        for t in targets:
+            if t is None:
+                raise ValueError("give a target class for every image or for none (none: the predicted class)")
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < k:
+                raise ValueError(f"target class must be an index from 0 to {k - 1} "
+                                 f"({', '.join(self.checkpoint_meta.classes)}), got {t!r}")
+        return torch.tensor([int(t) for t in targets], dtype=torch.long, device=self.device)  # type: ignore[arg-type]
+
+    def _layer(self, layer: str | None) -> str:
+        name = layer or self.target_layer
+        if name not in self._layers:
+            tops = sorted({n.split(".")[0] for n in self._layers})
+            raise ValueError(f"layer {name!r} is not a module of the {self.checkpoint_meta.backbone!r} model; "
+                             f"use a dotted module path such as {', '.join(tops[:12])}")
+        return name

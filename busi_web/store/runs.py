@@ -1,0 +1,165 @@
+"""Runs: their rows, their states and the transitions between them, and their artifact folders."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from busi_web.errors import UserError
+from busi_web.store.audit import AuditMixin
+from busi_web.store.db import utc_now
+
+STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+TERMINAL = frozenset({"finished", "failed", "cancelled"})
+# Which state may follow which. Resuming puts an interrupted or cancelled run back in the queue; a finished or
+# failed run is final (start a new run instead).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled", "failed"}),
+    "running": frozenset({"finished", "failed", "cancelled", "interrupted"}),
+    "interrupted": frozenset({"queued", "cancelled", "failed"}),
+    "cancelled": frozenset({"queued"}),
+    "finished": frozenset(),
+    "failed": frozenset(),
+}
+# Columns a caller may set through update_run / transition.
+RUN_FIELDS = frozenset({"name", "pid", "error", "cancel_requested", "epochs_done", "best_metric", "best_metric_name",
+                        "test_macro_f1", "test_accuracy", "params", "data_dir", "created_by"})
+
+
+class RunNotFound(UserError, KeyError):
+    """No run has this id (404)."""
+
+    status = 404
+
+
+class IllegalTransition(UserError):
+    """A run cannot move from its current state to the one asked for (409)."""
+
+    status = 409
+
+
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+
+
+def run_id_of(value: int | str) -> int:
+    """A run id as SQLite can hold it; anything else names no run (:class:`RunNotFound`)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if not 1 <= number <= MAX_ID:
+        raise RunNotFound(f"there is no run {value}; run ids are whole numbers from 1 (`busi-web runs` lists them)")
+    return number
+
+
+class RunsMixin(AuditMixin):
+    """Creating, reading and moving runs through their states."""
+
+    def create_run(self, backbone: str, dataset: str, params: dict[str, Any], *, name: str | None = None,
+                   data_dir: str | None = None, created_by: str | None = None) -> dict[str, Any]:
+        """Insert a queued run and create its artifact folder ``runs/<YYYY-MM-DD_HH-MM-SS>_<id>/``."""
+        now = utc_now()
+        with self.transaction() as db:
+            run_id = db["runs"].insert({
+                "name": name or f"{backbone} on {dataset}", "status": "queued", "backbone": backbone,
+                "dataset": dataset, "data_dir": data_dir, "params": json.dumps(params, sort_keys=True),
+                "created_at": now, "created_by": created_by, "cancel_requested": 0, "epochs_done": 0,
+            }).last_pk
+            stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            run_dir = self.runs_dir / f"{stamp}_{run_id}"
+            db["runs"].update(run_id, {"run_dir": str(run_dir)})
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return self.get_run(run_id)
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id_of(run_id)])
+        if not rows:
+            raise RunNotFound(f"there is no run {run_id}; `busi-web runs` lists them")
+        return self._decode(rows[0])
+
+    def list_runs(self, status: str | Iterable[str] | None = None, dataset: str | None = None,
+                  backbone: str | None = None, limit: int | None = None, oldest_first: bool = False
+                  ) -> list[dict[str, Any]]:
+        """Runs, newest first unless ``oldest_first``, filtered by status (one or several), dataset, backbone."""
+        where, args = [], []
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args += statuses
+        for column, value in (("dataset", dataset), ("backbone", backbone)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY id" + ("" if oldest_first else " DESC")
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return [self._decode(row) for row in self._rows(sql, args)]
+
+    def count_runs(self, status: str | None = None) -> int:
+        if status is None:
+            return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM runs WHERE status = ?", [status]).fetchone()[0]
+
+    def update_run(self, run_id: int, **fields: Any) -> dict[str, Any]:
+        """Set bookkeeping columns of a run (not its status: use :meth:`transition`)."""
+        values = self._fields(fields)
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", [run_id_of(run_id)]).fetchone() is None:
+                raise RunNotFound(f"there is no run {run_id}")
+            if values:
+                db["runs"].update(int(run_id), values)
+        return self.get_run(run_id)
+
+    def transition(self, run_id: int, status: str, **fields: Any) -> dict[str, Any]:
+        """Move a run to ``status`` (only along :data:`TRANSITIONS`), setting ``fields`` in the same transaction."""
+        if status not in STATES:
+            raise IllegalTransition(f"unknown run state {status!r}; states are {', '.join(STATES)}")
+        values = self._fields(fields)
+        now = utc_now()
+        with self.transaction() as db:
+            row = db.execute("SELECT status FROM runs WHERE id = ?", [run_id_of(run_id)]).fetchone()
+            if row is None:
+                raise RunNotFound(f"there is no run {run_id}")
+            current = row[0]
+            if status not in TRANSITIONS[current]:
+                allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing (it is final)"
+                raise IllegalTransition(f"run {run_id} is {current}; it can only become {allowed}, not {status}")
+            values["status"] = status
+            if status == "running":
+                values["started_at"] = now
+            elif status == "queued":
+                values.update(finished_at=None, cancel_requested=0)
+            if status in TERMINAL or status == "interrupted":
+                values["finished_at"] = now
+            db["runs"].update(int(run_id), values)
+        return self.get_run(run_id)
+
+    def claim_next(self, pid: int | None = None) -> dict[str, Any] | None:
+        """Atomically move the oldest queued run to running and return it (None when the queue is empty)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            return self.transition(row[0], "running", pid=pid)
+
+    def _fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(fields) - RUN_FIELDS
+        if unknown:
+            raise ValueError(f"unknown run field(s) {', '.join(sorted(unknown))}; "
+                             f"settable: {', '.join(sorted(RUN_FIELDS))}")
+        values = dict(fields)
+        if isinstance(values.get("params"), dict):
+            values["params"] = json.dumps(values["params"], sort_keys=True)
+        return values
+
+    @staticmethod
+    def _decode(row: sqlite3.Row) -> dict[str, Any]:
+        run = dict(row)
+        if isinstance(run.get("params"), str):
+            run["params"] = json.loads(run["params"])
+        return run

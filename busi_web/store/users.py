@@ -1,0 +1,130 @@
+"""Users, roles and API tokens: the part of the store that authentication reads.
+
+Passwords are stored as werkzeug salted hashes; API tokens as SHA-256 of a
+random secret that is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+from typing import Any
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from busi_web.errors import UserError
+from busi_web.store.audit import AuditMixin
+from busi_web.store.db import utc_now
+
+ROLES = ("admin", "clinician")
+MIN_PASSWORD = 8
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class UsersMixin(AuditMixin):
+    """User and API token methods."""
+
+    def add_user(self, name: str, role: str, password: str, *, must_change_password: bool = False
+                 ) -> dict[str, Any]:
+        name = (name or "").strip()
+        if not name or len(name) > 64 or any(c.isspace() for c in name):
+            raise UserError("a user name is 1-64 characters with no spaces")
+        if role not in ROLES:
+            raise UserError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        if len(password or "") < MIN_PASSWORD:
+            raise UserError(f"the password must have at least {MIN_PASSWORD} characters")
+        try:
+            with self.transaction() as db:
+                db["users"].insert({"name": name, "role": role, "password_hash": generate_password_hash(password),
+                                    "created_at": utc_now(), "must_change_password": int(must_change_password)})
+        except sqlite3.IntegrityError:
+            raise UserError(f"a user named {name!r} exists already") from None
+        self.audit("user.add", user=name, role=role)
+        return self.get_user(name)
+
+    def get_user(self, name: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM users WHERE name = ?", [name])
+        return dict(rows[0]) if rows else None
+
+    def get_user_by_id(self, user_id: int) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM users WHERE id = ?", [int(user_id)])
+        return dict(rows[0]) if rows else None
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in dict(r).items() if k != "password_hash"}
+                for r in self._rows("SELECT * FROM users ORDER BY name", [])]
+
+    def count_users(self, role: str | None = None) -> int:
+        if role is None:
+            return self._rows("SELECT count(*) AS n FROM users", [])[0]["n"]
+        return self._rows("SELECT count(*) AS n FROM users WHERE role = ?", [role])[0]["n"]
+
+    def check_password(self, name: str, password: str) -> dict[str, Any] | None:
+        """The user when ``password`` is theirs, else None (the same answer for an unknown name)."""
+        user = self.get_user(name or "")
+        if user is None:
+            check_password_hash(generate_password_hash("x"), password or "")  # similar time either way
+            return None
+        return user if check_password_hash(user["password_hash"], password or "") else None
+
+    def set_password(self, name: str, password: str) -> None:
+        if len(password or "") < MIN_PASSWORD:
+            raise UserError(f"the password must have at least {MIN_PASSWORD} characters")
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone() is None:
+                raise UserError(f"there is no user {name!r}")
+            db.execute("UPDATE users SET password_hash = ?, must_change_password = 0 WHERE name = ?",
+                       [generate_password_hash(password), name])
+        self.audit("user.password", user=name)
+
+    def delete_user(self, name: str) -> None:
+        with self.transaction() as db:
+            user = self.get_user(name)
+            if user is None:
+                raise UserError(f"there is no user {name!r}")
+            db.execute("DELETE FROM api_tokens WHERE user_id = ?", [user["id"]])
+            db.execute("DELETE FROM users WHERE id = ?", [user["id"]])
+        self.audit("user.delete", user=name)
+
+    # -- API tokens -----------------------------------------------------------------------------------------
+    def create_token(self, name: str, label: str = "") -> str:
+        """A new API token for user ``name``; the plain token is returned once and only its hash is kept."""
+        user = self.get_user(name)
+        if user is None:
+            raise UserError(f"there is no user {name!r}")
+        token = "bw_" + secrets.token_urlsafe(32)
+        with self.transaction() as db:
+            db["api_tokens"].insert({"user_id": user["id"], "label": label, "token_hash": _token_hash(token),
+                                     "created_at": utc_now()})
+        self.audit("token.create", user=name, label=label)
+        return token
+
+    def user_for_token(self, token: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT users.*, api_tokens.id AS token_id FROM api_tokens JOIN users "
+                          "ON users.id = api_tokens.user_id WHERE token_hash = ?", [_token_hash(token or "")])
+        if not rows:
+            return None
+        user = dict(rows[0])
+        with self.transaction() as db:
+            db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", [utc_now(), user.pop("token_id")])
+        return user
+
+    def list_tokens(self, name: str | None = None) -> list[dict[str, Any]]:
+        sql = ("SELECT api_tokens.id, users.name AS user, label, api_tokens.created_at, last_used_at FROM api_tokens "
+               "JOIN users ON users.id = api_tokens.user_id")
+        args: list[Any] = []
+        if name is not None:
+            sql += " WHERE users.name = ?"
+            args.append(name)
+        return [dict(r) for r in self._rows(sql + " ORDER BY api_tokens.id", args)]
+
+    def revoke_token(self, token_id: int) -> bool:
+        with self.transaction() as db:
+            gone = db.execute("DELETE FROM api_tokens WHERE id = ?", [int(token_id)]).rowcount
+        if gone:
+            self.audit("token.revoke", token_id=int(token_id))
+        return bool(gone)

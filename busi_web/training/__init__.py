@@ -1,0 +1,14 @@
+"""Training: from a stored run's parameters to a trained model and its artifacts.
+
+Owns the job runner (one trainer process at a time, cancel, recovery:
+:mod:`~busi_web.training.runner`), the trainer process
+(:mod:`~busi_web.training.trainer`), one run from parameters to artifacts
+(:mod:`~busi_web.training.run`), the loop (:mod:`~busi_web.training.loop`),
+data feeding (:mod:`~busi_web.training.feeding`), the training parameters and
+the checks before a run exists (:mod:`~busi_web.training.params`), training
+aids (:mod:`~busi_web.training.aids`, :mod:`~busi_web.training.mixup`), and
+resuming (:mod:`~busi_web.training.resume`).
+
+May import: evaluation, model, data, explain, store, plugins and the
+contract. Knows nothing of diagnosis, the web or the command line.
+"""

@@ -1,0 +1,173 @@
+"""Feeding the trainer: an in-memory image cache, torch datasets, class balancing and loaders.
+
+Decoding a PNG costs more than a small network's forward pass, so when the
+decoded images of a run fit under a byte cap they are decoded once, before
+the first epoch, and kept in memory. DataLoader workers are forked after
+that and share the decoded arrays, so loading never starves the GPU. The
+cache holds exactly what :meth:`ImageDataset.load_image` returns; every
+transform still runs on it, so training sees the same pixels prediction does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+
+from busi_web.data.datasets import ImageDataset
+
+_PROBES = 8  # images decoded to estimate the size of the whole set
+
+
+class ImageSource:
+    """``source(i)`` returns sample ``i``'s ``uint8`` image, from memory when it was cached."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+        self.images: dict[int, np.ndarray] = {}
+        self.masks: dict[int, np.ndarray | None] = {}
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(a.nbytes for a in self.images.values())
+
+    def __call__(self, index: int) -> np.ndarray:
+        image = self.images.get(index)
+        return image if image is not None else self.dataset.load_image(index)
+
+    def mask(self, index: int) -> np.ndarray | None:
+        """Sample ``index``'s lesion mask (``None`` when it has none); masks are small, so always cached."""
+        if index not in self.masks:
+            self.masks[index] = self.dataset.load_mask(index)
+        return self.masks[index]
+
+
+def estimate_bytes(dataset: ImageDataset, indices: Sequence[int]) -> int:
+    """Approximate memory of the decoded images of ``indices`` (decodes a few spread-out ones)."""
+    if not indices:
+        return 0
+    step = max(1, len(indices) // _PROBES)
+    probes = list(indices)[::step][:_PROBES]
+    mean = sum(dataset.load_image(i).nbytes for i in probes) / len(probes)
+    return int(mean * len(indices) * 1.1)  # a margin for images larger than the probes
+
+
+def build_source(dataset: ImageDataset, indices: Sequence[int], cap_bytes: int,
+                 log: Callable[[str], None] = lambda _msg: None,
+                 should_stop: Callable[[], bool] = lambda: False) -> ImageSource:
+    """An :class:`ImageSource` with every image of ``indices`` decoded, if they fit under ``cap_bytes``.
+
+    Images are decoded in the calling process, so forked DataLoader workers
+    inherit them. Stops early (leaving the rest uncached) when ``should_stop()``.
+    """
+    source = ImageSource(dataset)
+    if cap_bytes <= 0:
+        log("image cache disabled (cache_mb=0): images are decoded every epoch")
+        return source
+    need = estimate_bytes(dataset, indices)
+    if need > cap_bytes:
+        log(f"images need about {need / 2**20:.0f} MB decoded, above the cache cap of {cap_bytes / 2**20:.0f} MB:"
+            " decoding them every epoch (raise cache_mb to cache them)")
+        return source
+    for i in indices:
+        if should_stop():
+            break
+        image = dataset.load_image(i)
+        if source.cached_bytes + image.nbytes > cap_bytes:  # the estimate was low: stop caching, keep going
+            log("image cache full; the remaining images are decoded every epoch")
+            break
+        source.images[i] = image
+    log(f"cached {len(source.images)} decoded images in memory ({source.cached_bytes / 2**20:.1f} MB)")
+    return source
+
+
+class TransformedImages(Dataset):
+    """Samples ``indices`` of a source as ``(transform(image), label)`` pairs.
+
+    With ``variants`` (one per index) the image of item ``k`` comes from
+    ``source.dataset.training_image(indices[k], variants[k])`` when that is not
+    ``None``: the dataset's own training augmentation (see
+    :meth:`ImageDataset.training_items`).
+
+    With ``masks=True`` (training with lesion guidance) items are
+    ``(image, label, mask, has_mask)``: the lesion mask moved by the same
+    augmentation (``transform(image, mask)``), or zeros and ``False`` for an
+    image without a mask file.
+    """
+
+    def __init__(self, source: ImageSource, indices: Sequence[int], labels: Sequence[int],
+                 transform: Callable[..., Any], variants: Sequence[int] | None = None, masks: bool = False):
+        self.source, self.indices, self.transform = source, list(indices), transform
+        self.labels = [int(labels[i]) for i in self.indices]
+        self.variants = None if variants is None else list(variants)
+        if masks and self.variants is not None and any(self.variants):
+            raise ValueError("lesion masks cannot follow a dataset's own training variants")
+        self.masks = masks
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[Any, ...]:
+        i = self.indices[k]
+        image = None if self.variants is None else self.source.dataset.training_image(i, self.variants[k])
+        image = self.source(i) if image is None else image
+        if not self.masks:
+            return self.transform(image), self.labels[k]
+        mask = self.source.mask(i)
+        has = mask is not None
+        x, m = self.transform(image, mask if has else np.zeros(image.shape[:2], dtype=bool))
+        return x, self.labels[k], m, has
+
+
+def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:
+    counts = Counter(int(y) for y in labels)
+    return [counts.get(c, 0) for c in range(num_classes)]
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights ``n / (K * n_c)``: 1 for every class when balanced; 0 for an absent class."""
+    counts = class_counts(labels, num_classes)
+    n = sum(counts)
+    return torch.tensor([n / (num_classes * c) if c else 0.0 for c in counts], dtype=torch.float32)
+
+
+def balanced_sampler(labels: Sequence[int], num_classes: int, generator: torch.Generator) -> Sampler[int]:
+    """Draws (with replacement) each class equally often on average; one epoch is ``len(labels)`` draws."""
+    counts = class_counts(labels, num_classes)
+    weights = torch.tensor([1.0 / counts[int(y)] for y in labels], dtype=torch.double)
+    return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
+
+
+def resolve_workers(workers: int, device: torch.device) -> int:
+    """``-1``: none on the CPU (they would compete with the model for the same cores), up to 8 with a GPU."""
+    if workers >= 0:
+        return workers
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def make_loader(data: TransformedImages, batch_size: int, *, train: bool, workers: int, device: torch.device,
+                generator: torch.Generator | None = None, sampler: Sampler[int] | None = None) -> DataLoader:
+    """A DataLoader for training (shuffled or sampled) or evaluation (in order).
+
+    A last training batch of one image is dropped: BatchNorm cannot normalise a single value per channel.
+    """
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=train and len(data) % batch_size == 1 and len(data) > 1,
+        generator=generator,
+        # Workers are forked each epoch: they inherit the decoded images, and their augmentation seeds
+        # come from ``generator``, which the trainer reseeds per epoch (reproducible, resumable).
+        persistent_workers=False,
+    )

@@ -1,0 +1,254 @@
+"""Diagnose: the page, ``POST /api/predict`` and what the page asks about models.
+
+``POST /api/predict`` diagnoses one or many uploaded images, with heatmaps, and audits every diagnosis.
+Form fields: files under ``image`` (one or many); optional ``run_id`` (default: the active model),
+``explainer`` (default ``DEFAULT_EXPLAINER``; ``none`` for no map), ``target`` (class name or index;
+default: each image's predicted class), ``alpha`` (0..1, default 0.5), ``colormap`` (default ``jet``),
+``layer`` and ``channels`` (a feature-map grid of that layer; ``layer=default`` for the target layer),
+``images`` (which PNGs to return, comma-separated from ``original,overlay,heatmap``, default all three:
+a client that blends the heatmap itself, like the Diagnose page, asks for ``original,heatmap``), and
+``explainer_params`` (a JSON object of the explainer's parameters, e.g. ``{"batch_size": 8}`` for Score-CAM).
+For a model trained on crops of mammograms (its dataset has ``roi_crop``): one image plus ``roi_x`` and
+``roi_y``, the centre of the region of interest in the image's pixels (optional ``roi_radius``); the
+result is of the crop (see :mod:`busi_web.diagnosis.roi`).
+
+``GET /api/models`` lists the active model of every dataset, ``GET /api/models/active`` describes the one
+that serves (classes, layers, modality), and ``GET /api/runs/<id>/model`` the same for any finished run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+from torch import nn
+
+from busi_web.diagnosis.roi import roi_crops, roi_info
+from busi_web.diagnosis.uploads import read_uploads
+from busi_web.errors import UserError
+from busi_web.explain.render import fast_png, palette, render_heatmap
+from busi_web.model.predictor import Predictor
+from busi_web.services import services_of
+from busi_web.specs import Param
+from busi_web.store import RunNotFound
+from busi_web.web.auth import current_user
+from busi_web.web.helpers import active_ids, active_model_info, arg
+
+bp = Blueprint("diagnose", __name__)
+
+PNG_KINDS = ("original", "overlay", "heatmap")  # the pictures an answer can carry (form field ``images``)
+RUN_ID = Param("run_id", "int", None, minimum=1, maximum=2**63 - 1)
+ALPHA = Param("alpha", "float", 0.5, minimum=0.0, maximum=1.0)
+CHANNELS = Param("channels", "int", 16, minimum=1, maximum=256)
+
+
+@bp.get("/diagnose")
+def page():
+    """Upload images, get a label, class probabilities, a heatmap overlay and feature maps."""
+    services = services_of()
+    reg = services.registry
+    explainers = [s.to_dict() for s in reg.explainers.values()]
+    default_explainer = current_app.config["DEFAULT_EXPLAINER"]
+    if default_explainer not in reg.explainers and explainers:
+        default_explainer = explainers[0]["name"]
+    active = active_ids()
+    models = [{"id": r["id"], "name": r["name"], "backbone": r["backbone"], "dataset": r["dataset"],
+               "test_macro_f1": r.get("test_macro_f1"), "active": r["id"] in active}
+              for r in services.store.list_runs(status="finished")]
+    return render_template("pages/diagnose.html", page="diagnose", active=active_model_info(), models=models,
+                           explainers=explainers, default_explainer=default_explainer,
+                           max_upload_mb=current_app.config["MAX_UPLOAD_MB"])
+
+
+# -- models ----------------------------------------------------------------------------------------------------
+def _model_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    try:
+        run = services_of().store.get_run(row["run_id"])
+    except RunNotFound:
+        run = None
+    out["run"] = None if run is None else {k: run.get(k) for k in (
+        "id", "name", "backbone", "dataset", "status", "test_macro_f1", "test_accuracy", "finished_at")}
+    return out
+
+
+def _layers(model: nn.Module) -> list[str]:
+    """Module names worth a feature-map grid: convolutions and the blocks that contain them."""
+    return [name for name, module in model.named_modules()
+            if name and any(isinstance(m, nn.Conv2d) for m in module.modules())]
+
+
+def _model_info(predictor: Predictor) -> dict[str, Any]:
+    meta = predictor.meta
+    return {"classes": predictor.classes, "backbone": meta["backbone"], "input_size": meta["input_size"],
+            "modality": meta.get("modality"), "target_layer": predictor.target_layer,
+            "layers": _layers(predictor.model), **roi_info(predictor, services_of().registry)}
+
+
+@bp.get("/api/models")
+def models():
+    """The active model of every dataset."""
+    store = services_of().store
+    active = store.active_model()
+    rows = [_model_row(m) for m in store.list_models()]
+    for r in rows:
+        r["serving"] = active is not None and r["dataset"] == active["dataset"]
+    return jsonify({"models": rows})
+
+
+@bp.get("/api/models/active")
+def active_model():
+    """The model that serves predictions (``?dataset=`` for another dataset's), with its classes and layers.
+
+    404 when there is none yet.
+    """
+    services = services_of()
+    dataset = request.args.get("dataset") or None
+    row = services.store.active_model(dataset)
+    if row is None:
+        raise UserError("there is no active model yet: train one (Train page or `busi-web train`) or promote a "
+                        "finished run", 404)
+    out = _model_row(row)
+    try:
+        predictor = services.predictor(row["run_id"] if dataset else None)
+    except UserError as exc:  # no checkpoint, or an unreadable one: say so, with no choices
+        out.update(error=str(exc), classes=[], layers=[])
+        return jsonify(out)
+    return jsonify({**out, **_model_info(predictor)})
+
+
+@bp.get("/api/runs/<int:run_id>/model")
+def run_model(run_id: int):
+    """The classes, layers, target layer, backbone, input size, modality and region-of-interest needs
+    (``roi``, ``roi_size``; see :mod:`busi_web.diagnosis.roi`) of run ``run_id``'s best model.
+
+    404 for an unknown run, 409 when the run has no usable checkpoint (not finished, or unreadable).
+    """
+    return jsonify({"run_id": run_id, **_model_info(services_of().predictor(run_id))})
+
+
+# -- predict ---------------------------------------------------------------------------------------------------
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _options(classes: list[str]) -> dict[str, Any]:
+    """Parse and check the optional form fields; 400 with ``fields`` naming the bad one."""
+    form = request.form
+    explainer = (form.get("explainer") or current_app.config["DEFAULT_EXPLAINER"]).strip()
+    explainer_params: dict[str, Any] = {}
+    if explainer.lower() == "none":
+        explainer = None
+    else:
+        spec = services_of().registry.explainer(explainer)  # UnknownPlugin: a 400 listing the choices
+        explainer_params = spec.validate(_json_object("explainer_params"))
+    layer = (form.get("layer") or "").strip() or None
+    colormap = (form.get("colormap") or "jet").strip()
+    try:
+        palette(colormap)
+    except ValueError as exc:  # the message lists the colormaps that exist
+        raise UserError(str(exc), 400, {"colormap": str(exc)}) from None
+    wanted = [w.strip().lower() for w in (form.get("images") or ",".join(PNG_KINDS)).split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in PNG_KINDS]
+    if unknown or not wanted:
+        raise UserError(f"images must name some of {', '.join(PNG_KINDS)} (comma-separated), got "
+                        f"{form.get('images')!r}", 400, {"images": f"some of {', '.join(PNG_KINDS)}"})
+    return {"explainer": explainer, "explainer_params": explainer_params, "alpha": arg("alpha", ALPHA),
+            "target": _target(form.get("target"), classes), "colormap": colormap,
+            "layer": None if layer in (None, "default") else layer,
+            "channels": arg("channels", CHANNELS) if layer or form.get("channels") else None,
+            "images": set(wanted)}
+
+
+def _json_object(name: str) -> dict[str, Any]:
+    raw = (request.form.get(name) or "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise UserError(f'{name} must be a JSON object of parameter names to values, e.g. {{"batch_size": 8}}; '
+                        f"got {raw[:80]!r}", 400, {name: "a JSON object"})
+    return value
+
+
+def _target(raw: str | None, classes: list[str]) -> int | None:
+    raw = (raw or "").strip()
+    if not raw or raw.lower() in ("predicted", "auto"):
+        return None
+    if raw in classes:
+        return classes.index(raw)
+    if raw.isascii() and raw.isdigit() and int(raw) < len(classes):
+        return int(raw)
+    raise UserError(f"target must be one of {', '.join(classes)} (or its index 0-{len(classes) - 1}), got {raw!r}",
+                    400, {"target": f"one of {', '.join(classes)}"})
+
+
+def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) -> dict[str, Any]:
+    # With a region of interest the model saw the crop: the images and the heatmap are of the crop.
+    image = upload.image if roi is None else roi.image
+    out = {"filename": upload.filename, "label": pred.label, "index": pred.index,
+           "probabilities": pred.probabilities, "target": pred.target_label, "target_index": pred.target,
+           "explainer": pred.explainer, "width": int(image.shape[1]), "height": int(image.shape[0]),
+           "original_png": _b64(fast_png(image)) if "original" in opts["images"] else None,
+           "overlay_png": None, "heatmap_png": None,
+           "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict()}
+    try:
+        if pred.heatmap is not None:
+            blended, heat = render_heatmap(image, pred.heatmap, opts["alpha"], opts["colormap"])
+            if "overlay" in opts["images"]:
+                out["overlay_png"] = _b64(fast_png(blended))
+            if "heatmap" in opts["images"]:
+                out["heatmap_png"] = _b64(fast_png(heat))
+        if opts["channels"] is not None:
+            layer = opts["layer"] or predictor.target_layer
+            out["feature_maps_png"] = _b64(predictor.feature_maps(image, layer, opts["channels"]))
+            out["feature_layer"] = layer
+    except ValueError as exc:  # an unknown layer: the message names the choices
+        raise UserError(str(exc), 400, {"layer": str(exc)}) from None
+    return out
+
+
+@bp.post("/api/predict")
+def predict():
+    """Classify and explain the uploaded images; every diagnosis writes an audit row ``diagnose``."""
+    app = current_app._get_current_object()
+    services = services_of(app)
+    # Uploads are checked first: a bad file is a 400/413 whether or not a model exists.
+    uploads = read_uploads(app, [f for f in request.files.getlist("image") if f.filename], current_user.name)
+    run_id = arg("run_id", RUN_ID)
+    try:
+        predictor = services.predictor(run_id)
+    except RunNotFound as exc:
+        raise UserError(str(exc), 404, {"run_id": "no such run"}) from None
+    opts = _options(predictor.classes)
+    rois = roi_crops(predictor, services.registry, [u.image for u in uploads], request.form)
+    images = [u.image for u in uploads] if rois is None else [r.image for r in rois]
+    targets = None if opts["target"] is None else [opts["target"]] * len(uploads)
+    try:
+        preds = services.batcher.predict(predictor, images, opts["explainer"], targets, opts["explainer_params"])
+    except ValueError as exc:  # e.g. an image the preprocessing cannot take; the message says why
+        raise UserError(str(exc), 400) from None
+    served = run_id if run_id is not None else _served_run_id(predictor)
+    results = []
+    for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True)):
+        roi = None if rois is None else rois[k]
+        results.append(_result(upload, pred, opts, predictor, roi))
+        services.store.audit("diagnose", user=current_user.name, run_id=served, filename=upload.filename,
+                             label=pred.label, probabilities=pred.probabilities, explainer=pred.explainer,
+                             target=pred.target_label, stored=upload.stored_path,
+                             **({} if roi is None else {"roi": roi.to_dict()}))
+    return jsonify({"run_id": served, "classes": predictor.classes, "results": results})
+
+
+def _served_run_id(predictor: Predictor) -> int | None:
+    meta_id = predictor.checkpoint_meta.run_id
+    try:
+        return int(meta_id) if meta_id is not None else None
+    except (TypeError, ValueError):
+        active = services_of().store.active_model()
+        return None if active is None else active["run_id"]

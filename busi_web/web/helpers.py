@@ -1,0 +1,167 @@
+"""What every blueprint shares: reading request arguments, answering errors, and showing runs.
+
+* Arguments: :func:`arg` reads one query or form value and types it with a
+  :class:`~busi_web.specs.Param`, the same parser that checks plugin and
+  training parameters; a bad value is a 400 naming the field and the fix.
+* Errors: a :class:`~busi_web.errors.UserError` (every error a user can fix
+  is one) becomes its 4xx, as JSON under ``/api`` or for JSON clients,
+  otherwise the error page; anything else is a bug: its traceback goes to the
+  log and the answer is a 500 with an id to find it there.
+* Runs: :func:`run_json` is a run as the API shows it, :func:`run_view` as
+  the pages show it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from busi_web.errors import UserError
+from busi_web.plugins import PluginFailure
+from busi_web.services import services_of
+from busi_web.specs import Param
+from busi_web.store import STATES, TERMINAL, RunNotFound
+
+log = logging.getLogger(__name__)
+
+# Files a clinician may not download (model weights); admins may.
+ADMIN_ONLY_SUFFIXES = (".pt", ".pth")
+
+
+# -- arguments -------------------------------------------------------------------------------------------------
+def arg(name: str, param: Param) -> Any:
+    """The query or form value ``name`` typed and checked by ``param`` (its default when absent or empty).
+
+    Raises a 400 :class:`UserError` whose ``fields`` name the argument.
+    """
+    try:
+        return param.coerce(request.values.get(name))
+    except ValueError as exc:
+        raise UserError(f"{name}: {exc}", 400, {name: str(exc)}) from None
+
+
+def int_arg(name: str, default: int | None = None, minimum: int | None = 0, maximum: int | None = None
+            ) -> int | None:
+    """A whole-number argument (see :func:`arg`)."""
+    return arg(name, Param(name, "int", default, minimum=minimum, maximum=maximum))
+
+
+def status_filter(many: bool = True) -> list[str] | None:
+    """The ``status`` argument: run states, comma-separated when ``many``; ``None`` when absent."""
+    raw = (request.values.get("status") or "").strip()
+    if not raw:
+        return None
+    statuses = [s.strip() for s in raw.split(",") if s.strip()] if many else [raw]
+    bad = [s for s in statuses if s not in STATES]
+    if bad:
+        raise UserError(f"unknown status {', '.join(bad)!r}; use one of {', '.join(STATES)}"
+                        + (" (comma-separated for several)" if many else ""), 400,
+                        {"status": f"one of {', '.join(STATES)}"})
+    return statuses
+
+
+# -- errors ----------------------------------------------------------------------------------------------------
+def wants_json() -> bool:
+    """Whether the client gets JSON: every ``/api`` path, and clients that prefer JSON."""
+    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+
+
+def reply_error(message: str, status: int, fields: dict | None = None, error_id: str | None = None):
+    """An error answer: ``{"error", "status", "fields"?, "error_id"?}`` as JSON, or the error page."""
+    if wants_json():
+        body: dict[str, Any] = {"error": message, "status": status}
+        if fields:
+            body["fields"] = fields
+        if error_id:
+            body["error_id"] = error_id
+        return jsonify(body), status
+    return render_template("error.html", message=message, status=status, fields=fields, error_id=error_id), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    """User mistakes get their message and status; bugs get a logged traceback and an id."""
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge):
+        limit = app.config["MAX_UPLOAD_MB"]
+        return reply_error(f"the upload is larger than the {limit} MB limit; send a smaller image "
+                           "(an administrator can raise MAX_UPLOAD_MB)", 413)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return reply_error(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(UserError)
+    def user_error(exc: UserError):
+        return reply_error(str(exc), exc.status, exc.fields)
+
+    @app.errorhandler(PluginFailure)
+    def plugin_failure(exc: PluginFailure):
+        error_id = uuid.uuid4().hex[:12]
+        log.error("plugin failure %s on %s %s", error_id, request.method, request.path, exc_info=exc)
+        return reply_error(f"{exc}; the administrator can find the traceback in the server log under this id",
+                           500, error_id=error_id)
+
+    @app.errorhandler(Exception)
+    def bug(exc: Exception):
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("unhandled error %s on %s %s", error_id, request.method, request.path)
+        return reply_error("internal error; the administrator can find details in the server log under this id",
+                           500, error_id=error_id)
+
+
+# -- runs and models -------------------------------------------------------------------------------------------
+def _duration(run: dict[str, Any]) -> float | None:
+    start, end = run.get("started_at"), run.get("finished_at")
+    if not start:
+        return None
+    try:
+        t0 = datetime.fromisoformat(start)
+        t1 = datetime.fromisoformat(end) if end else datetime.now(t0.tzinfo)
+    except ValueError:
+        return None
+    return round((t1 - t0).total_seconds(), 1)
+
+
+def active_ids() -> set[int]:
+    """The ids of the runs whose models are active (one per dataset)."""
+    return {m["run_id"] for m in services_of().store.list_models()}
+
+
+def run_json(run: dict[str, Any], active: set[int] | None = None) -> dict[str, Any]:
+    """A run as the API shows it: the store row plus ``duration_s`` and ``active``."""
+    if active is None:
+        active = active_ids()
+    return {**run, "duration_s": _duration(run), "active": run["id"] in active}
+
+
+def run_view(run: dict[str, Any], active: set[int] | None = None) -> dict[str, Any]:
+    """What the templates show of a run: the API's run dict plus params by group, flags for the buttons."""
+    view = run_json(run, active)
+    params = run.get("params") if isinstance(run.get("params"), dict) else {}
+    view["train_params"] = params.get("train") or {}
+    view["backbone_params"] = params.get("backbone") or {}
+    view["dataset_params"] = params.get("dataset") or {}
+    view["terminal"] = run["status"] in TERMINAL
+    view["can_cancel"] = run["status"] in ("queued", "running", "interrupted")
+    view["can_resume"] = run["status"] == "interrupted"  # the runner resumes interrupted runs only
+    view["can_promote"] = run["status"] == "finished" and not view["active"]
+    return view
+
+
+def active_model_info() -> dict[str, Any] | None:
+    """The active model's row with its run (``None`` when no model serves yet)."""
+    store = services_of().store
+    row = store.active_model()
+    if row is None:
+        return None
+    try:
+        run = store.get_run(row["run_id"])
+    except RunNotFound:
+        run = None
+    return {**row, "run": run}

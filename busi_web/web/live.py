@@ -1,0 +1,158 @@
+"""Socket.IO: pushes new metric rows and status changes of a run to room ``run:<id>``.
+
+Flask-SocketIO runs in ``threading`` mode (simple-websocket under gunicorn's
+gthread worker); eventlet and gevent are deliberately not used.
+
+Protocol (also in the README):
+
+* client -> server ``join_run`` ``{"run_id": 7, "after_id": 123}``: the page
+  first loads the history over REST (``GET /api/runs/7/metrics``, whose
+  answer carries ``last_id``), then joins with ``after_id=last_id``.
+* server -> client ``metrics`` ``{"run_id": 7, "rows": [{"id", "epoch", "step",
+  "key", "value", "time"}, ...]}``: rows in id order, each exactly once.
+* server -> client ``status`` ``{"run_id": 7, "status": "running", "epochs_done": 3,
+  "error": null, "best_metric": 0.81}`` on join and whenever it changes.
+* client -> server ``leave_run`` ``{"run_id": 7}``.
+
+No gap and no duplicate: under one lock, the room is first sent what it has
+not had yet (its cursor then covers every row the client loaded over REST),
+a joining client is sent the rows between its ``after_id`` and the room's
+cursor, then joins the room; the pusher advances the room's cursor under the
+same lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask, current_app, request
+from flask_socketio import SocketIO, join_room, leave_room
+
+from busi_web.services import services_of
+
+log = logging.getLogger(__name__)
+
+socketio = SocketIO()
+
+STATUS_FIELDS = ("status", "epochs_done", "error", "best_metric", "best_metric_name", "test_macro_f1")
+
+
+class LivePusher:
+    """Polls the store and emits new rows to the rooms that have listeners."""
+
+    def __init__(self, store, poll_seconds: float = 0.25):
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.lock = threading.Lock()
+        self.cursors: dict[int, int] = {}  # run id -> last metric id pushed to the room
+        self.statuses: dict[int, dict[str, Any]] = {}
+        self.members: dict[int, set[str]] = {}
+        self._thread = None
+
+    def status_of(self, run_id: int) -> dict[str, Any]:
+        run = self.store.get_run(run_id)
+        return {"run_id": run_id, **{k: run.get(k) for k in STATUS_FIELDS}}
+
+    def join(self, sid: str, run_id: int, after_id: int) -> None:
+        with self.lock:
+            status = self.status_of(run_id)
+            if run_id not in self.cursors:
+                self.cursors[run_id] = self.store.latest_metric_id(run_id)
+                self.statuses[run_id] = status
+            else:
+                # The client may already hold rows past the room's cursor (its REST history is newer than the
+                # last tick); the room would send them again. Bring the room up to date first.
+                self._push_rows(run_id)
+            cursor = self.cursors[run_id]
+            rows = [r for r in self.store.metrics(run_id, after_id=after_id) if r["id"] <= cursor]
+            if rows:
+                socketio.emit("metrics", {"run_id": run_id, "rows": rows}, to=sid)
+            socketio.emit("status", status, to=sid)
+            join_room(f"run:{run_id}", sid=sid, namespace="/")
+            self.members.setdefault(run_id, set()).add(sid)
+        self.ensure_started()
+
+    def leave(self, sid: str, run_id: int | None = None) -> None:
+        with self.lock:
+            for rid in [run_id] if run_id is not None else list(self.members):
+                members = self.members.get(rid, set())
+                if sid in members:
+                    members.discard(sid)
+                    leave_room(f"run:{rid}", sid=sid, namespace="/")
+                if not members:
+                    self.members.pop(rid, None)
+                    self.cursors.pop(rid, None)
+                    self.statuses.pop(rid, None)
+
+    def _push_rows(self, run_id: int) -> None:
+        """Send the room the rows after its cursor and advance it (the caller holds the lock)."""
+        rows = self.store.metrics(run_id, after_id=self.cursors[run_id])
+        if rows:
+            self.cursors[run_id] = rows[-1]["id"]
+            socketio.emit("metrics", {"run_id": run_id, "rows": rows}, to=f"run:{run_id}")
+
+    def tick(self) -> None:
+        with self.lock:
+            for run_id in list(self.members):
+                self._push_rows(run_id)
+                status = self.status_of(run_id)
+                if status != self.statuses.get(run_id):
+                    self.statuses[run_id] = status
+                    socketio.emit("status", status, to=f"run:{run_id}")
+
+    def ensure_started(self) -> None:
+        if self._thread is None:
+            self._thread = socketio.start_background_task(self._loop)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("live pusher tick failed")
+            socketio.sleep(self.poll_seconds)
+
+
+def init_live(app: Flask) -> None:
+    """Give ``app`` its pusher and attach the Socket.IO server (threading mode, same-origin only)."""
+    app.extensions["busi_live"] = LivePusher(services_of(app).store, app.config["LIVE_POLL_SECONDS"])
+    socketio.init_app(app, async_mode="threading", cors_allowed_origins=[])
+
+
+def pusher_of(app: Flask) -> LivePusher:
+    """The app's :class:`LivePusher`."""
+    return app.extensions["busi_live"]
+
+
+def _run_id(data: Any) -> int | None:
+    try:
+        return int((data or {}).get("run_id"))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+@socketio.on("join_run")
+def on_join(data):
+    run_id = _run_id(data)
+    if run_id is None:
+        return {"error": "join_run needs {'run_id': <number>, 'after_id': <number>}"}
+    try:
+        after_id = int((data or {}).get("after_id") or 0)
+        pusher_of(current_app).join(request.sid, run_id, after_id)
+    except KeyError:
+        return {"error": f"run {run_id} does not exist"}
+    except (TypeError, ValueError):
+        return {"error": "after_id must be a number"}
+    return {"ok": True}
+
+
+@socketio.on("leave_run")
+def on_leave(data):
+    pusher_of(current_app).leave(request.sid, _run_id(data))
+
+
+@socketio.on("disconnect")
+def on_disconnect(*_args):
+    pusher_of(current_app).leave(request.sid)

@@ -1,0 +1,53 @@
+"""``/api/health``, ``/api/me``, ``/api/plugins`` and ``/api/specs``: the server, the user and what is installed.
+
+Authentication (a session or ``Authorization: Bearer <token>``) and CSRF are enforced for the whole
+app by :mod:`busi_web.web.auth`; errors are ``{"error": message, "status": code, "fields"?: {...}}``.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, jsonify
+
+from busi_web.services import services_of
+from busi_web.training.params import TRAIN_PARAMS
+from busi_web.web.auth import admin_required, current_user
+
+bp = Blueprint("system", __name__, url_prefix="/api")
+
+
+@bp.get("/health")
+def health():
+    """Liveness plus a little state: run counts, whether a model is active, the micro-batcher's counters."""
+    services = services_of()
+    store, batcher = services.store, services.batcher
+    return jsonify({"status": "ok", "runs": store.count_runs(), "running": store.count_runs("running"),
+                    "active_model": store.active_model() is not None,
+                    "predict": {"batches": batcher.batches, "images": batcher.images,
+                                "busy_s": round(batcher.busy_s, 3)}})
+
+
+@bp.get("/me")
+def me():
+    """The authenticated user and how they authenticated (session or token)."""
+    return jsonify({"name": current_user.name, "role": current_user.role, "is_admin": current_user.is_admin,
+                    "auth": "token" if g.get("api_token") else "session",
+                    "must_change_password": current_user.must_change_password})
+
+
+@bp.get("/plugins")
+@admin_required
+def plugins():
+    """Admins: every plugin (distribution, version, status, errors, what it registers) and every spec."""
+    return jsonify(services_of().registry.to_dict())
+
+
+@bp.get("/specs")
+def specs():
+    """What a training or diagnosis form needs: each spec with its params, and the training params."""
+    reg = services_of().registry
+    return jsonify({"backbones": [s.to_dict() for s in reg.backbones.values()],
+                    "explainers": [s.to_dict() for s in reg.explainers.values()],
+                    "datasets": [s.to_dict() for s in reg.datasets.values()],
+                    "train": [p.to_dict() for p in TRAIN_PARAMS],
+                    "default_explainer": current_app.config["DEFAULT_EXPLAINER"],
+                    "data_dirs": sorted((current_app.config.get("DATA_DIRS") or {}).keys())})

@@ -1,0 +1,109 @@
+"""`busi-web users ...`, `busi-web tokens ...` and the first admin created by `busi-web init`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def cli(app):
+    runner = app.test_cli_runner()
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(args=list(args), input=input, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def store(app):
+    return app.extensions["busi_web"].store
+
+
+def test_users_add_with_prompt_or_stdin_list_and_login(cli, store, app):
+    r = cli("users", "add", "ana", "--role", "clinician", input="pass-word-1\npass-word-1\n")
+    assert r.exit_code == 0 and "created clinician ana" in r.output
+    r = cli("users", "add", "root", "--role", "admin", "--password-stdin", input="admin-pass-9\n")
+    assert r.exit_code == 0, r.output
+    assert store.check_password("root", "admin-pass-9")["role"] == "admin"
+    assert store.check_password("ana", "pass-word-1")["role"] == "clinician"
+    listed = cli("users", "list").output
+    assert re.search(r"^ana\s+clinician", listed, re.M) and re.search(r"^root\s+admin", listed, re.M)
+    as_json = json.loads(cli("users", "list", "--json").output)
+    assert {u["name"] for u in as_json} == {"ana", "root"} and all("password_hash" not in u for u in as_json)
+    client = app.test_client()
+    assert client.post("/login", data={"username": "ana", "password": "pass-word-1"}).status_code == 302
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["users", "add", "x", "--role", "nurse", "--password-stdin"], "pass-word-1\n", "Invalid value for '--role'"),
+    (["users", "add", "x", "--role", "admin", "--password-stdin"], "short\n", "at least 8 characters"),
+    (["users", "add", "x", "--role", "admin", "--password-stdin"], "", "no password on stdin"),
+    (["users", "add", "two words", "--role", "admin", "--password-stdin"], "pass-word-1\n", "no spaces"),
+    (["users", "passwd", "ghost", "--password-stdin"], "pass-word-1\n", "there is no user 'ghost'"),
+    (["users", "delete", "ghost", "--yes"], None, "there is no user 'ghost'"),
+    (["tokens", "create", "ghost"], None, "there is no user 'ghost'"),
+    (["tokens", "revoke", "42"], None, "there is no API token 42"),
+])
+def test_bad_user_commands_fail_with_a_message(cli, args, stdin, message):
+    r = cli(*args, input=stdin)
+    assert r.exit_code != 0 and message in r.output
+
+
+def test_duplicate_user_passwd_and_delete_rules(cli, store):
+    cli("users", "add", "boss", "--role", "admin", "--password-stdin", input="boss-pass-1\n")
+    r = cli("users", "add", "boss", "--role", "clinician", "--password-stdin", input="other-pass-1\n")
+    assert r.exit_code != 0 and "exists already" in r.output
+    r = cli("users", "passwd", "boss", "--password-stdin", input="boss-pass-2\n")
+    assert r.exit_code == 0 and store.check_password("boss", "boss-pass-2")
+    r = cli("users", "delete", "boss", "--yes")
+    assert r.exit_code != 0 and "last admin" in r.output
+    cli("users", "add", "ana", "--role", "clinician", "--password-stdin", input="pass-word-1\n")
+    r = cli("users", "delete", "ana", input="n\n")
+    assert r.exit_code != 0 and store.get_user("ana") is not None  # declined at the prompt
+    r = cli("users", "delete", "ana", "--yes")
+    assert r.exit_code == 0 and store.get_user("ana") is None
+
+
+def test_tokens_create_list_revoke_and_use(cli, store, app):
+    cli("users", "add", "bot", "--role", "clinician", "--password-stdin", input="bot-pass-12\n")
+    r = cli("tokens", "create", "bot", "--label", "pacs bridge")
+    token = r.stdout.strip().splitlines()[0]
+    assert r.exit_code == 0 and token.startswith("bw_") and "cannot be shown again" in r.stderr
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/me", headers=headers).get_json()["name"] == "bot"
+    listed = cli("tokens", "list").output
+    assert "pacs bridge" in listed and token not in listed
+    (row,) = json.loads(cli("tokens", "list", "--user", "bot", "--json").output)
+    assert row["user"] == "bot" and row["last_used_at"]
+    assert cli("tokens", "revoke", str(row["id"])).exit_code == 0
+    assert client.get("/api/me", headers=headers).status_code == 401
+    assert "no API tokens" in cli("tokens", "list").output
+
+
+@pytest.mark.slow
+def test_init_creates_the_first_admin_once_with_a_one_time_password(tmp_path):
+    inst = tmp_path / "inst"
+    env = {"BUSI_WEB_INSTANCE_PATH": str(inst), "BUSI_WEB_AUTO_FIRST_RUN": "false"}
+    first = run_cli("init", env=env)
+    assert first.returncode == 0, first.stderr
+    match = re.search(r"user 'admin', one-time password: (\S+)", first.stdout)
+    assert match, first.stdout
+    password = match.group(1)
+    saved = inst / "ADMIN_PASSWORD.txt"
+    assert saved.read_text() == f"admin: {password}\n" and oct(saved.stat().st_mode)[-3:] == "600"
+
+    from busi_web.store import JobStore
+
+    store = JobStore(inst / "busi.db", inst / "runs")
+    user = store.check_password("admin", password)
+    assert user["role"] == "admin" and user["must_change_password"] == 1
+    second = run_cli("init", env=env)
+    assert second.returncode == 0 and "one-time password" not in second.stdout
+    assert store.count_users() == 1 and store.check_password("admin", password)

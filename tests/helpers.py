@@ -1,0 +1,325 @@
+"""What the tests share besides fixtures: paths, users, tiny runs and images, and the browser steps.
+
+Fixtures are in ``conftest.py`` (and ``browser/conftest.py``); a test module
+imports helpers from here, never from another test module.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from busi_web_plugins.mias_crops import mias_to_pixel
+from PIL import Image
+
+from busi_web.model.checkpoint import CheckpointMeta, save_checkpoint
+from busi_web.plugins import load_plugins
+from busi_web.store import JobStore
+from busi_web.training.params import prepare_run_params
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.02):
+    """Poll ``predicate`` until it returns something true, and return that; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 300,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``busi-web`` console script in a subprocess."""
+    exe = Path(sys.executable).with_name("busi-web")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}
+    full_env.update(env or {})
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, input=input,
+                          timeout=timeout, cwd=cwd or ROOT)
+
+
+ADMIN = ("admin", "admin-pass-1")
+
+
+CLINICIAN = ("clin", "clin-pass-1")
+
+
+def login(client, name: str, password: str, *, next_url: str | None = None):
+    """Log ``client`` in through the real login form (with its CSRF token, so it also works when CSRF is on)."""
+    import re
+
+    page = client.get("/login").get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    data = {"username": name, "password": password, "csrf_token": match.group(1) if match else ""}
+    if next_url:
+        data["next"] = next_url
+    return client.post("/login", data=data)
+
+
+def make_user_client(app, name: str, password: str, role: str):
+    """A test client logged in as a new (or existing) user ``name`` with ``role``."""
+    store = app.extensions["busi_web"].store
+    if store.get_user(name) is None:
+        store.add_user(name, role, password)
+    client = app.test_client()
+    r = login(client, name, password)
+    assert r.status_code == 302, f"login as {name} failed: {r.status_code}"
+    return client
+
+
+TINY = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "input_size": 32, "resize": 36, "seed": 7}
+
+
+PHANTOM = {"size": 40, "per_class": 12, "seed": 1}
+
+
+def new_run(store: JobStore, registry, train: dict | None = None, dataset: dict | None = None,
+            backbone: str = "tiny_cnn", dataset_name: str = "phantom", data_dir: str | None = None) -> dict:
+    params = prepare_run_params(registry, backbone, dataset_name, train={**TINY, **(train or {})},
+                                dataset_params=PHANTOM if dataset is None else dataset, data_dir=data_dir)
+    return store.create_run(backbone, dataset_name, params, data_dir=data_dir)
+
+
+def make_image_folder(root: Path, counts: dict[str, int]) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+CLASSES = ["benign", "malignant", "normal"]
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+TINY_TRAIN = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "input_size": 32, "resize": 36, "seed": 3,
+              "device": "cpu", "workers": 0}
+
+
+def finished_run(store, *, dataset: str = "phantom", width: int = 8, seed: int = 0, promote: bool = False) -> dict:
+    """A finished run whose best_model.pt is an (untrained) tiny CNN: enough for everything but accuracy."""
+    run = store.create_run("tiny_cnn", dataset, {"train": TINY_TRAIN})
+    torch.manual_seed(seed)
+    model = load_plugins().backbone("tiny_cnn").build({"width": width}, num_classes=len(CLASSES), in_channels=3)
+    meta = CheckpointMeta(backbone="tiny_cnn", classes=CLASSES, backbone_params={"width": width}, input_size=32,
+                          resize=36, dataset=dataset, extra={"run_id": run["id"]})
+    save_checkpoint(Path(run["run_dir"]) / "best_model.pt", model, meta)
+    (Path(run["run_dir"]) / "metrics.json").write_text('{"test": {"macro_f1": 0.5}}')
+    (Path(run["run_dir"]) / "training_log.txt").write_text("epoch 1 done\n")
+    store.transition(run["id"], "running")
+    store.add_metrics(run["id"], [{"epoch": 1, "key": "train_loss", "value": 1.0 - i / 10} for i in range(5)])
+    run = store.transition(run["id"], "finished", test_macro_f1=0.5, epochs_done=1)
+    if promote:
+        store.set_active_model(run["id"], by="test")
+    return run
+
+
+def image_bytes(fmt: str = "PNG", hw: tuple[int, int] = (48, 64), seed: int = 0, rgb: bool = False) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (*hw, 3) if rgb else hw, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt)
+    return buf.getvalue()
+
+
+def upload(*files: tuple[bytes, str], **fields) -> dict:
+    return {"image": [(io.BytesIO(data), name) for data, name in files], **fields}
+
+
+def decode_png(b64: str) -> Image.Image:
+    raw = base64.b64decode(b64)
+    assert raw.startswith(PNG)
+    return Image.open(io.BytesIO(raw))
+
+
+def blob(size: int = 64, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disc off centre on a dark, noisy background, and its mask."""
+    rng = rng or np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx, r = rng.integers(14, size - 14), rng.integers(14, size - 14), rng.integers(6, 11)
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    image = rng.integers(0, 40, (size, size)).astype(np.uint8)
+    image[mask] = 220
+    return image, mask
+
+
+def blob_batch(seed: int, n: int = 16, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` blob images ``(n, 1, size, size)`` in [0, 1] and their masks ``(n, size, size)``."""
+    rng = np.random.default_rng(seed)
+    pairs = [blob(size, rng) for _ in range(n)]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])).float()[:, None] / 255
+    return x, torch.from_numpy(np.stack([p[1] for p in pairs])).float()
+
+
+def write_busi_folder(root: Path, classes: list[str], per_class: int = 2) -> Path:
+    """A tiny BUSI-layout folder: <root>/<class>/<class> (i).png with a mask file each."""
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(1, per_class + 1):
+            img = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(img).save(root / cls / f"{cls} ({i}).png")
+            mask = np.zeros((40, 40), np.uint8)
+            if cls != "normal":
+                mask[10:25, 12:30] = 255
+            Image.fromarray(mask).save(root / cls / f"{cls} ({i})_mask.png")
+    return root
+
+
+# -- the browser tests (Playwright on Debian's chromium; the fixtures are in browser/conftest.py) --------------
+
+
+SHOTS = ROOT / "test-artifacts" / "browser"
+
+
+# A run the API can start when a test needs a finished model and the earlier tests did not leave one.
+TINY_RUN = {"backbone": "tiny_cnn", "dataset": "phantom", "name": "api tiny",
+            "train": {"epochs": 2, "batch_size": 8, "lr": 0.003, "input_size": 32, "resize": 36, "device": "cpu",
+                      "workers": 0, "seed": 1},
+            "dataset_params": {"size": 48, "per_class": 16, "seed": 2}}
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    instance: Path
+    proc: subprocess.Popen
+    log: Path
+
+    def api(self, path: str, body: dict | None = None, method: str | None = None) -> dict:
+        """Call the JSON API with the admin's API token (token requests need no CSRF token)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method or ("POST" if data else "GET"),
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def browser_login(page, server: Server, user: tuple[str, str], next_path: str = "/"):
+    """Log in through the login form; an anonymous visit to ``next_path`` must first land on the login page."""
+    page.goto(server.url + next_path)
+    assert "/login" in page.url, f"{next_path} did not ask for a login"
+    page.fill("#username", user[0])
+    page.fill("#password", user[1])
+    page.click("#login-submit")
+    page.wait_for_selector("#nav-user")
+    assert user[0] in page.inner_text("#nav-user")
+
+
+def wait_runs(server: Server, finished: int, timeout: float = 150) -> list[dict]:
+    """At least ``finished`` finished runs (starting tiny ones through the API when there are too few)."""
+    have = server.api("/api/runs?status=finished")["runs"]
+    busy = server.api("/api/runs?status=queued,running")["runs"]
+    for _ in range(finished - len(have) - len(busy)):
+        server.api("/api/runs", TINY_RUN)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = server.api("/api/runs?status=finished")["runs"]
+        if len(runs) >= finished and not server.api("/api/runs?status=queued,running")["runs"]:
+            return runs
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {finished} finished runs after {timeout} s: "
+                         f"{server.api('/api/runs')['runs']}\n{server.log.read_text()[-2000:]}")
+
+
+def fill_train_form(page, server: Server, *, name: str, epochs: str, per_class: int = 24, resize: str = "36"):
+    page.goto(server.url + "/train")
+    page.wait_for_selector("#train[data-ready='1']")
+    page.fill("#f-name", name)
+    page.select_option("#f-backbone", "tiny_cnn")
+    page.select_option("#f-dataset", "phantom")
+    page.fill("#f-dataset_params-size", "48")
+    page.fill("#f-dataset_params-per_class", str(per_class))
+    page.fill("#f-train-epochs", epochs)
+    page.fill("#f-train-batch_size", "8")
+    page.fill("#f-train-lr", "0.003")
+    if not page.locator("#advanced").evaluate("d => d.open"):
+        page.click("#advanced summary")
+    page.fill("#f-train-input_size", "32")
+    page.fill("#f-train-resize", resize)
+    page.fill("#f-train-device", "cpu")
+    page.fill("#f-train-workers", "0")
+    page.fill("#f-train-patience", "0")
+
+
+def submit_train_form(page) -> int:
+    page.click("#train-submit")
+    page.wait_for_url(re.compile(r"/runs/\d+$"))
+    return int(page.url.rsplit("/", 1)[1])
+
+
+# -- mammograms (mini-MIAS layout) ----------------------------------------------------------------------------
+
+
+SIDE = 256
+
+
+def scan(seed: int, lesions: list[tuple[int, int, int]] = (), side: int = SIDE) -> np.ndarray:
+    """A mammogram-like picture: a bright half-ellipse breast on black, bright blobs at MIAS ``(x, y, r)``."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((side, side), np.float32)
+    cv2.ellipse(img, (0, side // 2), (int(side * 0.6), int(side * 0.45)), 0, -90, 90, 1.0, -1)
+    texture = cv2.resize(rng.uniform(0.5, 0.8, (8, 8)).astype(np.float32), (side, side))
+    img *= texture * 160
+    for x, y, r in lesions:
+        col, row = mias_to_pixel(x, y, side)
+        cv2.circle(img, (col, row), r, 250.0, -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_folder(root: Path, info: str, scans: dict[str, np.ndarray], pgm: tuple[str, ...] = ()) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Info.txt").write_text(info)
+    for ref, arr in scans.items():
+        Image.fromarray(arr).save(root / f"{ref}.{'pgm' if ref in pgm else 'png'}")
+    return root
+
+
+def synthetic_mias(root: Path, pairs: int = 12, seed: int = 0) -> Path:
+    """``pairs`` women: the left scan has a lesion (benign or malignant by turns), the right one is normal.
+
+    Malignant lesions are small and very bright, benign ones large and dimmer, so a tiny model can learn them.
+    """
+    rng = np.random.default_rng(seed)
+    lines, scans = ["REFNUM BG CLASS SEVERITY X Y RADIUS"], {}
+    for p in range(pairs):
+        left, right = f"mdb{2 * p + 1:03d}", f"mdb{2 * p + 2:03d}"
+        x, y = int(rng.integers(50, 100)), int(rng.integers(90, 170))
+        malignant = p % 2 == 1
+        r = 6 if malignant else 14
+        lines.append(f"{left} G {'SPIC M' if malignant else 'CIRC B'} {x} {y} {r}")
+        lines.append(f"{right} F NORM")
+        scans[left], scans[right] = scan(2 * p, [(x, y, r)]), scan(2 * p + 1)
+    return write_folder(root, "\n".join(lines) + "\n", scans)

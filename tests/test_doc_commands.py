@@ -1,0 +1,207 @@
+"""Every command in the README and the docs runs as written (the long ones with tiny settings).
+
+The commands are read from the code blocks of the documents. Each one must
+have an entry in :data:`HOW`, which says how this test runs it: as written,
+or with the substitutions a test needs (a temporary instance folder, a free
+port, tiny data and tiny training settings, an offline pip). A command
+added to the docs without an entry fails :func:`test_every_command_in_the_docs_is_run_here`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from busi_web.store import JobStore
+from tests.helpers import ROOT, finished_run, image_bytes, write_busi_folder
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").glob("*/README.md"))]
+COMMAND = re.compile(r"^(make|\.venv/bin/\S+|busi-web|curl|python|pip)(\s|$)")
+# Training settings small enough for a test; appended after the documented ones, so they win.
+TINY = ["--epochs", "1", "--param", "input_size=32", "--param", "resize=36", "--param", "batch_size=8",
+        "--param", "device=cpu", "--param", "workers=0"]
+
+
+def doc_commands() -> list[tuple[str, str]]:
+    """``(document, command)`` for every command line in a code block (continuation lines joined)."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        blocks = re.findall(r"```(?:sh|bash|console)?\n(.*?)```", text, re.S)
+        text = re.sub(r"```.*?```", "", text, flags=re.S)
+        blocks += ["\n".join(line[4:] for line in block.splitlines())
+                   for block in re.findall(r"(?:^|\n\n)((?:    .*\n?)+)", text)]
+        for block in blocks:
+            for line in re.sub(r"\\\n\s*", "", block).splitlines():
+                line = re.sub(r"\s+#\s.*$", "", line).strip()
+                if COMMAND.match(line):
+                    found.append((doc.relative_to(ROOT).as_posix(), line))
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(instance: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}
+    env.update(BUSI_WEB_INSTANCE_PATH=str(instance), BUSI_WEB_AUTO_FIRST_RUN="false", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _run(command: str | list[str], env: dict[str, str], cwd: Path = ROOT, timeout: float = 600
+         ) -> subprocess.CompletedProcess:
+    args = shlex.split(command) if isinstance(command, str) else command
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+# -- how each documented command is run ------------------------------------------------------------------------
+def make_dry(command: str, ctx: dict) -> None:
+    """`make run` / `make test` / `make quick` would serve or recurse into this suite: make says what it runs."""
+    out = _run(["make", "-n", *shlex.split(command)[1:]], ctx["env"])
+    assert ("busi-web serve" in out.stdout) if "run" in command.split() else ("pytest" in out.stdout)
+
+
+def as_written(command: str, ctx: dict) -> None:
+    _run(command, ctx["env"])
+
+
+def init(command: str, ctx: dict) -> None:
+    out = _run(command, ctx["env"])
+    assert "one-time password" in out.stdout and (ctx["instance"] / "config.py").is_file()
+
+
+def inspect_busi(command: str, ctx: dict) -> None:
+    data = write_busi_folder(ctx["tmp"] / "busi", ["benign", "malignant", "normal"])
+    out = _run(command.replace("../shared/data/busi/Dataset_BUSI_with_GT", str(data)), ctx["env"])
+    assert "benign" in out.stdout and "malignant" in out.stdout
+
+
+def serve_and_diagnose(command: str, ctx: dict) -> None:
+    """Start gunicorn as written (on a free port), then send the README's curl diagnosis to it."""
+    port = _free_port()
+    env = {**ctx["env"], "PORT": str(port)}
+    _run(".venv/bin/busi-web init", env)
+    store = JobStore(ctx["instance"] / "busi.db", ctx["instance"] / "runs")
+    finished_run(store, promote=True)
+    token = _run(".venv/bin/busi-web tokens create admin", env).stdout.strip()
+    proc = subprocess.Popen(shlex.split(command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as r:
+                    assert r.status == 200
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.3)
+        (ctx["tmp"] / "scan.png").write_bytes(image_bytes(hw=(48, 48)))
+        curl = next(c for _doc, c in doc_commands() if c.startswith("curl"))
+        out = _run(curl.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace("$TOKEN", token), env, cwd=ctx["tmp"])
+        assert '"label"' in out.stdout and '"explainer":"gradcampp"' in out.stdout.replace(" ", "")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def curl_with_the_server(command: str, ctx: dict) -> None:
+    """Run by :func:`serve_and_diagnose`, against the server the README starts just before it."""
+
+
+def pip_offline(command: str, ctx: dict) -> None:
+    """As written, but offline (no build isolation, no index: tests have no network), then uninstalled."""
+    try:
+        _run(command + " --no-deps --no-build-isolation --no-index", ctx["env"])
+        out = _run(".venv/bin/busi-web plugins", ctx["env"])
+        assert "example" in out.stdout and "mobilenet_v3_small" in out.stdout
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "-q", "uninstall", "-y", "busi-web-example-plugin"], timeout=300)
+
+
+def plugins_listed(command: str, ctx: dict) -> None:
+    assert "phantom" in _run(command, ctx["env"]).stdout
+
+
+def train_tiny(command: str, ctx: dict) -> None:
+    """A documented recipe with tiny data and settings (and the CPU for the GPU recipe)."""
+    data = ctx["tmp"] / "busi"
+    if not data.exists():
+        write_busi_folder(data, ["benign", "malignant", "normal"], per_class=4)
+    args = shlex.split(command.replace("--data-dir DIR", f"--data-dir {data}").replace("device=cuda", "device=cpu"))
+    args = [".venv/bin/busi-web" if a == "busi-web" else a for a in args]
+    args += TINY + (["--param", "dataset.size=40", "--param", "dataset.per_class=4"] if "phantom" in args else [])
+    out = _run(args, ctx["env"])
+    assert "finished" in out.stdout
+    ctx["last_run_dir"] = re.search(r"run \d+ finished: (\S+)", out.stdout).group(1)
+
+
+def quality_tiny(command: str, ctx: dict) -> None:
+    """The benchmark on a tiny BUSI-layout folder, starting from the run the docs train just before it."""
+    data = write_busi_folder(ctx["tmp"] / "busi-q", ["benign", "malignant", "normal"], per_class=4)
+    run_dir = ctx.get("last_run_dir")
+    assert run_dir, "the training command documented before it did not run"
+    command = command.replace("RUN_DIR", run_dir).replace("[--param seed=N]", "--param seed=1")
+    command = command.replace("--out DIR", f"--out {ctx['tmp'] / 'quality'}")
+    args = [sys.executable if a == "python" else a for a in shlex.split(command)]
+    out = _run(args + ["--data-dir", str(data)] + TINY[:1] + TINY[1:2] + TINY[2:], ctx["env"])
+    assert "training finished" in out.stdout
+
+
+HOW = {
+    "make run": make_dry,
+    "make test": make_dry,
+    "make quick": make_dry,
+    'make test PYTEST_ARGS="-k store"': make_dry,
+    "make lint": as_written,
+    ".venv/bin/busi-web init": init,
+    ".venv/bin/gunicorn -c busi_web/gunicorn_conf.py wsgi:app": serve_and_diagnose,
+    ".venv/bin/gunicorn -k gthread -w 1 --threads 16 --timeout 120 -b 127.0.0.1:8000 wsgi:app": serve_and_diagnose,
+    ".venv/bin/busi-web datasets inspect busi --data-dir ../shared/data/busi/Dataset_BUSI_with_GT": inspect_busi,
+    'curl -H "Authorization: Bearer $TOKEN" -F image=@scan.png -F explainer=gradcampp '
+    "http://127.0.0.1:8000/api/predict": curl_with_the_server,
+    ".venv/bin/pip install ./examples/busi-web-example-plugin": pip_offline,
+    ".venv/bin/busi-web plugins": plugins_listed,
+}
+
+
+def _runner(command: str):
+    if command.startswith("busi-web train "):
+        return train_tiny
+    if command.startswith("python benchmarks/quality.py"):
+        return quality_tiny
+    return HOW.get(command)
+
+
+def test_every_command_in_the_docs_is_run_here():
+    unknown = sorted({c for _doc, c in doc_commands() if _runner(c) is None})
+    assert not unknown, f"add these documented commands to HOW in {Path(__file__).name}: {unknown}"
+    assert len(doc_commands()) >= 15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", [d.relative_to(ROOT).as_posix() for d in DOCS])
+def test_the_commands_of_a_document_run(doc, tmp_path):
+    ctx = {"tmp": tmp_path, "instance": tmp_path / "instance", "env": _env(tmp_path / "instance")}
+    done = set()
+    for where, command in doc_commands():
+        if where != doc or (command in done and _runner(command) is not train_tiny):
+            continue
+        done.add(command)
+        _runner(command)(command, ctx)

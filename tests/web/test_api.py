@@ -1,0 +1,337 @@
+"""The REST API through the real app, store, checkpoints and (for starting runs) real trainer processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from busi_web.model.checkpoint import CheckpointMeta, save_checkpoint
+from busi_web.plugins import load_plugins
+from tests.helpers import CLASSES, TINY_TRAIN, decode_png, finished_run, image_bytes, make_user_client, upload
+
+torch.set_num_threads(1)
+TINY_PHANTOM = {"size": 40, "per_class": 8, "seed": 1}
+
+
+@pytest.fixture
+def store(app):
+    return app.extensions["busi_web"].store
+
+
+def test_predict_without_a_model_is_409_with_the_fix(clinician_client):
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png")))
+    assert r.status_code == 409 and "no active model yet" in r.get_json()["error"]
+
+
+def test_predict_many_formats_gives_labels_probabilities_and_pngs_and_audits(app, store, clinician_client):
+    run = finished_run(store, promote=True)
+    files = [(image_bytes("PNG"), "a.png"), (image_bytes("JPEG", rgb=True, seed=1), "b.jpg"),
+             (image_bytes("BMP", hw=(40, 40)), "c.bmp"), (image_bytes("TIFF", hw=(33, 70)), "d.tif")]
+    r = clinician_client.post("/api/predict", data=upload(*files, alpha="0.3"))
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["run_id"] == run["id"] and body["classes"] == CLASSES
+    assert [x["filename"] for x in body["results"]] == ["a.png", "b.jpg", "c.bmp", "d.tif"]
+    for res, hw in zip(body["results"], [(48, 64), (48, 64), (40, 40), (33, 70)], strict=True):
+        assert set(res["probabilities"]) == set(CLASSES)
+        assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert res["label"] == max(res["probabilities"], key=res["probabilities"].get)
+        assert res["target"] == res["label"] and res["explainer"] == "gradcam"
+        for key in ("overlay_png", "heatmap_png", "original_png"):
+            assert decode_png(res[key]).size == (hw[1], hw[0]), key
+        assert res["feature_maps_png"] is None
+    audit = store.audit_log("diagnose")
+    assert len(audit) == 4 and {a["user"] for a in audit} == {"clin"} and {a["run_id"] for a in audit} == {run["id"]}
+    assert {a["detail"]["filename"] for a in audit} == {"a.png", "b.jpg", "c.bmp", "d.tif"}
+    assert audit[0]["detail"]["probabilities"].keys() == set(CLASSES) and audit[0]["detail"]["label"] in CLASSES
+    # Uploads are not kept unless STORE_UPLOADS says so.
+    assert not (Path(app.instance_path) / "uploads").exists()
+
+
+def test_predict_options_target_explainer_none_feature_maps_and_run_choice(store, clinician_client):
+    finished_run(store, promote=True)
+    other = finished_run(store, seed=5, width=4)
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), target="normal",
+                                                          layer="default", channels="4"))
+    res = r.get_json()["results"][0]
+    assert r.status_code == 200 and res["target"] == "normal" and res["target_index"] == 2
+    assert res["feature_layer"] and decode_png(res["feature_maps_png"]).size[0] > 0
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), target="1", explainer="none",
+                                                          run_id=str(other["id"])))
+    body = r.get_json()
+    assert body["run_id"] == other["id"]
+    res = body["results"][0]
+    assert res["overlay_png"] is None and res["heatmap_png"] is None and res["explainer"] is None
+    assert decode_png(res["original_png"]).size == (64, 48)
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), explainer="gradcampp"))
+    assert r.status_code == 200 and r.get_json()["results"][0]["explainer"] == "gradcampp"
+    # Only the pictures asked for (the Diagnose page blends original and heatmap itself).
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), images="heatmap, original"))
+    res = r.get_json()["results"][0]
+    assert res["overlay_png"] is None and decode_png(res["original_png"]).size == (64, 48)
+    heat = decode_png(res["heatmap_png"])
+    assert heat.size == (64, 48) and heat.mode == "P"  # a palette PNG: one byte per pixel
+    assert np.asarray(heat.convert("RGB")).std(axis=(0, 1)).max() > 1  # and not blank
+
+
+@pytest.mark.parametrize("fields, status, field", [
+    ({"target": "cyst"}, 400, "target"),
+    ({"target": "3"}, 400, "target"),
+    ({"alpha": "1.5"}, 400, "alpha"),
+    ({"alpha": "half"}, 400, "alpha"),
+    ({"channels": "0"}, 400, "channels"),
+    ({"layer": "layer99"}, 400, "layer"),
+    ({"colormap": "nocolour"}, 400, "colormap"),
+    ({"run_id": "abc"}, 400, "run_id"),
+    ({"run_id": "999"}, 404, "run_id"),
+    ({"explainer": "nosuchcam"}, 400, None),
+    ({"images": "overlay,thumbnail"}, 400, "images"),
+    ({"images": " , "}, 400, "images"),
+])
+def test_predict_bad_options_are_explained(store, clinician_client, fields, status, field):
+    finished_run(store, promote=True)
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), **fields))
+    body = r.get_json()
+    assert r.status_code == status, body
+    assert body["error"] and (field is None or field in body.get("fields", {})), body
+    if fields.get("explainer"):
+        assert "gradcam" in body["error"]  # the message lists the explainers that exist
+
+
+def test_store_uploads_keeps_the_files_privately(app_config, instance_path):
+    from busi_web import create_app
+
+    app = create_app({**app_config, "STORE_UPLOADS": True})
+    finished_run(app.extensions["busi_web"].store, promote=True)
+    client = make_user_client(app, "doc", "doc-pass-1", "clinician")
+    r = client.post("/api/predict", data=upload((image_bytes(), "../../scan 1.png")))
+    assert r.status_code == 200
+    stored = list((instance_path / "uploads").rglob("*"))
+    files = [p for p in stored if p.is_file()]
+    assert len(files) == 1 and files[0].name.endswith("scan_1.png") and oct(files[0].stat().st_mode)[-3:] == "600"
+    assert files[0].read_bytes() == image_bytes()
+    assert app.extensions["busi_web"].store.audit_log("diagnose")[0]["detail"]["stored"] == str(files[0])
+
+
+def test_runs_list_detail_metrics_and_artifacts(store, clinician_client, admin_client):
+    done = finished_run(store)
+    queued = store.create_run("tiny_cnn", "phantom", {})
+    runs = clinician_client.get("/api/runs").get_json()["runs"]
+    assert [r["id"] for r in runs] == [queued["id"], done["id"]]
+    assert clinician_client.get("/api/runs?status=finished").get_json()["runs"][0]["id"] == done["id"]
+    assert clinician_client.get("/api/runs?status=queued,finished&backbone=tiny_cnn").get_json()["runs"]
+    assert clinician_client.get("/api/runs?dataset=busi").get_json()["runs"] == []
+    bad = clinician_client.get("/api/runs?status=done")
+    assert bad.status_code == 400 and "status" in bad.get_json()["fields"]
+
+    detail = clinician_client.get(f"/api/runs/{done['id']}").get_json()
+    assert detail["status"] == "finished" and detail["test_metrics"] == {"test": {"macro_f1": 0.5}}
+    assert {"best_model.pt", "metrics.json", "training_log.txt"} <= set(detail["artifacts"])
+    assert detail["duration_s"] is not None and detail["active"] is False
+    assert clinician_client.get("/api/runs/999").status_code == 404
+
+    m = clinician_client.get(f"/api/runs/{done['id']}/metrics").get_json()
+    assert len(m["rows"]) == 5 and m["last_id"] == m["rows"][-1]["id"]
+    later = clinician_client.get(f"/api/runs/{done['id']}/metrics?after_id={m['rows'][2]['id']}").get_json()
+    assert [r["id"] for r in later["rows"]] == [r["id"] for r in m["rows"][3:]]
+    empty = clinician_client.get(f"/api/runs/{done['id']}/metrics?after_id={m['last_id']}").get_json()
+    assert empty["rows"] == [] and empty["last_id"] == m["last_id"]
+    assert clinician_client.get(f"/api/runs/{done['id']}/metrics?after_id=x").status_code == 400
+
+    log = clinician_client.get(f"/api/runs/{done['id']}/artifacts/training_log.txt")
+    assert log.status_code == 200 and log.data == b"epoch 1 done\n"
+    # Model weights are for admins; nothing outside the run folder is ever served.
+    assert clinician_client.get(f"/api/runs/{done['id']}/artifacts/best_model.pt").status_code == 403
+    weights = admin_client.get(f"/api/runs/{done['id']}/artifacts/best_model.pt?download=1")
+    assert weights.status_code == 200 and "attachment" in weights.headers["Content-Disposition"]
+    for name in ("../../busi.db", "..%2F..%2Fbusi.db", "%2Fetc%2Fpasswd", "nothing.txt"):
+        r = admin_client.get(f"/api/runs/{done['id']}/artifacts/{name}", follow_redirects=True)
+        assert r.status_code == 404 and r.is_json, name
+
+
+def test_models_active_and_promote(store, clinician_client, admin_client):
+    r = clinician_client.get("/api/models/active")
+    assert r.status_code == 404 and "no active model" in r.get_json()["error"]
+    first, second = finished_run(store), finished_run(store, seed=2)
+    r = admin_client.post(f"/api/runs/{first['id']}/promote")
+    assert r.status_code == 200 and r.get_json()["model"]["run_id"] == first["id"]
+    active = clinician_client.get("/api/models/active").get_json()
+    assert active["run_id"] == first["id"] and active["classes"] == CLASSES and active["target_layer"]
+    assert active["target_layer"] in active["layers"]
+    admin_client.post(f"/api/runs/{second['id']}/promote")
+    models = clinician_client.get("/api/models").get_json()["models"]
+    assert [(m["dataset"], m["run_id"], m["serving"]) for m in models] == [("phantom", second["id"], True)]
+    # Promotion is hot: the next diagnosis uses the new model.
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png")))
+    assert r.get_json()["run_id"] == second["id"]
+    queued = store.create_run("tiny_cnn", "phantom", {})
+    r = admin_client.post(f"/api/runs/{queued['id']}/promote")
+    assert r.status_code == 409 and "only a finished run" in r.get_json()["error"]
+    assert any(a["user"] == "admin" for a in store.audit_log("model.promote"))
+
+
+def test_specs_plugins_me_health(clinician_client, admin_client):
+    specs = clinician_client.get("/api/specs").get_json()
+    assert {"tiny_cnn", "resnet50_cbam"} <= {s["name"] for s in specs["backbones"]}
+    assert "gradcam" in {s["name"] for s in specs["explainers"]} and specs["default_explainer"] == "gradcam"
+    assert "phantom" in {s["name"] for s in specs["datasets"]}
+    assert {"epochs", "batch_size", "lr"} <= {p["name"] for p in specs["train"]}
+    assert "plugins" in admin_client.get("/api/plugins").get_json()
+    assert clinician_client.get("/api/plugins").status_code == 403  # like the plugins page: admins only
+    me = clinician_client.get("/api/me").get_json()
+    assert me == {"name": "clin", "role": "clinician", "is_admin": False, "auth": "session",
+                  "must_change_password": False}
+    assert clinician_client.get("/api/health").get_json()["status"] == "ok"
+
+
+def test_start_run_validates_fields(admin_client, store):
+    r = admin_client.post("/api/runs", json={"backbone": "tiny_cnn", "dataset": "phantom",
+                                             "train": {"epochs": 0, "bogus": 1}, "dataset_params": {"size": -3}})
+    body = r.get_json()
+    assert r.status_code == 400 and {"train.epochs", "train.bogus"} <= set(body["fields"])
+    r = admin_client.post("/api/runs", json={"backbone": "tiny_cnn", "dataset": "phantom",
+                                             "dataset_params": {"size": -3}})
+    assert r.status_code == 400 and "dataset_params.size" in r.get_json()["fields"]
+    r = admin_client.post("/api/runs", json={"backbone": "nope", "dataset": "phantom"})
+    assert r.status_code == 400 and "backbone" in r.get_json()["fields"]
+    r = admin_client.post("/api/runs", json={"dataset": "imagefolder"})
+    assert r.status_code == 400 and r.get_json()["fields"] == {"backbone": "required"}
+    r = admin_client.post("/api/runs", json={"backbone": "tiny_cnn", "dataset": "imagefolder",
+                                             "data_dir": "/no/such/folder"})
+    assert r.status_code == 400 and "data_dir" in r.get_json()["fields"]
+    r = admin_client.post("/api/runs", data="epochs=3", content_type="text/plain")
+    assert r.status_code == 400 and "JSON" in r.get_json()["error"]
+    assert store.count_runs() == 0  # nothing is stored for a refused run
+
+
+def test_a_weights_file_that_does_not_fit_the_backbone_is_refused_before_the_run_exists(admin_client, store,
+                                                                                       tmp_path):
+    import torchvision
+    from busi_web_plugins.backbones import build_resnet18
+
+    from busi_web.training.params import prepare_run_params
+
+    r50 = tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), r50)
+    r = admin_client.post("/api/runs", json={"backbone": "resnet18", "dataset": "phantom",
+                                             "backbone_params": {"pretrained_path": str(r50)},
+                                             "dataset_params": TINY_PHANTOM})
+    body = r.get_json()
+    assert r.status_code == 400, body
+    assert "do not fit this backbone" in body["fields"]["backbone_params.pretrained_path"]
+    assert "r50.pth" in body["fields"]["backbone_params.pretrained_path"]
+    assert store.count_runs() == 0
+    # An earlier run's model file of the same backbone fits, whatever its classes.
+    earlier = tmp_path / "best_model.pt"
+    save_checkpoint(earlier, build_resnet18(num_classes=2), CheckpointMeta(
+        backbone="resnet18", classes=["lesion", "normal"], input_size=32, resize=32, dataset="phantom"))
+    params = prepare_run_params(load_plugins(), "resnet18", "phantom", train=TINY_TRAIN, dataset_params=TINY_PHANTOM,
+                                backbone_params={"pretrained_path": str(earlier), "output_stride": 16})
+    assert params["backbone"]["pretrained_path"] == str(earlier)
+
+
+def test_cancel_and_resume_follow_the_run_states(admin_client, store):
+    from busi_web.training.params import prepare_run_params
+
+    params = prepare_run_params(load_plugins(), "tiny_cnn", "phantom", train=TINY_TRAIN,
+                                dataset_params=TINY_PHANTOM)
+    queued = store.create_run("tiny_cnn", "phantom", params)
+    r = admin_client.post(f"/api/runs/{queued['id']}/cancel")
+    assert r.status_code == 200 and r.get_json()["status"] == "cancelled"
+    r = admin_client.post(f"/api/runs/{queued['id']}/cancel")
+    assert r.status_code == 409 and "cancelled" in r.get_json()["error"]
+    r = admin_client.post(f"/api/runs/{queued['id']}/resume")
+    assert r.status_code == 409 and "only interrupted runs" in r.get_json()["error"]
+    assert admin_client.post("/api/runs/999/cancel").status_code == 404
+    assert [a["run_id"] for a in store.audit_log("run.cancel")] == [queued["id"]]
+
+
+def _wait_for(store, run_id: int, states: set[str], timeout: float = 120.0) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = store.get_run(run_id)
+        if run["status"] in states:
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} is still {store.get_run(run_id)['status']}")
+
+
+@pytest.mark.slow
+def test_start_train_promote_and_diagnose_end_to_end(app, admin_client, store):
+    """POST /api/runs starts a real trainer process; its model is promoted and serves a diagnosis."""
+    r = admin_client.post("/api/runs", json={"backbone": "tiny_cnn", "dataset": "phantom", "name": "api e2e",
+                                             "train": TINY_TRAIN, "dataset_params": TINY_PHANTOM,
+                                             "backbone_params": {"width": 4}})
+    assert r.status_code == 201, r.get_json()
+    run = r.get_json()
+    assert run["status"] in ("queued", "running") and run["name"] == "api e2e" and run["created_by"] == "admin"
+    try:
+        done = _wait_for(store, run["id"], {"finished", "failed", "cancelled"})
+    finally:
+        app.extensions["busi_web"].runner.shutdown()
+    assert done["status"] == "finished", done["error"]
+    # The trainer records the test accuracy: the Runs list and the active model show the run page's number.
+    tested = json.loads((Path(done["run_dir"]) / "metrics.json").read_text())
+    listed = next(r for r in admin_client.get("/api/runs").get_json()["runs"] if r["id"] == run["id"])
+    assert listed["test_accuracy"] == pytest.approx(tested["accuracy"]) and listed["test_accuracy"] is not None
+    assert listed["test_macro_f1"] == pytest.approx(tested["macro_f1"])
+    assert admin_client.post(f"/api/runs/{run['id']}/promote").status_code == 200
+    active = admin_client.get("/api/models/active").get_json()
+    assert active["run"]["test_accuracy"] == pytest.approx(tested["accuracy"])
+    r = admin_client.post("/api/predict", data=upload((image_bytes(hw=(40, 40)), "p.png")))
+    assert r.status_code == 200 and r.get_json()["run_id"] == run["id"]
+    assert r.get_json()["classes"] == ["benign", "malignant", "normal"]
+
+
+def test_micro_batcher_shares_passes_keeps_results_apart_and_isolates_errors(tmp_path, store):
+    """Concurrent callers get the same answers as lone calls; one bad request does not fail its neighbours."""
+    import threading
+
+    from busi_web.diagnosis.batching import MicroBatcher
+    from busi_web.model.predictor import Predictor
+
+    run = finished_run(store)
+    predictor = Predictor.from_checkpoint(Path(run["run_dir"]) / "best_model.pt", load_plugins())
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40 + 4 * i, 48), dtype=np.uint8) for i in range(12)]
+    alone = [predictor.predict(img) for img in images]
+    batcher = MicroBatcher(max_batch=8, max_wait_s=0.05)  # a short wait so that the threads meet in one pass
+    results, errors = {}, {}
+
+    def call(i: int) -> None:
+        try:
+            target = [7] if i == 5 else None  # out of range: only this request may fail
+            results[i] = batcher.predict(predictor, [images[i]], "gradcam", target)[0]
+        except ValueError as exc:
+            errors[i] = str(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(errors) == {5} and "target class" in errors[5]
+    assert batcher.batches < len(images) - 1  # some requests shared a pass
+    for i, pred in results.items():
+        assert pred.probabilities == pytest.approx(alone[i].probabilities, abs=1e-5)
+        assert pred.heatmap.shape == images[i].shape
+        np.testing.assert_allclose(pred.heatmap, alone[i].heatmap, atol=1e-4)
+
+
+@pytest.mark.parametrize("colormap", ["jet", "gray"])
+def test_fast_overlay_matches_the_reference_rendering(colormap):
+    from busi_web.explain.render import colorize, overlay_array, render_heatmap
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:40, 0:56]
+    heatmap = np.exp(-((yy - 15) ** 2 + (xx - 30) ** 2) / 90.0).astype(np.float32)
+    for image in (rng.integers(0, 255, (40, 56), dtype=np.uint8), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)):
+        blended, heat = render_heatmap(image, heatmap, 0.35, colormap)
+        assert heat.mode == "P"  # one byte per pixel to encode; it decodes to the colours
+        assert np.abs(np.asarray(heat.convert("RGB"), int) - colorize(heatmap, colormap)).max() <= 2
+        assert np.abs(np.asarray(blended, int) - overlay_array(image, heatmap, 0.35, colormap)).max() <= 2

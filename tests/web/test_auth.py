@@ -1,0 +1,166 @@
+"""Login, logout, sessions, API tokens, the one-time password flow and Socket.IO's login check."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from busi_web.web.auth import safe_next
+from tests.helpers import login, make_user_client
+
+
+@pytest.fixture
+def csrf_app(app_config):
+    from busi_web import create_app
+
+    return create_app({**app_config, "WTF_CSRF_ENABLED": True})
+
+
+@pytest.fixture
+def store(app):
+    return app.extensions["busi_web"].store
+
+
+def csrf_token_of(client, path: str = "/login") -> str:
+    page = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def test_login_page_has_the_fields_and_a_csrf_token(csrf_app):
+    page = csrf_app.test_client().get("/login?next=/runs")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    for name in ("username", "password", "next", "csrf_token"):
+        assert f'name="{name}"' in html
+    assert 'value="/runs"' in html
+
+
+def test_wrong_password_and_unknown_user_get_the_same_answer_and_are_audited(app, store):
+    store.add_user("ana", "clinician", "right-pass-1")
+    client = app.test_client()
+    wrong = client.post("/login", data={"username": "ana", "password": "nope-nope"})
+    unknown = client.post("/login", data={"username": "ghost", "password": "nope-nope"})
+    for r in (wrong, unknown):
+        assert r.status_code == 401 and "wrong user name or password" in r.get_data(as_text=True)
+    assert client.get("/api/me").status_code == 401
+    assert [a["user"] for a in store.audit_log("login.failed")] == ["ghost", "ana"]
+
+
+def test_login_goes_to_next_but_never_to_another_site(app, store):
+    store.add_user("ana", "clinician", "right-pass-1")
+    r = login(app.test_client(), "ana", "right-pass-1", next_url="/api/me?x=1")
+    assert r.status_code == 302 and r.headers["Location"] == "/api/me?x=1"
+    for evil in ("https://evil.example/", "//evil.example/x", "/\\evil.example", "javascript:alert(1)"):
+        r = login(app.test_client(), "ana", "right-pass-1", next_url=evil)
+        assert r.headers["Location"] == "/", evil
+    assert safe_next("/runs/3?tab=log") == "/runs/3?tab=log" and safe_next(None, "/x") == "/x"
+    assert store.audit_log("login")[0]["user"] == "ana"
+
+
+def test_a_page_redirects_to_login_with_next_and_comes_back(app, store):
+    store.add_user("ana", "clinician", "right-pass-1")
+    client = app.test_client()
+    r = client.get("/api/runs?status=finished", headers={"Accept": "text/html"})
+    assert r.status_code == 401  # /api answers JSON even to a browser
+    r = client.get("/?tab=1")
+    assert r.status_code == 302 and r.headers["Location"].startswith("/login?next=")
+    assert parse_qs(urlsplit(r.headers["Location"]).query)["next"] == ["/?tab=1"]
+    r = login(client, "ana", "right-pass-1", next_url="/?tab=1")
+    assert r.headers["Location"] == "/?tab=1"
+    assert client.get("/login").status_code == 302  # already logged in
+
+
+def test_logout_needs_post_with_csrf_and_ends_the_session(csrf_app):
+    client = make_user_client(csrf_app, "ana", "right-pass-1", "clinician")
+    assert client.get("/api/me").get_json()["name"] == "ana"
+    assert client.get("/logout").status_code == 405
+    refused = client.post("/logout")
+    assert refused.status_code == 400 and "CSRF" in refused.get_data(as_text=True)
+    assert client.get("/api/me").status_code == 200
+    token = csrf_token_of(client, "/account/password")
+    r = client.post("/logout", data={"csrf_token": token})
+    assert r.status_code == 302 and r.headers["Location"] == "/login"
+    assert client.get("/api/me").status_code == 401
+
+
+def test_session_cookie_is_httponly_and_samesite(app, store):
+    store.add_user("ana", "clinician", "right-pass-1")
+    r = login(app.test_client(), "ana", "right-pass-1")
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_api_tokens_authenticate_without_session_or_csrf_and_can_be_revoked(csrf_app):
+    store = csrf_app.extensions["busi_web"].store
+    store.add_user("bot", "admin", "bot-pass-12")
+    token = store.create_token("bot", "ci")
+    client = csrf_app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    r = client.get("/api/me", headers=headers)
+    assert r.get_json() == {"name": "bot", "role": "admin", "is_admin": True, "auth": "token",
+                            "must_change_password": False}
+    assert "Set-Cookie" not in r.headers  # a token never turns into a session
+    assert client.get("/api/me").status_code == 401
+    # A state-changing request with a token needs no CSRF token (browsers never send this header on their own).
+    r = client.post("/api/runs", json={"backbone": "tiny_cnn"}, headers=headers)
+    assert r.status_code == 400 and r.get_json()["fields"] == {"dataset": "required"}
+    assert store.list_tokens("bot")[0]["last_used_at"]
+    store.revoke_token(store.list_tokens("bot")[0]["id"])
+    r = client.get("/api/me", headers=headers)
+    assert r.status_code == 401 and "revoked" in r.get_json()["error"]
+    r = client.get("/api/me", headers={"Authorization": "Bearer bw_made_up"})
+    assert r.status_code == 401
+
+
+def test_a_deleted_user_is_logged_out(app, store):
+    client = make_user_client(app, "ana", "right-pass-1", "clinician")
+    store.add_user("boss", "admin", "boss-pass-1")
+    store.delete_user("ana")
+    assert client.get("/api/me").status_code == 401
+
+
+def test_one_time_password_leads_to_the_password_page_and_the_file_goes(app, store, instance_path):
+    store.add_user("admin", "admin", "one-time-pw", must_change_password=True)
+    secret = instance_path / "ADMIN_PASSWORD.txt"
+    secret.write_text("admin: one-time-pw\n")
+    client = app.test_client()
+    r = login(client, "admin", "one-time-pw", next_url="/api/me")
+    assert r.status_code == 302 and r.headers["Location"].startswith("/account/password")
+    assert client.get("/api/me").get_json()["must_change_password"] is True
+    # Until it is changed, a one-time password opens nothing else.
+    r = client.get("/?x=1")
+    assert r.status_code == 302 and r.headers["Location"].startswith("/account/password?next=")
+    r = client.get("/api/runs")
+    assert r.status_code == 403 and "one-time password" in r.get_json()["error"]
+    bad = client.post("/account/password", data={"current_password": "wrong", "new_password": "new-pass-123",
+                                                  "confirm_password": "new-pass-123"})
+    assert bad.status_code == 400 and "current password is wrong" in bad.get_data(as_text=True)
+    differ = client.post("/account/password", data={"current_password": "one-time-pw",
+                                                    "new_password": "new-pass-123", "confirm_password": "x"})
+    assert differ.status_code == 400 and "differ" in differ.get_data(as_text=True)
+    short = client.post("/account/password", data={"current_password": "one-time-pw", "new_password": "short",
+                                                   "confirm_password": "short"})
+    assert short.status_code == 400 and "at least 8" in short.get_data(as_text=True)
+    assert secret.exists()
+    ok = client.post("/account/password", data={"current_password": "one-time-pw", "new_password": "new-pass-123",
+                                                "confirm_password": "new-pass-123", "next": "/api/me"})
+    assert ok.status_code == 302 and ok.headers["Location"] == "/api/me"
+    assert not secret.exists()
+    assert store.check_password("admin", "new-pass-123") and not store.check_password("admin", "one-time-pw")
+    assert client.get("/api/me").get_json()["must_change_password"] is False
+    assert client.get("/api/runs").status_code == 200
+
+
+def test_socketio_refuses_anonymous_clients_and_accepts_users(app, store):
+    from busi_web.web.live import socketio
+
+    anonymous = socketio.test_client(app, flask_test_client=app.test_client())
+    assert not anonymous.is_connected()
+    client = make_user_client(app, "ana", "right-pass-1", "clinician")
+    user = socketio.test_client(app, flask_test_client=client)
+    try:
+        assert user.is_connected()
+    finally:
+        user.disconnect()

@@ -1,0 +1,209 @@
+"""Security rules checked over the whole app: login everywhere, admin-only actions, CSRF, hostile uploads."""
+
+from __future__ import annotations
+
+import io
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import finished_run, image_bytes, make_user_client, upload
+
+PUBLIC = {"auth.login", "static"}
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+# Endpoints that must exist and be covered by the walks below (so a walk can never pass by finding nothing).
+KNOWN = {"diagnose.predict", "train.start_run", "train.cancel_run", "train.promote_run", "runs_api.list_runs",
+         "runs_api.run_artifact", "auth.logout", "auth.password"}
+ADMIN_API = {"train.start_run", "train.cancel_run", "train.resume_run", "train.promote_run", "system.plugins"}
+ADMIN_PAGES = ("/train", "/plugins")  # the pages the issue reserves for admins
+
+
+@pytest.fixture
+def csrf_app(app_config):
+    from busi_web import create_app
+
+    return create_app({**app_config, "WTF_CSRF_ENABLED": True})
+
+
+def concrete(rule) -> str:
+    """The rule's path with every variable filled (numbers for int converters)."""
+    return re.sub(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>", lambda m: "1" if m.group(1) == "int" else "x", rule.rule)
+
+
+def routes(app, methods: set[str] | None = None):
+    for rule in app.url_map.iter_rules():
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            if methods is None or method in methods:
+                yield rule, method
+
+
+def test_every_route_except_login_and_static_needs_a_session(csrf_app):
+    client = csrf_app.test_client()
+    checked = set()
+    for rule, method in routes(csrf_app):
+        if rule.endpoint in PUBLIC:
+            continue
+        path = concrete(rule)
+        r = client.open(path, method=method)
+        if path.startswith("/api/"):
+            assert r.status_code == 401 and r.is_json and "login required" in r.get_json()["error"], (method, path)
+        else:
+            assert r.status_code == 302 and r.headers["Location"].startswith("/login?next="), (method, path)
+        checked.add(rule.endpoint)
+    assert checked >= KNOWN
+    assert client.get("/login").status_code == 200
+    assert client.get("/static/css/app.css").status_code == 200
+
+
+def test_admin_only_actions_give_403_to_a_clinician(app):
+    clinician = make_user_client(app, "clin", "clin-pass-1", "clinician")
+    admin_views = {endpoint for endpoint, view in app.view_functions.items() if getattr(view, "admin_only", False)}
+    assert admin_views >= ADMIN_API
+    admin_pages = [rule for rule in app.url_map.iter_rules() if rule.rule in ADMIN_PAGES]
+    assert all(rule.endpoint in admin_views for rule in admin_pages), [r.endpoint for r in admin_pages]
+    finished_run(app.extensions["busi_web"].store)  # run 1 exists, so a 403 cannot be a 404 in disguise
+    for rule, method in routes(app):
+        if rule.endpoint not in admin_views:
+            continue
+        path = concrete(rule)
+        r = clinician.open(path, method=method, json={} if method in STATE_CHANGING else None)
+        assert r.status_code == 403, (method, path, r.status_code)
+        if path.startswith("/api/"):
+            assert "only an administrator" in r.get_json()["error"]
+    # What clinicians may do still works.
+    assert clinician.get("/api/runs").status_code == 200 and clinician.get("/api/runs/1").status_code == 200
+
+
+def test_csrf_is_required_on_every_state_changing_request(csrf_app):
+    store = csrf_app.extensions["busi_web"].store
+    store.add_user("boss", "admin", "boss-pass-1")
+    checked = set()
+    for rule, method in routes(csrf_app, STATE_CHANGING):
+        path = concrete(rule)
+        client = make_user_client(csrf_app, "boss", "boss-pass-1", "admin")
+        r = client.open(path, method=method, data={"x": "1"})
+        assert r.status_code == 400 and "CSRF" in r.get_data(as_text=True), (method, path, r.status_code)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/account/password").get_data(
+            as_text=True)).group(1)
+        r = client.open(path, method=method, data={"x": "1"}, headers={"X-CSRFToken": token})
+        assert "CSRF" not in r.get_data(as_text=True), (method, path)
+        checked.add(rule.endpoint)
+    assert {"diagnose.predict", "train.start_run", "auth.logout", "auth.login"} <= checked
+    # Logging in needs the token too (no login CSRF).
+    r = csrf_app.test_client().post("/login", data={"username": "boss", "password": "boss-pass-1"})
+    assert r.status_code == 400 and "CSRF" in r.get_data(as_text=True)
+
+
+class _Forms(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.forms: list[dict] = []
+        self.meta_csrf = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "form":
+            self.forms.append({"method": (a.get("method") or "get").lower(), "action": a.get("action"),
+                               "fields": set()})
+        elif tag == "input" and self.forms:
+            self.forms[-1]["fields"].add(a.get("name"))
+        elif tag == "meta" and a.get("name") == "csrf-token" and a.get("content"):
+            self.meta_csrf = True
+
+
+def test_every_html_form_carries_the_csrf_token_and_pages_have_the_meta_tag(csrf_app):
+    admin = make_user_client(csrf_app, "boss", "boss-pass-1", "admin")
+    pages = 0
+    for rule, _method in routes(csrf_app, {"GET"}):
+        if rule.arguments or rule.rule.startswith(("/api/", "/static")) or rule.endpoint == "auth.login":
+            continue
+        r = admin.get(rule.rule)
+        if r.status_code != 200 or r.mimetype != "text/html":
+            continue
+        parser = _Forms()
+        parser.feed(r.get_data(as_text=True))
+        assert parser.meta_csrf, f"{rule.rule} lacks <meta name='csrf-token'> for the scripts"
+        for form in parser.forms:
+            if form["method"] == "post":
+                assert "csrf_token" in form["fields"], (rule.rule, form["action"])
+        pages += 1
+    assert pages >= 2
+
+
+# -- uploads ----------------------------------------------------------------------------------------------
+def _png_of(shape, mode="L") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, shape).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _truncated(fmt: str) -> bytes:
+    data = image_bytes(fmt, hw=(64, 64), rgb=True)
+    return data[: len(data) // 2]
+
+
+@pytest.fixture
+def diagnose(app):
+    """A clinician client and a served model (uploads are checked whether or not a model exists)."""
+    finished_run(app.extensions["busi_web"].store, promote=True)
+    return make_user_client(app, "clin", "clin-pass-1", "clinician")
+
+
+@pytest.mark.parametrize("data, name, status, words", [
+    (b"", "empty.png", 400, "empty (0 bytes)"),
+    (b"just some text, not pixels", "notes.png", 400, "not an image"),
+    (_truncated("PNG"), "half.png", 400, "truncated"),
+    (_truncated("JPEG"), "half.jpg", 400, "truncated"),
+    (image_bytes("GIF"), "anim.gif", 400, "GIF image; upload a PNG, JPEG, BMP or TIFF"),
+    (_png_of((4, 4)), "dot.png", 400, "only 4x4 pixels"),
+    (_png_of((8000, 6000), "1"), "wide.png", 413, "MAX_IMAGE_PIXELS"),  # 48 Mpx: over the 40 Mpx default
+    (_png_of((30000, 30000), "1"), "bomb.png", 413, "too large"),  # 900 Mpx in ~100 kB: Pillow's own guard
+])
+def test_bad_uploads_get_400_or_413_naming_the_file_never_500(diagnose, app, data, name, status, words):
+    r = diagnose.post("/api/predict", data=upload((data, name)))
+    body = r.get_json()
+    assert r.status_code == status, body
+    assert name in body["error"] and words in body["error"], body["error"]
+    assert app.extensions["busi_web"].store.audit_log("diagnose") == []
+
+
+def test_one_bad_file_among_good_ones_refuses_the_request(diagnose, app):
+    r = diagnose.post("/api/predict", data=upload((image_bytes(), "good.png"), (b"", "bad.png")))
+    assert r.status_code == 400 and "bad.png" in r.get_json()["error"]
+    assert app.extensions["busi_web"].store.audit_log("diagnose") == []
+
+
+def test_no_file_or_an_empty_file_field_is_a_400(diagnose):
+    for data in ({}, {"image": (io.BytesIO(b""), "")}, {"image": "not a file"}):
+        r = diagnose.post("/api/predict", data=data)
+        assert r.status_code == 400 and "no image was sent" in r.get_json()["error"]
+
+
+def test_request_size_and_pixel_limits_follow_the_settings(app_config):
+    from busi_web import create_app
+
+    app = create_app({**app_config, "MAX_UPLOAD_MB": 0.05, "MAX_IMAGE_PIXELS": 10_000})
+    finished_run(app.extensions["busi_web"].store, promote=True)
+    client = make_user_client(app, "clin", "clin-pass-1", "clinician")
+    noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    big = io.BytesIO()
+    Image.fromarray(noise).save(big, "PNG")  # ~120 kB of incompressible pixels
+    r = client.post("/api/predict", data=upload((big.getvalue(), "big.png")))
+    assert r.status_code == 413 and "0.05 MB" in r.get_json()["error"] and "MAX_UPLOAD_MB" in r.get_json()["error"]
+    r = client.post("/api/predict", data=upload((_png_of((200, 200)), "many.png")))
+    assert r.status_code == 413 and "40,000 pixels" in r.get_json()["error"] and "10,000" in r.get_json()["error"]
+    r = client.post("/api/predict", data=upload((_png_of((90, 90)), "fine.png")))
+    assert r.status_code == 200
+
+
+def test_sixteen_bit_and_palette_images_are_accepted(diagnose):
+    deep = io.BytesIO()
+    Image.fromarray(np.linspace(0, 60000, 64 * 64).reshape(64, 64).astype(np.uint16)).save(deep, "TIFF")
+    pal = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).convert("P").save(pal, "PNG")
+    r = diagnose.post("/api/predict", data=upload((deep.getvalue(), "deep.tif"), (pal.getvalue(), "pal.png")))
+    assert r.status_code == 200, r.get_json()
+    assert [x["width"] for x in r.get_json()["results"]] == [64, 32]
