@@ -18,7 +18,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from busi_web.cli.common import services
+from busi_web.cli.common import services, user_errors
 from busi_web.config import ADMIN_PASSWORD_FILE, forget_admin_password_file
 from busi_web.errors import UserError
 from busi_web.store.users import MIN_PASSWORD, ROLES
@@ -51,21 +51,20 @@ def users_group() -> None:
 @click.option("--role", type=click.Choice(ROLES), required=True, help="admin: also trains, cancels, promotes.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
 @with_appcontext
+@user_errors
 def users_add(name: str, role: str, password_stdin: bool) -> None:
     """Create user NAME with ROLE."""
     if _store().get_user(name) is not None:
         raise click.ClickException(f"a user named {name!r} exists already; `busi-web users passwd {name}` "
                                    "changes the password")
-    try:
-        _store().add_user(name, role, _read_password(password_stdin))
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from None
+    _store().add_user(name, role, _read_password(password_stdin))
     click.echo(f"created {role} {name}")
 
 
 @users_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_appcontext
+@user_errors
 def users_list(as_json: bool) -> None:
     """List users and their roles."""
     users = _store().list_users()
@@ -83,14 +82,12 @@ def users_list(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True, help="Read the new password from the first line of stdin.")
 @with_appcontext
+@user_errors
 def users_passwd(name: str, password_stdin: bool) -> None:
     """Set a new password for user NAME."""
     if _store().get_user(name) is None:
         raise click.ClickException(f"there is no user {name!r}; `busi-web users list` shows them")
-    try:
-        _store().set_password(name, _read_password(password_stdin, "New password"))
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from None
+    _store().set_password(name, _read_password(password_stdin, "New password"))
     forget_admin_password_file(current_app.instance_path, name)
     click.echo(f"password of {name} changed")
 
@@ -99,6 +96,7 @@ def users_passwd(name: str, password_stdin: bool) -> None:
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @with_appcontext
+@user_errors
 def users_delete(name: str, yes: bool) -> None:
     """Delete user NAME and their API tokens."""
     store = _store()
@@ -122,6 +120,7 @@ def tokens_group() -> None:
 @click.argument("name")
 @click.option("--label", default="", help="What the token is for (shown by `tokens list`).")
 @with_appcontext
+@user_errors
 def tokens_create(name: str, label: str) -> None:
     """Create an API token acting as user NAME; it is printed once and cannot be shown again."""
     try:
@@ -136,6 +135,7 @@ def tokens_create(name: str, label: str) -> None:
 @click.option("--user", "name", default=None, help="Only this user's tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_appcontext
+@user_errors
 def tokens_list(name: str | None, as_json: bool) -> None:
     """List API tokens (ids, users, labels, last use; never the tokens themselves)."""
     tokens = _store().list_tokens(name)
@@ -152,6 +152,7 @@ def tokens_list(name: str | None, as_json: bool) -> None:
 @tokens_group.command("revoke")
 @click.argument("token_id", type=int)
 @with_appcontext
+@user_errors
 def tokens_revoke(token_id: int) -> None:
     """Revoke API token ID (see `tokens list`)."""
     if not _store().revoke_token(token_id):

@@ -31,6 +31,8 @@ from flask import Flask, current_app, request
 from flask_socketio import SocketIO, join_room, leave_room
 
 from busi_web.services import services_of
+from busi_web.specs import Param
+from busi_web.store import RunNotFound
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +128,21 @@ def pusher_of(app: Flask) -> LivePusher:
     return app.extensions["busi_live"]
 
 
+RUN_ID = Param("run_id", "int", None, required=True, minimum=1, maximum=2**63 - 1)
+AFTER_ID = Param("after_id", "int", 0, minimum=0, maximum=2**63 - 1)
+
+
+def _field(data: Any, param: Param) -> Any:
+    """A field of a Socket.IO payload, typed and bounded by the one parameter parser; ``ValueError`` if bad."""
+    if not isinstance(data, dict):
+        raise ValueError("send an object")
+    return param.coerce(data.get(param.name))
+
+
 def _run_id(data: Any) -> int | None:
     try:
-        return int((data or {}).get("run_id"))
-    except (TypeError, ValueError, AttributeError):
+        return _field(data, RUN_ID)
+    except ValueError:
         return None
 
 
@@ -139,12 +152,13 @@ def on_join(data):
     if run_id is None:
         return {"error": "join_run needs {'run_id': <number>, 'after_id': <number>}"}
     try:
-        after_id = int((data or {}).get("after_id") or 0)
-        pusher_of(current_app).join(request.sid, run_id, after_id)
-    except KeyError:
-        return {"error": f"run {run_id} does not exist"}
-    except (TypeError, ValueError):
+        after_id = _field(data, AFTER_ID)
+    except ValueError:
         return {"error": "after_id must be a number"}
+    try:
+        pusher_of(current_app).join(request.sid, run_id, after_id)
+    except RunNotFound:
+        return {"error": f"run {run_id} does not exist"}
     return {"ok": True}
 
 
