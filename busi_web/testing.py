@@ -17,6 +17,11 @@ exactly what its entry point would name. A hook name the contract does not
 have, a hook that raises, or a name taken already is reported on the
 registry's :class:`~busi_web.plugins.PluginInfo` (``status`` and ``errors``),
 as it would be for an installed plugin.
+
+Training runs in a trainer process of its own, which loads the installed
+plugins only: to train with a backbone or dataset that is not installed,
+call :func:`busi_web.training.trainer.run_training` in the test's process
+with the registry from :func:`registry_with` (or ``pip install -e`` the plugin).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -106,10 +105,11 @@ def serve_and_diagnose(command: str, ctx: dict) -> None:
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as r:
+                # The master accepts connections before its worker has loaded the app (torch): wait for it.
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=60) as r:
                     assert r.status == 200
                     break
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # refused before the master listens (URLError is an OSError), or a slow worker
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
                 time.sleep(0.3)
         (ctx["tmp"] / "scan.png").write_bytes(image_bytes(hw=(48, 48)))

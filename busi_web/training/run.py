@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,8 +43,6 @@ class StopRequested(Exception):
 
 def _ignore_signals(_worker_id: int) -> None:
     # The runner signals the whole process group: workers must leave the graceful stop to the main process.
-    import signal
-
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi_web.explain.render import colorize, overlay, overlay_array, tile_grid, to_png
+from busi_web.explain.render import colorize, overlay, overlay_array, render_heatmap, tile_grid, to_png
 
 
 def _decode(png: bytes) -> np.ndarray:
@@ -70,3 +70,19 @@ def test_to_png_round_trip():
         to_png(gray.astype(np.float32))
     with pytest.raises(ValueError, match="got shape"):
         to_png(np.zeros((4, 4, 2), np.uint8))
+
+
+@pytest.mark.parametrize("colormap", ["jet", "gray"])
+def test_the_fast_overlay_is_the_blend_formula_within_two_levels(colormap):
+    """The palette and Image.blend path against ``(1 - alpha) * image + alpha * colorize(map)``, computed here."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:40, 0:56]
+    heatmap = np.exp(-((yy - 15) ** 2 + (xx - 30) ** 2) / 90.0).astype(np.float32)
+    for image in (rng.integers(0, 255, (40, 56), dtype=np.uint8), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)):
+        blended, heat = render_heatmap(image, heatmap, 0.35, colormap)
+        assert heat.mode == "P"  # one byte per pixel to encode; it decodes to the colours
+        assert np.abs(np.asarray(heat.convert("RGB"), int) - colorize(heatmap, colormap)).max() <= 2
+        rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+        exact = 0.65 * rgb.astype(np.float64) + 0.35 * colorize(heatmap, colormap).astype(np.float64)
+        assert np.abs(np.asarray(blended, float) - exact).max() <= 2
+        assert np.array_equal(overlay_array(image, heatmap, 0.35, colormap), np.asarray(blended))
