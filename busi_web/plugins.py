@@ -162,7 +162,7 @@ class PluginRegistry:
             self.pm.check_pending()  # a hook name the contract does not have (a typo) is an error, not a no-op
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(obj)
-            known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("register_")))
+            known = ", ".join(sorted(n for n, f in vars(hookspecs).items() if hasattr(f, f"{GROUP}_spec")))
             info.fail(f"{exc}; the hooks are: {known}")
             _report(info.name, "implements an unknown hook", exc)
             return info
