@@ -29,7 +29,7 @@ CLASSES = ["benign", "malignant", "normal"]
 # 22 minutes when the CPU is free). ResNet18 at 128 px (the whole image; the data is 256 px) with an output
 # stride of 16 (an 8 x 8 last map), random-resized crops, intensity jitter, a weight average and lesion
 # guidance from the BUSI masks. Chosen by the mean validation macro-F1 over five duplicate-aware splits
-# (README, "Quality on BUSI"): lesion guidance beat the same recipe without it, and the output stride of 16
+# (docs/quality.md): lesion guidance beat the same recipe without it, and the output stride of 16
 # beat the standard 32.
 RECOMMENDED = {
     "backbone": "resnet18",
@@ -40,7 +40,7 @@ RECOMMENDED = {
               "balance": "weighted_loss", "monitor": "val_macro_f1", "patience": 0, "seed": 42,
               "val_frac": 0.15, "test_frac": 0.15},
     "note": "CPU recipe (from scratch, with lesion guidance from the masks; about 22 minutes on 2 free cores). "
-            "On a GPU use resnet50_cbam at 224 px; see the README, 'Quality on BUSI'.",
+            "On a GPU use resnet50_cbam at 224 px; see docs/quality.md.",
 }
 
 LAYOUT = ("the BUSI layout <root>/{benign,malignant,normal}/NAME.png with masks NAME_mask.png "

@@ -26,7 +26,7 @@ def test_the_train_form_fills_in_the_recipe_when_busi_is_chosen(server, new_page
         assert (float(got) == want) if isinstance(want, float) else got == str(want), (key, got, want)
     assert float(page.input_value("#f-backbone_params-dropout")) == rec["backbone_params"]["dropout"]
     assert page.input_value("#f-backbone_params-output_stride") == str(rec["backbone_params"]["output_stride"])
-    assert page.is_visible("#recipe-note") and "README" in page.inner_text("#recipe-note")
+    assert page.is_visible("#recipe-note") and "docs/quality.md" in page.inner_text("#recipe-note")
     page.select_option("#f-dataset", "phantom")
     assert page.input_value("#f-train-epochs") == "20" and page.input_value("#f-train-input_size") == "224"
     assert page.input_value("#f-backbone_params-output_stride") == "32"

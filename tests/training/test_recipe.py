@@ -17,7 +17,7 @@ def test_busi_declares_a_recipe_and_the_specs_api_serves_it(admin_client):
     train_names = {p["name"] for p in specs["train"]}
     assert set(rec["train"]) <= train_names and {"epochs", "lr", "input_size", "balance"} <= set(rec["train"])
     assert by_name["phantom"]["recommended"] is None
-    assert "README" in rec["note"]
+    assert "docs/quality.md" in rec["note"]
 
 
 def test_the_recipe_is_a_valid_run_as_it_stands(tmp_path: Path):
