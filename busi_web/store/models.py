@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from busi_web.store.db import utc_now
+from busi_web.store.run_files import BEST_PT
 from busi_web.store.runs import IllegalTransition, RunsMixin
 
 
@@ -18,7 +19,7 @@ class ModelsMixin(RunsMixin):
             run = self.get_run(run_id)
             if run["status"] != "finished":
                 raise IllegalTransition(f"run {run_id} is {run['status']}; only a finished run can be promoted")
-            checkpoint = Path(run["run_dir"]) / "best_model.pt"
+            checkpoint = Path(run["run_dir"]) / BEST_PT
             if not checkpoint.exists():
                 raise IllegalTransition(f"run {run_id} has no checkpoint at {checkpoint}; it cannot be promoted")
             dataset = dataset or run["dataset"]
