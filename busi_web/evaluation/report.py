@@ -17,7 +17,6 @@ from busi_web.evaluation.metrics import classification_report_text
 from busi_web.evaluation.plots import confusion_plot_png, examples_png, localisation_plot_png
 from busi_web.store import run_files as art
 
-CONFUSION_PNG = "confusion_matrix.png"
 LOCALISATION_PNG = "localisation.png"
 
 
@@ -91,14 +90,14 @@ def write_report(folder: str | Path, report: dict[str, Any],
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     c = report["classification"]
-    pngs = [CONFUSION_PNG, LOCALISATION_PNG]
-    art.write_atomic(folder / CONFUSION_PNG, confusion_plot_png(c["confusion_matrix"], report["classes"],
-                                                                    f"{report['dataset']} evaluation"))
+    pngs = [art.CONFUSION_PNG, LOCALISATION_PNG]
+    art.write_atomic(folder / art.CONFUSION_PNG, confusion_plot_png(c["confusion_matrix"], report["classes"],
+                                                                f"{report['dataset']} evaluation"))
     art.write_atomic(folder / LOCALISATION_PNG, localisation_plot_png(report["localisation"]))
     for name, items in examples.items():
         if items:
             art.write_atomic(folder / f"examples_{name}.png", examples_png(name, items))
             pngs.append(f"examples_{name}.png")
-    art.write_atomic(folder / "classification_report.txt", classification_report_text(c, report["dataset"]))
+    art.write_atomic(folder / art.REPORT_TXT, classification_report_text(c, report["dataset"]))
     art.write_json(folder / "report.json", {**report, "pngs": pngs})
     return art.write_atomic(folder / "report.md", markdown(report, pngs))
