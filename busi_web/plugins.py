@@ -48,9 +48,6 @@ class UnknownPlugin(UserError, KeyError):
         message = f"unknown {kind} {name!r}; available: {', '.join(known) or 'none'}"
         super().__init__(message, 400, {kind: message})
 
-    def __str__(self) -> str:  # KeyError quotes its message otherwise
-        return self.args[0]
-
 
 class PluginFailure(RuntimeError):
     """A plugin's code failed while it was being used: a bug in the plugin, not in the user's input.

@@ -45,7 +45,6 @@ FIRST_RUN: dict[str, Any] = {
 class Services:
     """What one app's requests and commands share (one per app, in ``app.extensions["busi_web"]``)."""
 
-    config: Mapping[str, Any]
     registry: PluginRegistry
     store: JobStore
     runner: JobRunner
@@ -76,7 +75,7 @@ def make_services(config: Mapping[str, Any], registry: PluginRegistry) -> Servic
     store = JobStore(config["DATABASE"], config["RUNS_DIR"])
     runner = JobRunner(store, cancel_timeout=float(config["CANCEL_TIMEOUT_SECONDS"]),
                        allowed_plugins=registry.allowed_list())
-    return Services(config=config, registry=registry, store=store, runner=runner,
+    return Services(registry=registry, store=store, runner=runner,
                     predictors=PredictorCache(registry, device=config["DEVICE"]), batcher=MicroBatcher())
 
 

@@ -16,12 +16,13 @@ from flask import current_app
 
 from busi_web.errors import UserError
 from busi_web.plugins import PluginFailure
+from busi_web.store import MAX_ID
 
 if TYPE_CHECKING:  # the services import torch, which `busi-web --help` must not wait for
     from busi_web.services import Services
 
 F = TypeVar("F", bound=Callable[..., Any])
-RUN_ID = click.IntRange(1, 2**63 - 1)  # a run number as the store holds it
+RUN_ID = click.IntRange(1, MAX_ID)  # a run number as the store holds it
 
 
 def services() -> Services:

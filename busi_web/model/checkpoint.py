@@ -153,11 +153,10 @@ def _complete(model: nn.Module, meta: CheckpointMeta, registry: PluginRegistry |
         data["target_layer"] = getattr(model, "target_layer", "") or ""
     if registry is not None and (meta.backbone_version is None or not data["target_layer"]):
         try:
-            reg = registry
             if meta.backbone_version is None:
-                data["backbone_version"] = reg.version_of("backbones", meta.backbone)
+                data["backbone_version"] = registry.version_of("backbones", meta.backbone)
             if not data["target_layer"]:
-                data["target_layer"] = reg.backbone(meta.backbone).target_layer
+                data["target_layer"] = registry.backbone(meta.backbone).target_layer
         except UnknownPlugin:
             pass  # saving a model of an unregistered backbone is allowed; loading will say what is missing
     return CheckpointMeta.from_dict({k: _plain(v, k) for k, v in data.items()})

@@ -83,7 +83,8 @@ class Predictor:
         self.transform = eval_transform(self.config)
         self.registry = registry
         self.path = str(path) if path is not None else None
-        self.target_layer = meta.target_layer or default_target_layer(model)
+        declared = registry.backbones.get(meta.backbone)  # the spec's layer, for models that carry none
+        self.target_layer = meta.target_layer or default_target_layer(model, declared.target_layer if declared else "")
         self._lock = threading.Lock()
         self._layers = {name for name, _ in self.model.named_modules() if name}
 

@@ -41,7 +41,7 @@ class IllegalTransition(UserError):
     status = 409
 
 
-MAX_ID = 2**63 - 1  # SQLite's largest integer
+MAX_ID = 2**63 - 1  # SQLite's largest integer: the largest run or metric row id
 
 
 def run_id_of(value: int | str) -> int:

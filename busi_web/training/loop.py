@@ -194,5 +194,3 @@ class Engine:
         loss = float(nn.functional.cross_entropy(logits, labels).item())
         probs = torch.softmax(logits, dim=1)
         return labels.cpu().numpy(), probs.cpu().numpy(), loss
-
-

@@ -34,12 +34,11 @@ from busi_web.services import services_of
 from busi_web.specs import Param
 from busi_web.store import RunNotFound
 from busi_web.web.auth import current_user
-from busi_web.web.helpers import active_ids, active_model_info, arg
+from busi_web.web.helpers import RUN_ID, active_ids, active_model_info, arg
 
 bp = Blueprint("diagnose", __name__)
 
 PNG_KINDS = ("original", "overlay", "heatmap")  # the pictures an answer can carry (form field ``images``)
-RUN_ID = Param("run_id", "int", None, minimum=1, maximum=2**63 - 1)
 ALPHA = Param("alpha", "float", 0.5, minimum=0.0, maximum=1.0)
 CHANNELS = Param("channels", "int", 16, minimum=1, maximum=256)
 

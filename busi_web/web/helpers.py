@@ -25,12 +25,14 @@ from busi_web.errors import UserError
 from busi_web.plugins import PluginFailure
 from busi_web.services import services_of
 from busi_web.specs import Param
-from busi_web.store import STATES, TERMINAL, RunNotFound
+from busi_web.store import MAX_ID, STATES, TERMINAL, RunNotFound
 
 log = logging.getLogger(__name__)
 
 # Files a clinician may not download (model weights); admins may.
 ADMIN_ONLY_SUFFIXES = (".pt", ".pth")
+# A run number as a request argument (the store's ids run from 1 to MAX_ID).
+RUN_ID = Param("run_id", "int", None, minimum=1, maximum=MAX_ID)
 
 
 # -- arguments -------------------------------------------------------------------------------------------------

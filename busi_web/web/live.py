@@ -32,7 +32,8 @@ from flask_socketio import SocketIO, join_room, leave_room
 
 from busi_web.services import services_of
 from busi_web.specs import Param
-from busi_web.store import RunNotFound
+from busi_web.store import MAX_ID, RunNotFound
+from busi_web.web.helpers import RUN_ID
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,7 @@ def pusher_of(app: Flask) -> LivePusher:
     return app.extensions["busi_live"]
 
 
-RUN_ID = Param("run_id", "int", None, required=True, minimum=1, maximum=2**63 - 1)
-AFTER_ID = Param("after_id", "int", 0, minimum=0, maximum=2**63 - 1)
+AFTER_ID = Param("after_id", "int", 0, minimum=0, maximum=MAX_ID)
 
 
 def _field(data: Any, param: Param) -> Any:
@@ -141,7 +141,7 @@ def _field(data: Any, param: Param) -> Any:
 
 def _run_id(data: Any) -> int | None:
     try:
-        return _field(data, RUN_ID)
+        return _field(data, RUN_ID)  # None when it is missing
     except ValueError:
         return None
 

@@ -14,7 +14,7 @@ from busi_web.services import services_of
 from busi_web.store import STATES
 from busi_web.store import run_files as files
 from busi_web.web.auth import current_user
-from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, active_ids, run_view, status_filter
+from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, RUN_ID, active_ids, run_view, status_filter
 
 bp = Blueprint("runs", __name__)
 
@@ -97,20 +97,21 @@ def run_detail(run_id: int):
 
 
 def _compare_ids(raw: str) -> list[int]:
-    pieces = [x for x in raw.replace(" ", "").split(",") if x]
-    if not all(x.isascii() and x.isdigit() and len(x) <= 18 for x in pieces):
+    try:
+        ids = [RUN_ID.coerce(x) for x in raw.replace(" ", "").split(",") if x]
+    except ValueError:
         raise UserError(f"ids must be run numbers separated by commas, e.g. /runs/compare?ids=1,2 (got {raw!r})",
-                        400, {"ids": "run numbers separated by commas"})
-    ids = list(dict.fromkeys(int(x) for x in pieces))  # keep the order, drop repeats
+                        400, {"ids": "run numbers separated by commas"}) from None
+    ids = list(dict.fromkeys(ids))  # keep the order, drop repeats
     if len(ids) < 2:
         raise UserError("choose two or more runs to compare (tick them on the Runs page), e.g. "
                         "/runs/compare?ids=1,2", 400, {"ids": "two or more runs"})
     return ids
 
 
-def compare_row(run: dict[str, Any]) -> dict[str, Any]:
+def compare_row(run: dict[str, Any], active: set[int]) -> dict[str, Any]:
     """The comparison table's numbers for one run: test metrics and the best validation values."""
-    view = run_view(run)
+    view = run_view(run, active)
     metrics = files.read_json(run.get("run_dir"), files.METRICS_JSON) or {}
     vals: dict[str, list[float]] = {}
     for row in services_of().store.metrics(run["id"], keys=["val_acc", "val_macro_f1", "val_loss"]):
@@ -131,7 +132,8 @@ def compare():
     """Two or more runs side by side: overlaid curves (drawn by the page) and a metrics table."""
     ids = _compare_ids(request.args.get("ids", ""))
     store = services_of().store
-    runs = [compare_row(store.get_run(i)) for i in ids]
+    active = active_ids()
+    runs = [compare_row(store.get_run(i), active) for i in ids]
     best: dict[str, int | None] = {}
     for key, _label, higher in COMPARE_ROWS:
         values = [(r[key], r["id"]) for r in runs if isinstance(r.get(key), (int, float))]

@@ -12,6 +12,7 @@ from flask import Blueprint, jsonify, request, send_file
 from busi_web.errors import UserError
 from busi_web.evaluation.evaluate import evaluation_files
 from busi_web.services import services_of
+from busi_web.store import MAX_ID
 from busi_web.store import run_files as files
 from busi_web.web.auth import current_user
 from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, active_ids, int_arg, run_json, status_filter
@@ -43,7 +44,7 @@ def run_metrics(run_id: int):
     """Metric rows with id > ``after_id`` (``keys`` comma-separated filters); ``last_id`` is the live cursor."""
     store = services_of().store
     store.get_run(run_id)  # a 404 for an unknown run
-    after_id = int_arg("after_id", 0, 0, 2**63 - 1) or 0
+    after_id = int_arg("after_id", 0, 0, MAX_ID) or 0
     keys = request.args.get("keys")
     rows = store.metrics(run_id, after_id=after_id,
                          keys=[k.strip() for k in keys.split(",") if k.strip()] if keys else None,
