@@ -235,6 +235,9 @@ def browser_login(page, server: Server, user: tuple[str, str], next_path: str = 
     page.fill("#password", user[1])
     page.click("#login-submit")
     page.wait_for_selector("#nav-user")
+    # The page's own scripts attach their listeners before DOMContentLoaded: wait for it, or an early
+    # select_option/click can fire before anything listens (a CI run lost a filter change that way).
+    page.wait_for_load_state("domcontentloaded")
     assert user[0] in page.inner_text("#nav-user")
 
 
