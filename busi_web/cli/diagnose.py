@@ -43,13 +43,15 @@ def predict_command(images: tuple[str, ...], run_id: int | None, explainer: str,
         overlay_path = out / f"{Path(image_path).stem}_{explainer}.png"
         overlay_path.write_bytes(pred.overlay_png(alpha=alpha))
         results.append({"image": image_path, "label": pred.label, "probabilities": pred.probabilities,
-                        "overlay": str(overlay_path)})
+                        "overlay": str(overlay_path), "caution": pred.caution})
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
         for r in results:
             probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
             click.echo(f"{r['image']}: {r['label']}  ({probs})  -> {r['overlay']}")
+            if r["caution"]:
+                click.echo(f"  caution: {r['caution']}")
 
 
 @click.command("evaluate")

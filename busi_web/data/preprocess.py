@@ -239,6 +239,17 @@ def crop_box(orig_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[float, fl
     return top * sy, left * sx, (top + s) * sy, (left + s) * sx
 
 
+def crop_pixels(orig_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, int, int, int]:
+    """The whole pixels of the original image that the eval crop covers, as a box ``(left, top, right, bottom)``
+    (right and bottom exclusive; Pillow's order). Pixels outside it were never seen by the model."""
+    h, w = int(orig_hw[0]), int(orig_hw[1])
+    top, left, bottom, right = crop_box((h, w), cfg)
+    # The crop is at least one pixel wide by construction.
+    y0, x0 = max(0, math.floor(top + 0.5)), max(0, math.floor(left + 0.5))
+    y1, x1 = min(h, max(y0 + 1, math.floor(bottom + 0.5))), min(w, max(x0 + 1, math.floor(right + 0.5)))
+    return x0, y0, x1, y1
+
+
 def paste_map(map_hw: np.ndarray | Tensor, orig_hw: tuple[int, int], cfg: PreprocessConfig) -> np.ndarray:
     """Put a map of the crop (any size) back onto the original image's geometry: ``float32 (H, W)``.
 
@@ -250,10 +261,7 @@ def paste_map(map_hw: np.ndarray | Tensor, orig_hw: tuple[int, int], cfg: Prepro
     if m.dim() != 2:
         raise ValueError(f"expected a 2-D map (h, w), got shape {tuple(m.shape)}")
     h, w = int(orig_hw[0]), int(orig_hw[1])
-    top, left, bottom, right = crop_box((h, w), cfg)
-    # Whole pixels covered by the crop; the crop is at least one pixel wide by construction.
-    y0, x0 = max(0, math.floor(top + 0.5)), max(0, math.floor(left + 0.5))
-    y1, x1 = min(h, max(y0 + 1, math.floor(bottom + 0.5))), min(w, max(x0 + 1, math.floor(right + 0.5)))
+    x0, y0, x1, y1 = crop_pixels((h, w), cfg)
     resized = torch.nn.functional.interpolate(m[None, None], size=(y1 - y0, x1 - x0), mode="bilinear",
                                               align_corners=False)[0, 0]
     out = np.zeros((h, w), dtype=np.float32)

@@ -25,9 +25,9 @@ import io
 import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-__all__ = ["COLORMAPS", "colorize", "render_heatmap", "overlay_array", "overlay", "tile_grid", "to_png",
+__all__ = ["COLORMAPS", "colorize", "legend_stops", "render_heatmap", "overlay_array", "overlay", "tile_grid", "to_png",
            "fast_png"]
 
 COLORMAPS = ("jet", "gray")  # built in; matplotlib's names work too when matplotlib is installed
@@ -89,14 +89,27 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def palette(colormap: str) -> bytes:
-    """The colormap as a 256-entry RGB palette (level k is the colour of k / 255); raises ``ValueError`` for an
-    unknown colormap name."""
-    return colorize(np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :], colormap)[0].astype(np.uint8).tobytes()
+def palette(colormap: str, levels: int = 256) -> bytes:
+    """The colormap as an RGB palette of ``levels`` entries (entry k is the colour of k / (levels - 1)); raises
+    ``ValueError`` for an unknown colormap name."""
+    ramp = np.linspace(0.0, 1.0, levels, dtype=np.float32)[None, :]
+    return colorize(ramp, colormap)[0].astype(np.uint8).tobytes()
 
 
-def render_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet"
-                   ) -> tuple[Image.Image, Image.Image]:
+UNSEEN = 255  # the palette index of "not seen by the model" (transparent) when a region is given
+
+
+Region = tuple[int, int, int, int]  # (left, top, right, bottom) in pixels, right and bottom exclusive
+
+
+def legend_stops(colormap: str = "jet", n: int = 11) -> list[str]:
+    """``n`` colours (``#rrggbb``) of the colormap from 0 to 1, evenly spaced: a colour-scale legend's stops."""
+    colours = colorize(np.linspace(0.0, 1.0, max(2, int(n)), dtype=np.float32)[None, :], colormap)[0]
+    return ["#" + bytes(int(v) for v in c).hex() for c in colours]
+
+
+def render_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet",
+                   region: Region | None = None) -> tuple[Image.Image, Image.Image]:
     """``(overlay, coloured heatmap)`` as Pillow images: the overlay is RGB, ``(1 - alpha) * image + alpha * colour``;
     the heatmap stays a palette image (a third of the bytes to encode as PNG).
 
@@ -105,28 +118,76 @@ def render_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, c
     to 256 levels, resized to the image's size (bilinear) when it differs, and
     coloured by a palette lookup: within 2/255 of colouring every value exactly.
     ``alpha`` is in [0, 1]: 0 shows the image only, 1 the heatmap only.
+
+    ``region``: the part of the image the model saw (its centre crop). Outside
+    it the map says nothing, so nothing is painted there: the overlay shows the
+    image itself with a dashed frame around the region, and the heatmap's palette
+    gives the outside index :data:`UNSEEN`, marked transparent (the map then has
+    255 levels instead of 256). Painting the unseen border as "no evidence" (blue) is
+    what drew a hard-edged rectangle a few percent in from every border.
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
     rgb = _as_rgb(image)
-    levels = Image.fromarray(np.rint(_as_map(heatmap) * 255.0).astype(np.uint8), "L")
     base = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    box = _inner_region(region, base.size)
+    top = 255 if box is None else UNSEEN - 1  # with a region, one palette entry is kept for "unseen"
+    levels = Image.fromarray(np.rint(_as_map(heatmap) * top).astype(np.uint8), "L")
     if base.size != levels.size:
         levels = levels.resize(base.size, Image.BILINEAR)
     heat = levels.convert("P")  # level k becomes palette index k
-    heat.putpalette(palette(colormap))
-    return Image.blend(base, heat.convert("RGB"), alpha), heat
+    heat.putpalette(palette(colormap, top + 1))
+    blended = Image.blend(base, heat.convert("RGB"), alpha)
+    if box is None:
+        return blended, heat
+    seen = Image.new("L", base.size, 0)
+    seen.paste(255, box)
+    shown = Image.composite(blended, base, seen)
+    _dashed_frame(shown, box)
+    unseen = Image.new("P", base.size, UNSEEN)
+    unseen.paste(heat.crop(box), box[:2])
+    unseen.putpalette(palette(colormap, top + 1) + b"\x00\x00\x00")
+    unseen.info["transparency"] = UNSEEN  # a tRNS chunk: browsers draw nothing there
+    return shown, unseen
 
 
-def overlay_array(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+def _inner_region(region: Region | None, size: tuple[int, int]) -> Region | None:
+    """``region`` clipped to the image, or ``None`` when it is absent or covers the whole image."""
+    if region is None:
+        return None
+    w, h = size
+    left, top, right, bottom = (int(v) for v in region)
+    left, top, right, bottom = max(0, left), max(0, top), min(w, right), min(h, bottom)
+    if right <= left or bottom <= top:
+        raise ValueError(f"region {region} lies outside the {w}x{h} image")
+    return None if (left, top, right, bottom) == (0, 0, w, h) else (left, top, right, bottom)
+
+
+def _dashed_frame(image: Image.Image, box: Region) -> None:
+    """Draw a white dashed line just inside ``box`` (its width scales with the image)."""
+    left, top, right, bottom = box
+    width = max(1, min(image.size) // 250)
+    dash = 4 * width
+    draw = ImageDraw.Draw(image)
+    for x in range(left, right, 2 * dash):
+        for y in (top, bottom - width):
+            draw.rectangle((x, y, min(x + dash, right) - 1, y + width - 1), fill=(255, 255, 255))
+    for y in range(top, bottom, 2 * dash):
+        for x in (left, right - width):
+            draw.rectangle((x, y, x + width - 1, min(y + dash, bottom) - 1), fill=(255, 255, 255))
+
+
+def overlay_array(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet",
+                  region: Region | None = None) -> np.ndarray:
     """The overlay of :func:`render_heatmap` as a ``uint8 (H, W, 3)`` array."""
-    return np.asarray(render_heatmap(image, heatmap, alpha, colormap)[0])
+    return np.asarray(render_heatmap(image, heatmap, alpha, colormap, region)[0])
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> bytes:
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet",
+            region: Region | None = None) -> bytes:
     """:func:`overlay_array` encoded as PNG bytes."""
-    return to_png(overlay_array(image, heatmap, alpha=alpha, colormap=colormap))
+    return to_png(overlay_array(image, heatmap, alpha=alpha, colormap=colormap, region=region))
 
 
 def tile_grid(maps: np.ndarray, min_tile: int = 32, columns: int | None = None, gap: int = 1) -> np.ndarray:

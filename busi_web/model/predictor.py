@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from busi_web.data.preprocess import eval_transform, paste_map, to_channels
+from busi_web.data.preprocess import crop_pixels, eval_transform, paste_map, to_channels
 from busi_web.explain.base import classify, complete_explanation, default_target_layer, feature_map_grid
 from busi_web.explain.render import overlay, to_png
 from busi_web.model.checkpoint import CheckpointMeta, load_checkpoint
@@ -37,10 +37,17 @@ from busi_web.plugins import PluginFailure, PluginRegistry
 from busi_web.specs import Explanation
 from busi_web.store.run_files import PARAMS_JSON
 
+# Below this probability a heatmap of the explained class comes with a caution (see Prediction.caution).
+LOW_PROBABILITY = 0.2
+
 
 @dataclass
 class Prediction:
-    """One image's result. ``heatmap`` is ``float32 (H, W)`` in [0, 1] at the uploaded image's size."""
+    """One image's result. ``heatmap`` is ``float32 (H, W)`` in [0, 1] at the uploaded image's size.
+
+    ``region`` is the part of the image the model saw, ``(left, top, right, bottom)`` in pixels: the centre crop
+    of its preprocessing. The heatmap is 0 outside it, and pictures leave that part unpainted.
+    """
 
     label: str
     index: int
@@ -51,12 +58,26 @@ class Prediction:
     heatmap: np.ndarray | None = field(default=None, repr=False)
     image: np.ndarray | None = field(default=None, repr=False)
     seconds: float = 0.0
+    region: tuple[int, int, int, int] | None = None
+
+    @property
+    def caution(self) -> str | None:
+        """A warning when the explained class is unlikely: the map then shows what would speak for that class,
+        scaled to full colour like any map, not where a finding is. ``None`` otherwise."""
+        if self.heatmap is None or self.target_label is None:
+            return None
+        p = self.probabilities.get(self.target_label, 0.0)
+        if p >= LOW_PROBABILITY:
+            return None
+        return (f"this heatmap explains {self.target_label}, which the model gives only {100 * p:.1f}%: it shows "
+                f"what would speak for {self.target_label}, stretched to full colour, not where a finding is")
 
     def overlay_png(self, alpha: float = 0.5, colormap: str = "jet") -> bytes:
         """The heatmap blended over the original image, as PNG bytes."""
         if self.heatmap is None or self.image is None:
             raise ValueError("this prediction has no heatmap; predict with an explainer (e.g. 'gradcam')")
-        return overlay(to_channels(self.image, 3), self.heatmap, alpha=alpha, colormap=colormap)
+        return overlay(to_channels(self.image, 3), self.heatmap, alpha=alpha, colormap=colormap,
+                       region=self.region)
 
     def heatmap_png(self) -> bytes:
         """The heatmap alone as an 8-bit grayscale PNG."""
@@ -68,6 +89,7 @@ class Prediction:
         """JSON-friendly summary (no arrays)."""
         return {"label": self.label, "index": self.index, "probabilities": dict(self.probabilities),
                 "target": self.target, "target_label": self.target_label, "explainer": self.explainer,
+                "region": None if self.region is None else list(self.region), "caution": self.caution,
                 "seconds": round(self.seconds, 4)}
 
 
@@ -189,7 +211,7 @@ class Predictor:
                 label=classes[index], index=index,
                 probabilities={c: float(p[k]) for k, c in enumerate(classes)},
                 target=tgt, target_label=classes[tgt] if tgt is not None else None, explainer=explainer,
-                heatmap=heatmap, image=img, seconds=seconds))
+                heatmap=heatmap, image=img, seconds=seconds, region=crop_pixels(img.shape[:2], self.config)))
         return out
 
     def _explain(self, name: str, params: Mapping[str, Any], batch: torch.Tensor, targets: torch.Tensor | None,

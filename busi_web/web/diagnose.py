@@ -28,7 +28,7 @@ from torch import nn
 from busi_web.diagnosis.roi import roi_crops, roi_info
 from busi_web.diagnosis.uploads import read_uploads
 from busi_web.errors import UserError
-from busi_web.explain.render import fast_png, palette, render_heatmap
+from busi_web.explain.render import fast_png, legend_stops, palette, render_heatmap
 from busi_web.model.predictor import Predictor
 from busi_web.services import services_of
 from busi_web.specs import Param
@@ -195,10 +195,11 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
            "explainer": pred.explainer, "width": int(image.shape[1]), "height": int(image.shape[0]),
            "original_png": _b64(fast_png(image)) if "original" in opts["images"] else None,
            "overlay_png": None, "heatmap_png": None,
-           "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict()}
+           "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict(),
+           "analysed_region": None if pred.region is None else list(pred.region), "caution": pred.caution}
     try:
         if pred.heatmap is not None:
-            blended, heat = render_heatmap(image, pred.heatmap, opts["alpha"], opts["colormap"])
+            blended, heat = render_heatmap(image, pred.heatmap, opts["alpha"], opts["colormap"], pred.region)
             if "overlay" in opts["images"]:
                 out["overlay_png"] = _b64(fast_png(blended))
             if "heatmap" in opts["images"]:
@@ -241,7 +242,11 @@ def predict():
                              label=pred.label, probabilities=pred.probabilities, explainer=pred.explainer,
                              target=pred.target_label, stored=upload.stored_path,
                              **({} if roi is None else {"roi": roi.to_dict()}))
-    return jsonify({"run_id": served, "classes": predictor.classes, "results": results})
+    legend = None if opts["explainer"] is None else {
+        "colormap": opts["colormap"], "stops": legend_stops(opts["colormap"]),
+        "meaning": "relative evidence for the explained class, scaled per image from lowest (left) to highest "
+                   "(right); not a probability. Outside a dashed frame: not seen by the model."}
+    return jsonify({"run_id": served, "classes": predictor.classes, "legend": legend, "results": results})
 
 
 def _served_run_id(predictor: Predictor) -> int | None:

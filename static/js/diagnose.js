@@ -179,7 +179,7 @@
     results.setAttribute("aria-busy", "true");
     try {
       const data = await busi.api("/api/predict", { method: "POST", form: fd });
-      results.replaceChildren(...data.results.map((r) => busi.diagnoseResults.render(r, { classes: data.classes, alpha: state.alpha })));
+      results.replaceChildren(...data.results.map((r) => busi.diagnoseResults.render(r, { classes: data.classes, alpha: state.alpha, legend: data.legend })));
       results.dataset.runId = data.run_id;
       window.busiLastDiagnosis = data;
     } catch (err) {

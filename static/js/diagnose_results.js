@@ -1,6 +1,6 @@
 /* busi-web Diagnose: one result card per image.
  *
- * busi.diagnoseResults.render(result, {classes, alpha}) -> <article>
+ * busi.diagnoseResults.render(result, {classes, alpha, legend}) -> <article>
  *   result is one item of POST /api/predict's "results" (label, probabilities, original_png, heatmap_png, ...).
  * The overlay is blended in the browser from the original and the colourised heatmap:
  *   overlay = (1 - alpha) * original + alpha * heatmap  (the server's formula), so the opacity slider needs
@@ -36,7 +36,7 @@
   }
 
   /* Draw original then heatmap at opacity alpha: exactly (1 - a) * original + a * heatmap per pixel. */
-  function blend(canvas, original, heatmap, alpha) {
+  function blend(canvas, original, heatmap, alpha, region) {
     const ctx = canvas.getContext("2d", { willReadFrequently: true });
     canvas.width = original.naturalWidth;
     canvas.height = original.naturalHeight;
@@ -44,9 +44,28 @@
     ctx.drawImage(original, 0, 0);
     if (heatmap) {
       ctx.globalAlpha = alpha;
-      ctx.drawImage(heatmap, 0, 0, canvas.width, canvas.height);
+      ctx.drawImage(heatmap, 0, 0, canvas.width, canvas.height);  // transparent where the model saw nothing
       ctx.globalAlpha = 1;
     }
+    if (region && !(region[0] === 0 && region[1] === 0 && region[2] === canvas.width && region[3] === canvas.height)) {
+      const w = Math.max(1, Math.floor(Math.min(canvas.width, canvas.height) / 250));
+      ctx.save();
+      ctx.strokeStyle = "#fff";
+      ctx.lineWidth = w;
+      ctx.setLineDash([4 * w, 4 * w]);
+      ctx.strokeRect(region[0] + w / 2, region[1] + w / 2, region[2] - region[0] - w, region[3] - region[1] - w);
+      ctx.restore();
+    }
+  }
+
+  /* The colour scale: what the colours of the heatmap mean. */
+  function legendBox(legend, target) {
+    if (!legend) return null;
+    return el("div", { class: "legend", role: "img", "aria-label": "heatmap colour scale" },
+      el("span", { class: "legend-end" }, "low"),
+      el("span", { class: "legend-bar", style: { background: `linear-gradient(to right, ${legend.stops.join(", ")})` } }),
+      el("span", { class: "legend-end" }, "high"),
+      el("small", { class: "legend-meaning muted" }, `Colour: ${legend.meaning.replace("the explained class", `“${target}”`)}`));
   }
 
   function render(result, opts = {}) {
@@ -63,7 +82,18 @@
         result.roi ? ` · region of interest: ${result.roi.side} px square centred at (${result.roi.x}, ${result.roi.y})` : ""),
       probabilityBars(result, opts.classes));
 
+    if (result.caution) {
+      card.append(el("p", { class: "flash warning caution", role: "note" }, `Caution: ${result.caution}.`));
+    }
     const originalImg = el("img", { class: "original", alt: `original ${result.filename}` });
+    if (!result.explainer) {  // no heatmap: the image once, nothing to blend or download
+      card.append(el("div", { class: "images" }, el("figure", {}, originalImg, el("figcaption", {}, "Image"))));
+      card.ready = loadImage(result.original_png).then((original) => {
+        originalImg.src = original.src;
+        card.dataset.ready = "1";
+      }).catch((err) => card.append(el("p", { class: "flash error" }, err.message)));
+      return card;
+    }
     const canvas = el("canvas", { class: "overlay", "aria-label": `heatmap overlay of ${result.filename}` });
     const slider = el("input", { type: "range", class: "opacity", min: "0", max: "100", value: String(Math.round(alpha * 100)),
       "aria-label": "heatmap opacity" });
@@ -74,6 +104,8 @@
       el("figure", {}, canvas,
         el("figcaption", {}, el("label", { class: "inline-label" }, "Heatmap opacity ", slider), " ", download)));
     card.append(figures);
+    const legend = legendBox(opts.legend, result.target);
+    if (legend) card.append(legend);
     if (result.feature_maps_png) {
       card.append(el("figure", { class: "feature-maps" },
         el("img", { class: "feature-maps", alt: `feature maps of ${result.feature_layer}`,
@@ -85,7 +117,7 @@
       result.heatmap_png ? loadImage(result.heatmap_png) : Promise.resolve(null)]).then(([original, heatmap]) => {
       originalImg.src = original.src;
       const redraw = () => {
-        blend(canvas, original, heatmap, slider.value / 100);
+        blend(canvas, original, heatmap, slider.value / 100, result.analysed_region);
         download.href = canvas.toDataURL("image/png");
       };
       slider.addEventListener("input", redraw);

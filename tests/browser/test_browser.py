@@ -127,12 +127,15 @@ OVERLAY_PIXELS = """(card) => {
   ref.getContext("2d").drawImage(img, 0, 0);
   const a = canvas.getContext("2d").getImageData(0, 0, w, h).data;
   const b = ref.getContext("2d").getImageData(0, 0, w, h).data;
-  let diff = 0, chroma = 0;
+  // Pure white pixels where the original is not white are the dashed frame of the analysed region: counted apart.
+  let diff = 0, chroma = 0, frame = 0;
   for (let i = 0; i < a.length; i += 4) {
+    if (a[i] === 255 && a[i + 1] === 255 && a[i + 2] === 255 && b[i] + b[i + 1] + b[i + 2] < 765) { frame++; continue; }
     diff += Math.abs(a[i] - b[i]) + Math.abs(a[i + 1] - b[i + 1]) + Math.abs(a[i + 2] - b[i + 2]);
     chroma += Math.max(a[i], a[i + 1], a[i + 2]) - Math.min(a[i], a[i + 1], a[i + 2]);
   }
-  return {w, h, diff: diff / (3 * w * h), chroma: chroma / (w * h), natural: [img.naturalWidth, img.naturalHeight]};
+  return {w, h, frame, diff: diff / (3 * w * h), chroma: chroma / (w * h),
+          natural: [img.naturalWidth, img.naturalHeight]};
 }"""
 
 
@@ -171,6 +174,9 @@ def test_diagnose_shows_label_probabilities_and_a_heatmap(server, new_page, tmp_
         assert (pixels["w"], pixels["h"]) == (96, 96) == tuple(pixels["natural"])
         # The overlay is the scan with colour on it: it differs from the grey original and is coloured.
         assert pixels["diff"] > 5 and pixels["chroma"] > 10, pixels
+        # The part the model did not see (outside its centre crop) is framed, not painted.
+        region = page.evaluate(f"() => window.busiLastDiagnosis.results[{i}].analysed_region")
+        assert (pixels["frame"] > 0) == (region != [0, 0, 96, 96]), (pixels, region)
     # The heatmap itself is not blank: its colours vary over the image.
     heat = page.evaluate("() => window.busiLastDiagnosis.results[0].heatmap_png")
     heat = np.asarray(Image.open(io.BytesIO(base64.b64decode(heat))).convert("RGB"), dtype=np.float32)
@@ -207,6 +213,39 @@ def test_diagnose_shows_label_probabilities_and_a_heatmap(server, new_page, tmp_
     page.wait_for_selector(".result[data-explainer='scorecam'][data-ready='1']")
     page.select_option("#explainer", "none")
     assert page.locator("#explainer-params [data-param]").count() == 0
+    # Explainer "none" shows just the image: no second copy, no opacity slider, no overlay download, no legend.
+    page.click("#diagnose-submit")
+    page.wait_for_selector(".result[data-explainer='none'][data-ready='1']")
+    card = page.locator(".result").first
+    assert card.locator("img.original").count() == 1 and card.locator("canvas").count() == 0
+    assert card.locator("input.opacity, a.download, .legend").count() == 0
+
+
+def test_a_heatmap_has_a_legend_and_a_caution_for_an_unlikely_class(server, new_page, tmp_path):
+    wait_runs(server, 1)
+    image = _phantom_png(tmp_path, "malignant", 3)
+    page = new_page()
+    login(page, server, CLINICIAN, "/diagnose")
+    page.wait_for_selector("#diagnose[data-model-loaded='1']")
+    page.set_input_files("#files", [str(image)])
+    page.click("#diagnose-submit")
+    page.wait_for_selector(".result[data-ready='1']")
+    result = page.evaluate("() => window.busiLastDiagnosis.results[0]")
+    card = page.locator(".result").first
+    assert card.locator(".legend .legend-bar").count() == 1
+    assert "not a probability" in card.locator(".legend").inner_text()
+    # Explain the least likely class: under 20% the card says what such a map means.
+    unlikely = min(result["probabilities"], key=result["probabilities"].get)
+    page.select_option("#target", unlikely)
+    page.click("#diagnose-submit")
+    page.wait_for_selector(f".result[data-ready='1'] >> text=class “{unlikely}”")
+    result = page.evaluate("() => window.busiLastDiagnosis.results[0]")
+    caution = page.locator(".result .caution")
+    if result["probabilities"][unlikely] < 0.2:
+        assert caution.count() == 1 and f"explains {unlikely}" in caution.inner_text()
+    else:
+        assert caution.count() == 0
+    shot(page, "diagnose_caution")
 
 
 def test_admin_cancels_a_running_run(server, new_page):

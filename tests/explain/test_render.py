@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi_web.explain.render import colorize, overlay, overlay_array, render_heatmap, tile_grid, to_png
+from busi_web.explain.render import (
+    colorize,
+    legend_stops,
+    overlay,
+    overlay_array,
+    render_heatmap,
+    tile_grid,
+    to_png,
+)
 
 
 def _decode(png: bytes) -> np.ndarray:
@@ -86,3 +94,37 @@ def test_the_fast_overlay_is_the_blend_formula_within_two_levels(colormap):
         exact = 0.65 * rgb.astype(np.float64) + 0.35 * colorize(heatmap, colormap).astype(np.float64)
         assert np.abs(np.asarray(blended, float) - exact).max() <= 2
         assert np.array_equal(overlay_array(image, heatmap, 0.35, colormap), np.asarray(blended))
+
+
+def test_a_region_leaves_the_unseen_border_unpainted_and_framed():
+    """The model saw only its centre crop: outside it the overlay is the image itself (no blue "no evidence"
+    band, which drew a hard-edged rectangle ~6% in from every border), with a dashed white frame at the crop."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 200, (40, 50), dtype=np.uint8)
+    heat = np.zeros((40, 50), np.float32)
+    heat[10:30, 10:40] = 0.8
+    region = (5, 3, 45, 37)
+    shown, coloured = render_heatmap(image, heat, alpha=0.5, region=region)
+    shown = np.asarray(shown)
+    plain = np.repeat(image[:, :, None], 3, axis=2)
+    assert np.array_equal(shown[:3], plain[:3]) and np.array_equal(shown[:, :5], plain[:, :5])
+    assert np.array_equal(shown[37:], plain[37:]) and np.array_equal(shown[:, 45:], plain[:, 45:])
+    frame = shown[3, 5:45]  # the top edge of the region: dashes of white
+    assert (frame == 255).all(axis=1).sum() >= 15 and not (frame == 255).all()
+    inside = overlay_array(image, heat, alpha=0.5)
+    # Inside, the blend of the whole-image path (255 levels instead of 256: within 2/255).
+    assert np.abs(shown[10:30, 10:40].astype(int) - inside[10:30, 10:40]).max() <= 2
+    alpha = np.asarray(coloured.convert("RGBA"))[:, :, 3]
+    assert coloured.mode == "P" and coloured.info["transparency"] == 255
+    assert (alpha[3:37, 5:45] == 255).all() and alpha.sum() == 255 * 40 * 34
+    # A region that is the whole image changes nothing; one outside the image is refused.
+    whole = render_heatmap(image, heat, region=(0, 0, 50, 40))
+    assert np.array_equal(np.asarray(whole[0]), overlay_array(image, heat)) and whole[1].mode == "P"
+    with pytest.raises(ValueError, match="lies outside"):
+        render_heatmap(image, heat, region=(60, 0, 70, 10))
+
+
+def test_legend_stops_run_from_the_low_to_the_high_colour():
+    stops = legend_stops("jet", 5)
+    assert stops == ["#000080", "#0080ff", "#80ff80", "#ff8000", "#800000"]
+    assert legend_stops("gray", 2) == ["#000000", "#ffffff"]

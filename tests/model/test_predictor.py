@@ -18,7 +18,7 @@ from busi_web.explain.methods import GradCAM
 from busi_web.hookspecs import hookimpl
 from busi_web.model.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
 from busi_web.model.device import resolve_device
-from busi_web.model.predictor import Predictor
+from busi_web.model.predictor import Prediction, Predictor
 from busi_web.plugins import PluginRegistry, UnknownPlugin, load_plugins
 from busi_web.specs import ExplainerSpec, Param
 
@@ -298,3 +298,13 @@ def test_device_names():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU is available; use auto or cpu"):
             resolve_device("cuda")
+
+
+def test_a_heatmap_of_an_unlikely_class_comes_with_a_caution():
+    heat = np.zeros((4, 4), np.float32)
+    probs = {"benign": 0.899, "malignant": 0.1, "normal": 0.001}
+    pred = Prediction("benign", 0, probs, target=2, target_label="normal", explainer="gradcam", heatmap=heat)
+    assert "explains normal, which the model gives only 0.1%" in pred.caution
+    assert pred.to_dict()["caution"] == pred.caution
+    assert Prediction("benign", 0, probs, target=0, target_label="benign", heatmap=heat).caution is None
+    assert Prediction("benign", 0, probs, target=2, target_label="normal").caution is None  # no heatmap

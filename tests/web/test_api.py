@@ -288,3 +288,28 @@ def test_start_train_promote_and_diagnose_end_to_end(app, admin_client, store):
     assert r.get_json()["classes"] == ["benign", "malignant", "normal"]
 
 
+
+
+def test_predict_tells_which_part_was_seen_gives_a_legend_and_cautions_on_an_unlikely_class(store, clinician_client):
+    from busi_web.data.preprocess import PreprocessConfig, crop_pixels
+
+    finished_run(store, promote=True)
+    data = image_bytes(hw=(48, 64))
+    r = clinician_client.post("/api/predict", data=upload((data, "a.png"), target="normal"))
+    body = r.get_json()
+    res = body["results"][0]
+    region = crop_pixels((48, 64), PreprocessConfig(input_size=32, resize=36))
+    assert res["analysed_region"] == list(region) == [11, 3, 53, 45]
+    # Outside the region the overlay is the uploaded image itself: nothing is painted where the model saw nothing.
+    original = np.asarray(decode_png(res["original_png"]).convert("RGB"))
+    shown = np.asarray(decode_png(res["overlay_png"]).convert("RGB"))
+    assert np.array_equal(shown[:, :11], original[:, :11]) and np.array_equal(shown[:, 53:], original[:, 53:])
+    assert not np.array_equal(shown[10:40, 15:50], original[10:40, 15:50])
+    heat = decode_png(res["heatmap_png"])
+    assert heat.mode == "P" and np.asarray(heat.convert("RGBA"))[:, :11, 3].max() == 0
+    assert body["legend"]["stops"][0] == "#000080" and "not a probability" in body["legend"]["meaning"]
+    low = res["probabilities"]["normal"] < 0.2
+    assert (res["caution"] is not None) == low
+    r = clinician_client.post("/api/predict", data=upload((data, "a.png"), explainer="none"))
+    assert r.get_json()["legend"] is None and r.get_json()["results"][0]["caution"] is None
+
