@@ -43,13 +43,16 @@ def predict_command(images: tuple[str, ...], run_id: int | None, explainer: str,
         overlay_path = out / f"{Path(image_path).stem}_{explainer}.png"
         overlay_path.write_bytes(pred.overlay_png(alpha=alpha))
         results.append({"image": image_path, "label": pred.label, "probabilities": pred.probabilities,
-                        "overlay": str(overlay_path), "caution": pred.caution})
+                        "overlay": str(overlay_path), "caution": pred.caution, "ood": pred.ood})
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
         for r in results:
             probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
             click.echo(f"{r['image']}: {r['label']}  ({probs})  -> {r['overlay']}")
+            if r["ood"] and r["ood"]["out_of_distribution"]:
+                click.echo(f"  warning: unlike the images this model was trained on (score {r['ood']['score']:.2f}, "
+                           f"threshold {r['ood']['threshold']:.2f}); do not rely on this result")
             if r["caution"]:
                 click.echo(f"  caution: {r['caution']}")
 

@@ -106,3 +106,29 @@ def examples_png(name: str, examples: Sequence[tuple[np.ndarray, np.ndarray, np.
         ax.set_axis_off()
     fig.suptitle(f"{name}: map, lesion (green), marks (magenta)", fontsize=9)
     return _figure_png(fig)
+
+
+def reliability_plot_png(summary: Mapping[str, Any], title: str = "") -> bytes:
+    """A reliability diagram, before and after temperature scaling, from
+    :func:`busi_web.model.calibration.calibration_summary`: accuracy against confidence per bin (a perfectly
+    calibrated model lies on the diagonal), with each ECE in the legend."""
+    from matplotlib.figure import Figure  # see history_plot_png
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
+    for key, style, name in (("before", "-o", "before"), ("after", "-s", "after")):
+        pts = [(b["confidence"], b["accuracy"]) for b in summary[f"reliability_{key}"] if b["count"]]
+        if pts:
+            label = f"{name} (ECE {summary[f'ece_{key}']:.3f})"
+            if key == "after":
+                label = f"after, T = {summary['temperature']:.2f} (ECE {summary['ece_after']:.3f})"
+            ax.plot(*zip(*pts, strict=True), style, label=label, markersize=4)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence of the top class")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or f"reliability ({summary['n']} images)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    return _figure_png(fig)

@@ -31,8 +31,10 @@ from torch import nn
 from busi_web.data.preprocess import crop_pixels, eval_transform, paste_map, to_channels
 from busi_web.explain.base import classify, complete_explanation, default_target_layer, feature_map_grid
 from busi_web.explain.render import overlay, to_png
+from busi_web.model.calibration import apply_temperature
 from busi_web.model.checkpoint import CheckpointMeta, load_checkpoint
 from busi_web.model.device import resolve_device
+from busi_web.model.ood import OodReference, first_batch, record_features
 from busi_web.plugins import PluginFailure, PluginRegistry
 from busi_web.specs import Explanation
 from busi_web.store.run_files import PARAMS_JSON
@@ -47,6 +49,8 @@ class Prediction:
 
     ``region`` is the part of the image the model saw, ``(left, top, right, bottom)`` in pixels: the centre crop
     of its preprocessing. The heatmap is 0 outside it, and pictures leave that part unpainted.
+    ``probabilities`` are calibrated when the model carries a temperature. ``ood`` is the out-of-distribution
+    verdict (``score``, ``threshold``, ``out_of_distribution``), ``None`` for a model saved without a reference.
     """
 
     label: str
@@ -59,6 +63,7 @@ class Prediction:
     image: np.ndarray | None = field(default=None, repr=False)
     seconds: float = 0.0
     region: tuple[int, int, int, int] | None = None
+    ood: dict[str, Any] | None = None
 
     @property
     def caution(self) -> str | None:
@@ -90,7 +95,7 @@ class Prediction:
         return {"label": self.label, "index": self.index, "probabilities": dict(self.probabilities),
                 "target": self.target, "target_label": self.target_label, "explainer": self.explainer,
                 "region": None if self.region is None else list(self.region), "caution": self.caution,
-                "seconds": round(self.seconds, 4)}
+                "ood": self.ood, "seconds": round(self.seconds, 4)}
 
 
 class Predictor:
@@ -109,6 +114,10 @@ class Predictor:
         self.target_layer = meta.target_layer or default_target_layer(model, declared.target_layer if declared else "")
         self._lock = threading.Lock()
         self._layers = {name for name, _ in self.model.named_modules() if name}
+        temperature = meta.extra.get("temperature")
+        self.temperature = float(temperature) if isinstance(temperature, (int, float)) and temperature > 0 else None
+        ood = OodReference.from_meta(meta.extra.get("ood"))
+        self.ood = ood if ood is not None and ood.layer in self._layers else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, registry: PluginRegistry,
@@ -189,12 +198,17 @@ class Predictor:
         batch = torch.stack(tensors).to(self.device)
         target_t = self._targets(targets, len(images))
         layer = None if explainer is None else self._layer(target_layer)
-        with self._lock:
+        watched = self.model.get_submodule(self.ood.layer) if self.ood is not None else nn.Identity()
+        with self._lock, record_features(watched) as calls:
             if explainer is None:
                 result = classify(self.model, batch)
             else:
                 result = self._explain(explainer, explainer_params or {}, batch, target_t, layer)
         probs = result.probs.detach().float().cpu()
+        if self.temperature is not None:
+            probs = torch.from_numpy(apply_temperature(probs.numpy(), self.temperature))
+        features = first_batch(calls, len(images)) if self.ood is not None else None
+        verdicts = self.ood.verdicts(features) if self.ood is not None and features is not None else None
         explained = result.targets.detach().cpu() if result.targets is not None else None
         maps = result.maps.detach().float().cpu() if result.maps is not None else None
         seconds = (time.perf_counter() - start) / len(images)
@@ -211,7 +225,8 @@ class Predictor:
                 label=classes[index], index=index,
                 probabilities={c: float(p[k]) for k, c in enumerate(classes)},
                 target=tgt, target_label=classes[tgt] if tgt is not None else None, explainer=explainer,
-                heatmap=heatmap, image=img, seconds=seconds, region=crop_pixels(img.shape[:2], self.config)))
+                heatmap=heatmap, image=img, seconds=seconds, region=crop_pixels(img.shape[:2], self.config),
+                ood=None if verdicts is None else verdicts[i]))
         return out
 
     def _explain(self, name: str, params: Mapping[str, Any], batch: torch.Tensor, targets: torch.Tensor | None,

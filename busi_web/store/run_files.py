@@ -15,6 +15,7 @@ from typing import Any
 
 HISTORY_PNG = "training_history.png"
 CONFUSION_PNG = "confusion_matrix.png"
+RELIABILITY_PNG = "reliability.png"
 REPORT_TXT = "classification_report.txt"
 METRICS_JSON = "metrics.json"
 PARAMS_JSON = "params.json"

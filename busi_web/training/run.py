@@ -16,10 +16,12 @@ from busi_web.data.datasets import DatasetError
 from busi_web.data.preprocess import PreprocessConfig, eval_transform, train_transform
 from busi_web.data.splits import Split, split_dataset
 from busi_web.evaluation.metrics import classification_metrics, classification_report_text
-from busi_web.evaluation.plots import confusion_plot_png, history_plot_png
-from busi_web.explain.base import resolve_layer
+from busi_web.evaluation.plots import confusion_plot_png, history_plot_png, reliability_plot_png
+from busi_web.explain.base import default_target_layer, resolve_layer
+from busi_web.model.calibration import calibration_summary, fit_temperature
 from busi_web.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from busi_web.model.device import resolve_device
+from busi_web.model.ood import OodReference, loader_features
 from busi_web.plugins import PluginRegistry
 from busi_web.store import run_files as art
 from busi_web.training.aids import LesionGuide
@@ -104,7 +106,7 @@ class TrainingRun:
         device = resolve_device(p["device"])
         self.device_name = str(device)
         torch.backends.cudnn.benchmark = device.type == "cuda"  # fastest kernels; GPU runs are not bit-exact
-        workers = resolve_workers(p["workers"], device)
+        workers = self.workers = resolve_workers(p["workers"], device)
         self.cfg = PreprocessConfig(input_size=p["input_size"], resize=p["resize"], channels=ds.channels)
         art.write_json(self.dir / art.PARAMS_JSON, {
             "run_id": self.run_id, "name": self.run.get("name"), "backbone": self.run["backbone"],
@@ -118,8 +120,8 @@ class TrainingRun:
         seed_everything(p["seed"])
         model = bb_spec.build(self.bb_params, num_classes=len(self.classes), in_channels=ds.channels)
         self._raise_if_stopped()
-        source = build_source(ds, self.split.train + self.split.val + self.split.test, p["cache_mb"] * 2**20,
-                              self.log, self.stop_requested)
+        source = self.source = build_source(ds, self.split.train + self.split.val + self.split.test,
+                                           p["cache_mb"] * 2**20, self.log, self.stop_requested)
         self._raise_if_stopped()
         labels = ds.labels
         # The dataset may draw each training sample more than once per epoch (its own augmentation/balancing).
@@ -347,16 +349,17 @@ class TrainingRun:
         """Test the best model; write metrics.json, the report and the confusion matrix."""
         eng = self.engine
         assert eng is not None
-        _meta, state = read_checkpoint(self.dir / art.BEST_PT)
+        meta, state = read_checkpoint(self.dir / art.BEST_PT)
         eng.eval_model.load_state_dict(state)
         y, probs, test_loss = eng.predict(self.loaders["test"])
         m = classification_metrics(y, probs, self.classes)
         title = (f"run {self.run_id}: {self.run['backbone']} on {self.run['dataset']}, test part, "
                  f"{self._kept_text()}")
+        calibration, ood = self._calibrate_and_reference(meta, probs, y)
         art.write_json(self.dir / art.METRICS_JSON, {
             "run_id": self.run_id, "part": "test", "loss": test_loss, **m, "best_epoch": self.best_epoch,
             "monitor": self.train["monitor"], "best_value": self.best, "epochs_done": self.epoch,
-            "counts": self.split.counts(self.dataset)})
+            "counts": self.split.counts(self.dataset), "calibration": calibration, "ood": ood})
         art.write_atomic(self.dir / art.REPORT_TXT, classification_report_text(m, title))
         art.write_atomic(self.dir / art.CONFUSION_PNG, confusion_plot_png(m["confusion_matrix"], self.classes,
                                                                             "test part"))
@@ -367,6 +370,45 @@ class TrainingRun:
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
         self.log(f"test: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, AUC {auc} ({m['n']} images)")
         return {"test_macro_f1": m["macro_f1"], "test_accuracy": m["accuracy"], "error": None}
+
+    def _calibrate_and_reference(self, meta: CheckpointMeta, test_probs: np.ndarray, test_y: np.ndarray
+                                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Fit the temperature on the validation part and the out-of-distribution reference on the training
+        part (threshold on validation); save both into ``best_model.pt``. The test part only reports."""
+        eng = self.engine
+        assert eng is not None
+        val_y, val_probs, _ = eng.predict(self.loaders["val"])
+        temperature = fit_temperature(val_probs, val_y)
+        calibration = {"method": "temperature scaling, fitted on the validation part",
+                       "temperature": temperature,
+                       "val": calibration_summary(val_probs, val_y, temperature),
+                       "test": calibration_summary(test_probs, test_y, temperature)}
+        art.write_atomic(self.dir / art.RELIABILITY_PNG, reliability_plot_png(
+            calibration["test"], f"run {self.run_id}: reliability on the test part"))
+        model = eng.eval_model
+        layer = meta.target_layer or default_target_layer(model, "")
+        train_eval = make_loader(TransformedImages(self.source, self.split.train, self.dataset.labels,
+                                                   eval_transform(self.cfg)),
+                                 self.loaders["val"].batch_size, train=False, workers=self.workers, device=eng.device)
+        train_eval.worker_init_fn = _ignore_signals
+        module = resolve_layer(model, layer)
+        reference = OodReference.fit(layer, loader_features(model, module, train_eval, eng.device),
+                                     loader_features(model, module, self.loaders["val"], eng.device))
+        test_scores = reference.scores(loader_features(model, module, self.loaders["test"], eng.device))
+        ood = {"layer": layer, "threshold": reference.threshold, "quantile": reference.quantile,
+               "components": int(len(reference.variances)),
+               "test_flagged_share": float((test_scores > reference.threshold).mean()) if len(test_scores) else None}
+        meta.extra.update(temperature=temperature, ood=reference.to_meta(),
+                          calibration={"temperature": temperature, "ece_val_before": calibration["val"]["ece_before"],
+                                       "ece_val_after": calibration["val"]["ece_after"],
+                                       "ece_test_before": calibration["test"]["ece_before"],
+                                       "ece_test_after": calibration["test"]["ece_after"]})
+        save_checkpoint(self.dir / art.BEST_PT, model, meta, registry=self.registry)
+        self.log(f"calibration: temperature {temperature:.3f} (validation); test ECE "
+                 f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}; "
+                 f"out-of-distribution threshold {reference.threshold:.3f} on {layer} "
+                 f"({100 * (ood['test_flagged_share'] or 0):.1f}% of the test part above it)")
+        return calibration, ood
 
     def promote_if_better(self) -> None:
         """Make this run the active model of its dataset when its test macro-F1 beats the active one's (the

@@ -148,10 +148,10 @@ def test_trainer_process_runs_to_finished_with_every_artifact(registry, store):
     assert final["best_metric_name"] == "val_macro_f1" and final["best_metric"] is not None
     run_dir = Path(final["run_dir"])
     for name in (art.BEST_PT, art.LAST_PT, art.HISTORY_PNG, art.CONFUSION_PNG, art.REPORT_TXT, art.LOG_TXT,
-                 art.METRICS_JSON, art.SPLIT_JSON, art.PARAMS_JSON):
+                 art.METRICS_JSON, art.SPLIT_JSON, art.PARAMS_JSON, art.RELIABILITY_PNG):
         assert (run_dir / name).is_file(), name
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
-    for png in (art.HISTORY_PNG, art.CONFUSION_PNG):
+    for png in (art.HISTORY_PNG, art.CONFUSION_PNG, art.RELIABILITY_PNG):
         with Image.open(run_dir / png) as im:
             im.load()
             assert im.size[0] > 200 and im.size[1] > 200
@@ -173,6 +173,18 @@ def test_trainer_process_runs_to_finished_with_every_artifact(registry, store):
         line = next(ln for ln in report.splitlines() if ln.startswith(cls + " "))
         assert line.split()[-1] == str(n)
     assert final["test_macro_f1"] == pytest.approx(metrics["macro_f1"])
+    # Calibrated on validation, reported on test; the temperature and the out-of-distribution reference travel
+    # with the model, and the Predictor uses both.
+    cal = metrics["calibration"]
+    assert 0.5 <= cal["temperature"] <= 20 and cal["val"]["n"] == len(split["val"]) and cal["test"]["n"] == metrics["n"]
+    assert cal["val"]["ece_after"] <= cal["val"]["ece_before"] + 1e-6  # fitted there: never worse
+    assert meta.extra["temperature"] == pytest.approx(cal["temperature"])
+    assert meta.extra["ood"]["threshold"] == pytest.approx(metrics["ood"]["threshold"])
+    assert metrics["ood"]["threshold"] > 0
+    predictor = Predictor.from_checkpoint(run_dir / art.BEST_PT, registry)
+    assert predictor.temperature == pytest.approx(cal["temperature"]) and predictor.ood is not None
+    blank = predictor.predict(np.zeros((40, 40), np.uint8), explainer="gradcam")
+    assert blank.ood["out_of_distribution"] and blank.ood["score"] > blank.ood["threshold"]
     # Per-epoch metric rows, once each.
     rows = epoch_rows(store, run["id"])
     by_epoch = {e: {r["key"] for r in rows if r["epoch"] == e} for e in (1, 2)}
