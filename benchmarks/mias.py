@@ -88,7 +88,7 @@ def run_once(store, registry, backbone: str, seed: int, data_dir: Path, epochs: 
                                                 "intensity": intensity},
                                 data_dir=str(data_dir))
     run = store.create_run(backbone, "mias", params, name=f"mias bench {backbone} seed {seed}",
-                           data_dir=str(data_dir))
+                           data_dir=str(data_dir), modality="mammography")
     start = time.perf_counter()
     final = run_training(store, run["id"], registry=registry)
     if final["status"] != "finished":

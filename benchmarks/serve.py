@@ -87,7 +87,7 @@ def make_model(inst: Path, args) -> int:
             raise SystemExit(f"training the benchmark model failed: {done['error']}")
         print(f"trained {args.backbone} for {args.train_epochs} epochs in {time.perf_counter() - t0:.0f} s "
               f"(test macro-F1 {done.get('test_macro_f1') or 0:.2f})")
-    store.set_active_model(run["id"], by="benchmark")
+    store.set_default(run["id"], by="benchmark", reason="the model this benchmark serves")
     store.add_user("bench", "clinician", "bench-password")
     return run["id"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
@@ -19,9 +20,14 @@ from flask import Flask, current_app
 from busi_web.diagnosis.active import checkpoint_for
 from busi_web.diagnosis.batching import MicroBatcher
 from busi_web.diagnosis.cache import PredictorCache
+from busi_web.errors import UserError
+from busi_web.evaluation.acceptance import choose_images, score_model
+from busi_web.evaluation.card import write_card
 from busi_web.model.predictor import Predictor
 from busi_web.plugins import PluginRegistry
 from busi_web.store import JobStore
+from busi_web.store.acceptance import check_modality
+from busi_web.store.run_files import ACCEPTANCE_JSON, write_json
 from busi_web.training.params import prepare_run_params
 from busi_web.training.runner import JobRunner
 
@@ -51,23 +57,88 @@ class Services:
     predictors: PredictorCache
     batcher: MicroBatcher
 
-    def predictor(self, run_id: int | None = None) -> Predictor:
-        """The loaded model of run ``run_id``, or of the active model (reloaded when that changes)."""
-        return self.predictors.get(checkpoint_for(self.store, run_id))
+    def predictor(self, run_id: int | None = None, modality: str | None = None) -> Predictor:
+        """The loaded model of run ``run_id``, or of ``modality``'s default (reloaded when that changes)."""
+        return self.predictors.get(checkpoint_for(self.store, run_id, modality))
 
     def submit_run(self, backbone: str, dataset: str, *, train: Mapping[str, Any] | None = None,
                    backbone_params: Mapping[str, Any] | None = None,
                    dataset_params: Mapping[str, Any] | None = None, data_dir: str | None = None,
-                   name: str | None = None, user: str | None = None) -> dict[str, Any]:
+                   name: str | None = None, user: str | None = None, first_start: bool = False) -> dict[str, Any]:
         """Validate everything, insert a queued run and hand it to the runner. Raises on bad input, storing
-        nothing (see :func:`~busi_web.training.params.prepare_run_params`)."""
+        nothing (see :func:`~busi_web.training.params.prepare_run_params`).
+
+        ``first_start``: the demo run of a new instance, which becomes its modality's default when it finishes
+        and there is none (the one run that may; it is labelled a demo wherever it shows).
+        """
         params = prepare_run_params(self.registry, backbone, dataset, train=train or {},
                                     backbone_params=backbone_params or {}, dataset_params=dataset_params or {},
                                     data_dir=data_dir)
-        run = self.store.create_run(backbone, dataset, params, name=name, data_dir=data_dir, created_by=user)
+        if first_start:
+            params["first_start"] = True
+        modality = self.registry.dataset(dataset).modality
+        run = self.store.create_run(backbone, dataset, params, name=name, data_dir=data_dir, created_by=user,
+                                    modality=modality)
         self.store.audit("run.start", user=user, run_id=run["id"], backbone=backbone, dataset=dataset)
         self.runner.submit(run["id"])
         return run
+
+    # -- which model answers: defaults and the acceptance gate (web and command line alike) ---------------------
+    def set_default(self, run_id: int, *, by: str | None, reason: str | None, modality: str | None = None
+                    ) -> dict[str, Any]:
+        """Make run ``run_id`` the default of its modality (``modality``, when given, must be it); the gate
+        applies (409 listing the failures). The model cards of the new and the previous default follow."""
+        run = self.store.get_run(run_id)
+        own = run.get("modality") or "ultrasound"
+        if modality is not None and modality != own:
+            raise UserError(f"run {run_id} is a {own} model; it cannot answer for {modality}", 409,
+                            {"run_id": f"not a {modality} model"})
+        previous = self.store.default_model(own)
+        default = self.store.set_default(run_id, by=by, reason=reason)
+        write_card(self.store, self.registry, run_id)
+        if previous is not None and previous["run_id"] != run_id:
+            write_card(self.store, self.registry, previous["run_id"])
+        return default
+
+    def clear_default(self, modality: str, *, by: str | None, reason: str | None) -> None:
+        """Clear ``modality``'s default (with a reason); its model card follows."""
+        previous = self.store.default_model(check_modality(modality))
+        self.store.clear_default(modality, by=by, reason=reason)
+        if previous is not None:
+            write_card(self.store, self.registry, previous["run_id"])
+
+    def define_acceptance(self, modality: str, *, source: str, dataset: str, data_dir: str | None,
+                          dataset_params: Mapping[str, Any] | None = None, share: float | None = None, seed: int = 0,
+                          name: str | None = None, by: str | None) -> dict[str, Any]:
+        """Record ``modality``'s acceptance set, chosen by :func:`~busi_web.evaluation.acceptance.choose_images`
+        (the row without its items, plus ``images``, the count)."""
+        check_modality(modality)
+        values = self.registry.dataset(dataset).validate(dict(dataset_params or {}))
+        items, found = choose_images(self.registry, dataset, data_dir, source=source, dataset_params=values,
+                                     share=share, seed=seed)
+        if found != modality:
+            raise UserError(f"dataset {dataset!r} holds {found} images; the acceptance set is for {modality}", 400,
+                            {"dataset": f"not a {modality} dataset"})
+        row = self.store.add_acceptance_set(modality, items=items, dataset=dataset, source=source, by=by, name=name,
+                                            dataset_params=values, data_dir=data_dir, share=share, seed=seed)
+        row.pop("items")
+        return {**row, "images": len(items)}
+
+    def score_acceptance(self, run_id: int, *, by: str | None) -> dict[str, Any]:
+        """Score run ``run_id``'s model on its modality's acceptance set and keep the result (409 when the
+        modality has no set). Returns ``{"run_id", "set_id", "metrics", "gate_failures"}``."""
+        run = self.store.get_run(run_id)
+        modality = run.get("modality") or "ultrasound"
+        accepted = self.store.acceptance_set(modality)
+        if accepted is None:
+            raise UserError(f"{modality} has no acceptance set yet; define one on the Models page (or `busi-web "
+                            "models acceptance`)", 409)
+        metrics = score_model(self.predictor(run_id), self.registry, accepted)
+        self.store.record_acceptance(run_id, accepted["id"], metrics, by=by)
+        write_json(Path(run["run_dir"]) / ACCEPTANCE_JSON, {"set_id": accepted["id"], **metrics})
+        write_card(self.store, self.registry, run_id)
+        return {"run_id": run_id, "set_id": accepted["id"], "metrics": metrics,
+                "gate_failures": self.store.gate_failures(run_id, modality)}
 
 
 def make_services(config: Mapping[str, Any], registry: PluginRegistry) -> Services:
@@ -89,11 +160,11 @@ def start_services(app: Flask) -> None:
     previous server, start the first-start demo run when there is no model yet, and start the job runner."""
     services = services_of(app)
     services.runner.recover()
-    if app.config["AUTO_FIRST_RUN"] and services.store.active_model() is None \
+    if app.config["AUTO_FIRST_RUN"] and not services.store.list_defaults() \
             and not services.store.list_runs(limit=1):
         spec = dict(FIRST_RUN)
         try:
-            run = services.submit_run(spec.pop("backbone"), spec.pop("dataset"), **spec)
+            run = services.submit_run(spec.pop("backbone"), spec.pop("dataset"), first_start=True, **spec)
             log.info("no model yet: started first-start run %s on the phantom dataset", run["id"])
         except Exception:
             log.exception("could not start the first-start run")

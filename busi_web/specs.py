@@ -10,6 +10,7 @@ and the CLI validate raw input (strings from a form, JSON values, CLI
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -262,8 +263,12 @@ class DatasetSpec(Spec):
 
     ``factory(root=..., **params)`` returns a :class:`busi_web.data.datasets.ImageDataset`.
     ``root`` is the data folder (``None`` for generated datasets when
-    ``needs_data_dir`` is false). ``modality`` is ``"ultrasound"`` or
-    ``"mammography"``; the Diagnose page adapts to it.
+    ``needs_data_dir`` is false). ``modality`` names the imaging modality
+    (lower case; ``"ultrasound"`` and ``"mammography"`` are built in, any other
+    name makes a new one): each modality has its own default model, acceptance
+    set and floors, and the Diagnose page adapts to it. ``synthetic`` says the
+    images are generated, not scans: a model trained on them is labelled a demo
+    wherever it appears.
 
     ``recommended`` is the recipe the Train page fills in when this dataset is
     chosen: ``{"backbone": NAME, "backbone_params": {...}, "train": {...},
@@ -281,13 +286,19 @@ class DatasetSpec(Spec):
 
     needs_data_dir: bool = True
     modality: str = "ultrasound"
+    synthetic: bool = False
     # A dict is unhashable: keep it out of the generated __hash__/__eq__.
     recommended: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
     roi_crop: Callable[..., Any] | None = field(default=None, hash=False, compare=False)
     kind: str = field(default="dataset", init=False)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.modality, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,39}", self.modality):
+            raise ValueError(f"dataset {self.name!r}: modality must be a lower-case name such as 'ultrasound', got "
+                             f"{self.modality!r}")
+
     def to_dict(self) -> dict[str, Any]:
         rec = None if self.recommended is None else {k: (dict(v) if isinstance(v, Mapping) else v)
                                                      for k, v in self.recommended.items()}
         return {**super().to_dict(), "needs_data_dir": self.needs_data_dir, "modality": self.modality,
-                "recommended": rec, "roi": self.roi_crop is not None}
+                "synthetic": self.synthetic, "recommended": rec, "roi": self.roi_crop is not None}

@@ -286,5 +286,6 @@ def register_datasets() -> list[DatasetSpec]:
             ),
             needs_data_dir=False,
             modality="ultrasound",
+            synthetic=True,
         )
     ]

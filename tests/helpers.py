@@ -135,7 +135,7 @@ def finished_run(store, *, dataset: str = "phantom", width: int = 8, seed: int =
     store.add_metrics(run["id"], [{"epoch": 1, "key": "train_loss", "value": 1.0 - i / 10} for i in range(5)])
     run = store.transition(run["id"], "finished", test_macro_f1=0.5, epochs_done=1)
     if promote:
-        store.set_active_model(run["id"], by="test")
+        store.set_default(run["id"], by="test", reason="a test model")
     return run
 
 

@@ -11,12 +11,16 @@ from flask.cli import with_appcontext
 
 from busi_web.cli.common import RUN_ID, parse_params, services, user_errors
 from busi_web.data.datasets import read_image
+from busi_web.diagnosis.active import serving_run
 from busi_web.errors import UserError
+from busi_web.evaluation.card import NOTICE, build_card, provenance
+from busi_web.store.acceptance import check_modality
 
 
 @click.command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--run", "run_id", type=RUN_ID, help="Use this run's best model (default: the active model).")
+@click.option("--run", "run_id", type=RUN_ID, help="Use this run's best model (default: the modality's default).")
+@click.option("--modality", help="Whose default model answers (default: ultrasound, or the only modality with one).")
 @click.option("--explainer", default="gradcam", show_default=True, help="An explainer (`busi-web plugins` lists them).")
 @click.option("--explainer-param", "explainer_params", multiple=True, metavar="KEY=VALUE",
               help="A parameter of the explainer, e.g. batch_size=8 for scorecam. Repeatable.")
@@ -25,12 +29,14 @@ from busi_web.errors import UserError
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_appcontext
 @user_errors
-def predict_command(images: tuple[str, ...], run_id: int | None, explainer: str,
+def predict_command(images: tuple[str, ...], run_id: int | None, modality: str | None, explainer: str,
                     explainer_params: tuple[str, ...], out_dir: str, alpha: float, as_json: bool) -> None:
-    """Classify IMAGES with a heatmap: probabilities on stdout, overlays in --out."""
+    """Classify IMAGES with a heatmap: probabilities on stdout, overlays in --out, and which model answered."""
     svc = services()
     params = svc.registry.explainer(explainer).validate(parse_params(explainer_params, "--explainer-param"))
-    predictor = svc.predictor(run_id)
+    served = serving_run(svc.store, run_id, check_modality(modality) if modality else None)
+    predictor = svc.predictor(served)
+    model = provenance(build_card(svc.store, svc.registry, served))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -45,8 +51,10 @@ def predict_command(images: tuple[str, ...], run_id: int | None, explainer: str,
         results.append({"image": image_path, "label": pred.label, "probabilities": pred.probabilities,
                         "overlay": str(overlay_path), "caution": pred.caution, "ood": pred.ood})
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(json.dumps({"model": model, "notice": NOTICE, "results": results}, indent=2))
     else:
+        demo = " [DEMO: trained on synthetic images]" if model["demo"] else ""
+        click.echo(f"model: run {model['run_id']} ({model['name']}), {model['modality']}{demo}")
         for r in results:
             probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
             click.echo(f"{r['image']}: {r['label']}  ({probs})  -> {r['overlay']}")
@@ -55,6 +63,7 @@ def predict_command(images: tuple[str, ...], run_id: int | None, explainer: str,
                            f"threshold {r['ood']['threshold']:.2f}); do not rely on this result")
             if r["caution"]:
                 click.echo(f"  caution: {r['caution']}")
+        click.echo(NOTICE)
 
 
 @click.command("evaluate")

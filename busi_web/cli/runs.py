@@ -1,4 +1,4 @@
-"""Command line for runs: ``train``, ``runs``, ``runs show``, ``resume``, ``cancel`` and ``promote``."""
+"""Command line for runs: ``train``, ``runs``, ``runs show``, ``resume`` and ``cancel``."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def train_command(backbone: str, dataset: str, data_dir: str | None, epochs: int
     root = resolve_data_dir(dataset, data_dir)
     run_params = prepare_run_params(svc.registry, backbone, dataset, train=train, backbone_params=bb,
                                     dataset_params=ds, data_dir=root)
-    run = svc.store.create_run(backbone, dataset, run_params, name=name, data_dir=root, created_by="cli")
+    run = svc.store.create_run(backbone, dataset, run_params, name=name, data_dir=root, created_by="cli",
+                               modality=svc.registry.dataset(dataset).modality)
     click.echo(f"run {run['id']}: {run['run_dir']}")
     _train_in_foreground(run["id"])
 
@@ -172,16 +173,6 @@ def runs_show(run_id: int, as_json: bool) -> None:
     click.echo(f"{'artifacts':>16}: {', '.join(run['artifacts'])}")
 
 
-@click.command("promote")
-@click.argument("run_id", type=RUN_ID)
-@with_appcontext
-@user_errors
-def promote_command(run_id: int) -> None:
-    """Make a finished run's model the active one for its dataset."""
-    services().store.set_active_model(run_id, by="cli")
-    click.echo(f"run {run_id} is now the active model")
-
-
 @click.command("resume")
 @click.argument("run_id", type=RUN_ID)
 @with_appcontext
@@ -217,4 +208,4 @@ def cancel_command(run_id: int) -> None:
         raise click.ClickException(f"run {run_id} is still {run['status']}; try again or stop pid {run.get('pid')}")
 
 
-COMMANDS = [train_command, runs_group, resume_command, cancel_command, promote_command]
+COMMANDS = [train_command, runs_group, resume_command, cancel_command]

@@ -18,7 +18,7 @@ run as ``split.json`` (sample keys, not indices, so it survives re-scans).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,7 @@ class Split:
     val_frac: float = 0.15
     test_frac: float = 0.15
     threshold: int = DEFAULT_THRESHOLD
+    excluded: list[int] = field(default_factory=list)  # left out of every part (an acceptance set's images)
 
     def part(self, name: str) -> list[int]:
         if name not in PARTS:
@@ -177,6 +178,7 @@ class Split:
             "threshold": self.threshold,
             **{name: [self.keys[i] for i in self.part(name)] for name in PARTS},
             "groups": [[self.keys[i] for i in g] for g in self.groups],
+            "excluded": [self.keys[i] for i in self.excluded],
         }
 
     def to_json(self) -> str:
@@ -205,7 +207,8 @@ class Split:
         return cls(**parts, keys=keys,
                    groups=[[where[k] for k in g if k in where] for g in doc.get("groups", [])],
                    seed=doc.get("seed", 0), val_frac=doc.get("val_frac", 0.15), test_frac=doc.get("test_frac", 0.15),
-                   threshold=doc.get("threshold", DEFAULT_THRESHOLD))
+                   threshold=doc.get("threshold", DEFAULT_THRESHOLD),
+                   excluded=[where[k] for k in doc.get("excluded", []) if k in where])
 
     @classmethod
     def load(cls, path: str | Path, dataset: ImageDataset) -> Split:
@@ -213,12 +216,16 @@ class Split:
 
 
 def split_dataset(dataset: ImageDataset, val_frac: float = 0.15, test_frac: float = 0.15, seed: int = 0,
-                  threshold: int = DEFAULT_THRESHOLD) -> Split:
+                  threshold: int = DEFAULT_THRESHOLD, exclude: Collection[int] = (),
+                  hashes: Sequence[int | None] | None = None) -> Split:
     """Stratified, group-aware split of ``dataset`` (see the module docstring).
 
     Each group goes to one part; a group is counted under its most common
     class (ties: the lowest label). Every class with at least three groups
     has at least one group in each part whose fraction is above zero.
+    A group with a member in ``exclude`` is left out whole (``Split.excluded``):
+    a near-duplicate of a left-out image must not stay behind. ``hashes``: the
+    samples' perceptual hashes when the caller has them already.
     Raises :class:`DatasetError` for an unreadable image, ``ValueError`` for bad fractions.
     """
     for name, frac in (("val_frac", val_frac), ("test_frac", test_frac)):
@@ -231,8 +238,14 @@ def split_dataset(dataset: ImageDataset, val_frac: float = 0.15, test_frac: floa
         raise ValueError(f"threshold must be >= 0, got {threshold}")
     n = len(dataset)
     # Generated datasets declare that they hold no duplicates: skip decoding every image.
-    hashes = image_hashes(dataset) if getattr(dataset, "has_duplicates", True) else None
+    if hashes is None and getattr(dataset, "has_duplicates", True):
+        hashes = image_hashes(dataset)
+    elif not getattr(dataset, "has_duplicates", True):
+        hashes = None
     groups = group_indices(n, hashes, threshold, [s.group for s in dataset.samples])
+    left_out = set(exclude)
+    excluded = sorted(i for g in groups if left_out.intersection(g) for i in g)
+    groups = [g for g in groups if not left_out.intersection(g)]
     labels = dataset.labels
     fracs = (1 - val_frac - test_frac, val_frac, test_frac)
     rng = np.random.default_rng(seed)
@@ -263,4 +276,4 @@ def split_dataset(dataset: ImageDataset, val_frac: float = 0.15, test_frac: floa
             got[p] += len(g)
     multi = [g for g in groups if len(g) > 1]
     return Split(*(sorted(p) for p in parts), keys=[s.key for s in dataset.samples], groups=multi, seed=seed,
-                 val_frac=val_frac, test_frac=test_frac, threshold=threshold)
+                 val_frac=val_frac, test_frac=test_frac, threshold=threshold, excluded=excluded)

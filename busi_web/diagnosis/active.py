@@ -1,4 +1,4 @@
-"""Which checkpoint serves predictions: the active model in the store, or a chosen run's best model.
+"""Which checkpoint serves predictions: the default model of a modality, or a chosen run's best model.
 
 The store is asked on every request, and the model cache
 (:class:`~busi_web.diagnosis.cache.PredictorCache`) reloads when the answer
@@ -21,19 +21,40 @@ class NoModel(UserError, LookupError):
     status = 409
 
 
-def checkpoint_for(store: JobStore, run_id: int | None = None, dataset: str | None = None) -> str:
-    """The checkpoint of run ``run_id``, or of the active model; raises :class:`NoModel` with the fix."""
+def serving_modality(store: JobStore, modality: str | None, preferred: str = "ultrasound") -> str:
+    """The modality a request is served for: the one asked for, else ``preferred`` when it has a default,
+    else the only modality that has one. Raises :class:`NoModel` with the fix when that cannot be decided."""
+    if modality:
+        return modality
+    defaults = store.list_defaults()
+    names = [d["modality"] for d in defaults]
+    if preferred in names or not names:
+        return preferred
+    if len(names) == 1:
+        return names[0]
+    raise NoModel(f"several modalities have a default model ({', '.join(names)}); say which one (modality)")
+
+
+def serving_run(store: JobStore, run_id: int | None = None, modality: str | None = None) -> int:
+    """The run whose model answers: ``run_id`` when chosen, else ``modality``'s default. Raises
+    :class:`NoModel` with the fix when there is none."""
     if run_id is not None:
-        run = store.get_run(run_id)
-        path = Path(run["run_dir"]) / BEST_PT
-        if not path.exists():
-            raise NoModel(f"run {run_id} ({run['status']}) has no {BEST_PT}; pick a finished run")
-        return str(path)
-    active = store.active_model(dataset)
-    if active is None:
-        raise NoModel("there is no active model yet: train one (Train page or `busi-web train`) or promote a "
-                      "finished run")
-    path = Path(active.get("checkpoint") or Path(store.get_run(active["run_id"])["run_dir"]) / BEST_PT)
+        return int(store.get_run(run_id)["id"])
+    modality = serving_modality(store, modality)
+    default = store.default_model(modality)
+    if default is None:
+        raise NoModel(f"there is no default {modality} model yet: an admin sets one on the Models page (or "
+                      "`busi-web models set-default`), after training one (Train page or `busi-web train`)")
+    return int(default["run_id"])
+
+
+def checkpoint_for(store: JobStore, run_id: int | None = None, modality: str | None = None) -> str:
+    """The checkpoint of run ``run_id``, or of ``modality``'s default; raises :class:`NoModel` with the fix."""
+    chosen = run_id is not None
+    run = store.get_run(serving_run(store, run_id, modality))
+    path = Path(run["run_dir"]) / BEST_PT
     if not path.exists():
-        raise NoModel(f"the active model's checkpoint {path} is missing; promote another run")
+        if chosen:
+            raise NoModel(f"run {run_id} ({run['status']}) has no {BEST_PT}; pick a finished run")
+        raise NoModel(f"the default {run.get('modality')} model's checkpoint {path} is missing; set another default")
     return str(path)

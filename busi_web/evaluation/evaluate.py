@@ -71,7 +71,7 @@ def _load_predictor(run_dir: Path, registry: PluginRegistry, device: str) -> Pre
         raise EvaluationError(f"cannot load the model: {exc}") from None
 
 
-def _build_dataset(registry: PluginRegistry, dataset: str, data_dir: str | Path | None,
+def build_dataset(registry: PluginRegistry, dataset: str, data_dir: str | Path | None,
                    params: dict[str, Any] | None) -> ImageDataset:
     try:
         spec = registry.dataset(dataset)
@@ -83,7 +83,7 @@ def _build_dataset(registry: PluginRegistry, dataset: str, data_dir: str | Path 
     return ds
 
 
-def _label_map(ds: ImageDataset, classes: Sequence[str]) -> list[int]:
+def label_map(ds: ImageDataset, classes: Sequence[str]) -> list[int]:
     """The model's class index of each dataset class; refuses classes the model does not know."""
     unknown = [c for c in ds.classes if c not in classes]
     if unknown:
@@ -151,8 +151,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
     dataset = dataset or meta.dataset or ""
     if dataset_params is None and dataset == meta.dataset:
         dataset_params = predictor.dataset_params
-    ds = _build_dataset(registry, dataset, data_dir, dataset_params)
-    to_model = _label_map(ds, meta.classes)
+    ds = build_dataset(registry, dataset, data_dir, dataset_params)
+    to_model = label_map(ds, meta.classes)
     indices = _indices(ds, run_dir, part)
     if not indices:
         raise EvaluationError("no images to evaluate")

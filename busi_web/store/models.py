@@ -1,59 +1,134 @@
-"""Active models: which finished run's checkpoint serves each dataset, and promotion (atomic)."""
+"""Which model answers: the default model of each modality, set or cleared by an admin with a reason, and
+promotion through the acceptance gate.
+
+A training run never makes itself a default. The only automatic path is
+:meth:`ModelsMixin.auto_promote`, and only for a modality whose admin switched
+auto-promotion on: the run must then pass the gate (every floor, on the
+modality's acceptance set) and beat the current default on that same set.
+Every change writes an audit row with the reason.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from busi_web.errors import UserError
+from busi_web.store.acceptance import AcceptanceMixin
 from busi_web.store.db import utc_now
 from busi_web.store.run_files import BEST_PT
 from busi_web.store.runs import IllegalTransition, RunsMixin
 
 
-class ModelsMixin(RunsMixin):
-    """Setting, reading and promoting active models."""
+class GateRefused(UserError):
+    """A model does not pass its modality's acceptance gate (409); the message lists what fails."""
 
-    def set_active_model(self, run_id: int, dataset: str | None = None, by: str | None = None) -> dict[str, Any]:
-        """Make a finished run's best checkpoint the active model of its dataset (what the Predictor serves)."""
+    status = 409
+
+
+def _reason(reason: str | None) -> str:
+    text = (reason or "").strip()
+    if not text:
+        raise UserError("give a reason for changing a default model (it is kept in the audit log)", 400,
+                        {"reason": "required"})
+    if len(text) > 500:
+        raise UserError("the reason is longer than 500 characters; shorten it", 400, {"reason": "too long"})
+    return text
+
+
+class ModelsMixin(AcceptanceMixin, RunsMixin):
+    """Default models per modality, and promotion."""
+
+    def set_default(self, run_id: int, *, by: str | None, reason: str | None, gate: bool = True
+                    ) -> dict[str, Any]:
+        """Make a finished run's model the default of its modality (what Diagnose serves for that modality).
+
+        With ``gate`` (always, except the first-start demo) the run must pass the modality's floors on its
+        acceptance set: :class:`GateRefused` (409) lists the failures otherwise.
+        """
+        why = _reason(reason)
         with self.transaction():
             run = self.get_run(run_id)
             if run["status"] != "finished":
-                raise IllegalTransition(f"run {run_id} is {run['status']}; only a finished run can be promoted")
-            checkpoint = Path(run["run_dir"]) / BEST_PT
-            if not checkpoint.exists():
-                raise IllegalTransition(f"run {run_id} has no checkpoint at {checkpoint}; it cannot be promoted")
-            dataset = dataset or run["dataset"]
-            # Replace (delete + insert), not upsert: the new row gets the highest rowid, which breaks the tie when
-            # two datasets' models are activated within the same second (active_model() with no dataset).
-            self.db["models"].insert({"dataset": dataset, "run_id": int(run_id), "checkpoint": str(checkpoint),
-                                      "activated_at": utc_now(), "activated_by": by}, pk="dataset", replace=True)
-            self.audit("model.promote", user=by, run_id=int(run_id), dataset=dataset)
-        return self.active_model(dataset)
+                raise IllegalTransition(f"run {run_id} is {run['status']}; only a finished run can be a default")
+            if not (Path(run["run_dir"]) / BEST_PT).exists():
+                raise IllegalTransition(f"run {run_id} has no {BEST_PT}; it cannot be a default")
+            modality = run.get("modality") or "ultrasound"
+            if gate:
+                failures = self.gate_failures(int(run_id), modality)
+                if failures:
+                    raise GateRefused(f"run {run_id} does not pass the {modality} acceptance gate: "
+                                      + "; ".join(failures))
+            previous = self.default_model(modality)
+            self.db["defaults"].insert({"modality": modality, "run_id": int(run_id), "set_at": utc_now(),
+                                        "set_by": by, "reason": why}, pk="modality", replace=True)
+            self.audit("model.default.set", user=by, run_id=int(run_id), modality=modality, reason=why,
+                       previous_run_id=None if previous is None else previous["run_id"])
+        result = self.default_model(modality)
+        assert result is not None
+        return result
 
-    def promote_if_better(self, run_id: int, by: str = "auto") -> bool:
-        """Promote a finished run when its test macro-F1 beats the active model of its dataset (or there is none).
+    def clear_default(self, modality: str, *, by: str | None, reason: str | None) -> None:
+        """Remove the default of ``modality``: Diagnose then refuses that modality until a new one is set."""
+        why = _reason(reason)
+        with self.transaction():
+            previous = self.default_model(modality)
+            if previous is None:
+                raise UserError(f"{modality} has no default model to clear", 404, {"modality": "no default"})
+            self.db["defaults"].delete(modality)
+            self.audit("model.default.clear", user=by, run_id=previous["run_id"], modality=modality, reason=why)
+
+    def default_model(self, modality: str) -> dict[str, Any] | None:
+        """The default of ``modality`` (``modality``, ``run_id``, ``checkpoint``, ``set_at``, ``set_by``,
+        ``reason``), or ``None``."""
+        rows = self._rows("SELECT d.*, r.run_dir FROM defaults d JOIN runs r ON r.id = d.run_id "
+                          "WHERE d.modality = ?", [modality])
+        return self._default_row(rows[0]) if rows else None
+
+    def list_defaults(self) -> list[dict[str, Any]]:
+        """Every modality's default, by modality."""
+        rows = self._rows("SELECT d.*, r.run_dir FROM defaults d JOIN runs r ON r.id = d.run_id "
+                          "ORDER BY d.modality", [])
+        return [self._default_row(r) for r in rows]
+
+    def default_ids(self) -> dict[int, str]:
+        """Run id -> the modality it is the default of."""
+        return {d["run_id"]: d["modality"] for d in self.list_defaults()}
+
+    @staticmethod
+    def _default_row(row: Any) -> dict[str, Any]:
+        out = dict(row)
+        out["checkpoint"] = str(Path(out.pop("run_dir") or "") / BEST_PT)
+        return out
+
+    def auto_promote(self, run_id: int, by: str = "auto") -> tuple[bool, str]:
+        """Promote a finished run when its modality allows auto-promotion, it passes the gate, and it beats the
+        current default's macro-F1 on the same acceptance set. Returns ``(promoted, why)``.
 
         Read and write happen in one immediate transaction, so two trainers finishing at once cannot both win.
         """
         with self.transaction():
             run = self.get_run(run_id)
-            mine = run.get("test_macro_f1")
-            active = self.active_model(run["dataset"])
-            if mine is None or (active is not None and active["run_id"] == int(run_id)):
-                return False
-            theirs = None if active is None else self.get_run(active["run_id"]).get("test_macro_f1")
-            if theirs is not None and mine <= theirs:
-                return False
-            self.set_active_model(run_id, by=by)
-            return True
-
-    def active_model(self, dataset: str | None = None) -> dict[str, Any] | None:
-        """The active model of ``dataset``, or the most recently activated one when no dataset is given."""
-        if dataset is None:
-            rows = self._rows("SELECT * FROM models ORDER BY activated_at DESC, rowid DESC LIMIT 1", [])
-        else:
-            rows = self._rows("SELECT * FROM models WHERE dataset = ?", [dataset])
-        return dict(rows[0]) if rows else None
-
-    def list_models(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._rows("SELECT * FROM models ORDER BY dataset", [])]
+            modality = run.get("modality") or "ultrasound"
+            settings = self.modality_settings(modality)
+            if not settings["auto_promote"]:
+                return False, f"auto-promotion is off for {modality}; an admin sets defaults on the Models page"
+            if not settings["floors"]:
+                return False, f"auto-promotion needs floors for {modality}; none are set"
+            failures = self.gate_failures(int(run_id), modality)
+            if failures:
+                return False, "it does not pass the gate: " + "; ".join(failures)
+            accepted = self.acceptance_set(modality)
+            assert accepted is not None  # gate_failures says so otherwise
+            mine = self.acceptance_result(int(run_id), accepted["id"])
+            current = self.default_model(modality)
+            if current is not None and current["run_id"] == int(run_id):
+                return False, "it is the default already"
+            theirs = None if current is None else self.acceptance_result(current["run_id"], accepted["id"])
+            score = mine["metrics"]["macro_f1"] if mine else None
+            if theirs is not None and score is not None and score <= theirs["metrics"]["macro_f1"]:
+                return False, (f"its acceptance macro-F1 {score:.4f} does not beat the default's "
+                               f"{theirs['metrics']['macro_f1']:.4f} (run {current['run_id']})")
+            self.set_default(run_id, by=by, reason=f"auto-promotion: passed the {modality} gate with acceptance "
+                                                   f"macro-F1 {score:.4f}")
+            return True, f"passed the gate with acceptance macro-F1 {score:.4f}"

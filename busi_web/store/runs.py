@@ -59,14 +59,19 @@ class RunsMixin(AuditMixin):
     """Creating, reading and moving runs through their states."""
 
     def create_run(self, backbone: str, dataset: str, params: dict[str, Any], *, name: str | None = None,
-                   data_dir: str | None = None, created_by: str | None = None) -> dict[str, Any]:
-        """Insert a queued run and create its artifact folder ``runs/<YYYY-MM-DD_HH-MM-SS>_<id>/``."""
+                   data_dir: str | None = None, created_by: str | None = None,
+                   modality: str = "ultrasound") -> dict[str, Any]:
+        """Insert a queued run and create its artifact folder ``runs/<YYYY-MM-DD_HH-MM-SS>_<id>/``.
+
+        ``modality`` is the dataset's (its plugin declares it): the model can only serve that modality.
+        """
         now = utc_now()
         with self.transaction() as db:
             run_id = db["runs"].insert({
                 "name": name or f"{backbone} on {dataset}", "status": "queued", "backbone": backbone,
                 "dataset": dataset, "data_dir": data_dir, "params": json.dumps(params, sort_keys=True),
                 "created_at": now, "created_by": created_by, "cancel_requested": 0, "epochs_done": 0,
+                "modality": modality,
             }).last_pk
             stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
             run_dir = self.runs_dir / f"{stamp}_{run_id}"

@@ -36,3 +36,30 @@ def m001_initial(db: Database) -> None:
     db["api_tokens"].create_index(["token_hash"], unique=True)
     db["audit"].create({"id": int, "time": str, "user": str, "action": str, "run_id": int, "detail": str}, pk="id")
     db["audit"].create_index(["action"])
+
+
+@MIGRATIONS()
+def m002_modalities_defaults_acceptance(db: Database) -> None:
+    """Defaults per modality (an admin's decision, with its reason) instead of an active model per dataset;
+    per-modality settings (auto-promotion, floors); acceptance sets and the results of models on them."""
+    db["runs"].add_column("modality", str)
+    # Runs before this migration: the one built-in mammography dataset is mias; everything else is ultrasound.
+    db.execute("UPDATE runs SET modality = CASE WHEN dataset = 'mias' THEN 'mammography' ELSE 'ultrasound' END")
+    db["defaults"].create({"modality": str, "run_id": int, "set_at": str, "set_by": str, "reason": str},
+                          pk="modality", foreign_keys=[("run_id", "runs", "id")])
+    carried = db.execute("SELECT m.run_id, m.activated_at, m.activated_by, r.modality FROM models m "
+                         "JOIN runs r ON r.id = m.run_id ORDER BY m.activated_at, m.rowid").fetchall()
+    for run_id, at, by, modality in carried:  # the latest activation of each modality wins
+        db["defaults"].insert({"modality": modality, "run_id": run_id, "set_at": at, "set_by": by,
+                               "reason": "carried over from the active model of its dataset"}, replace=True)
+    db["models"].drop()
+    db["modality_settings"].create({"modality": str, "auto_promote": int, "floors": str, "updated_at": str,
+                                    "updated_by": str}, pk="modality")
+    db["acceptance_sets"].create({
+        "id": int, "modality": str, "name": str, "source": str, "dataset": str, "dataset_params": str,
+        "data_dir": str, "share": float, "seed": int, "items": str, "created_at": str, "created_by": str,
+    }, pk="id", not_null={"modality", "source", "dataset", "items"})
+    db["acceptance_sets"].create_index(["modality"])
+    db["acceptance_results"].create({"run_id": int, "set_id": int, "metrics": str, "evaluated_at": str,
+                                     "evaluated_by": str}, pk=("run_id", "set_id"),
+                                    foreign_keys=[("run_id", "runs", "id"), ("set_id", "acceptance_sets", "id")])

@@ -13,15 +13,19 @@ import numpy as np
 import torch
 
 from busi_web.data.datasets import DatasetError
+from busi_web.data.fingerprints import data_hash, overlap
 from busi_web.data.preprocess import PreprocessConfig, eval_transform, train_transform
 from busi_web.data.splits import Split, split_dataset
+from busi_web.evaluation.acceptance import score_model
+from busi_web.evaluation.card import write_card
 from busi_web.evaluation.metrics import classification_metrics, classification_report_text
 from busi_web.evaluation.plots import confusion_plot_png, history_plot_png, reliability_plot_png
 from busi_web.explain.base import default_target_layer, resolve_layer
 from busi_web.model.calibration import calibration_summary, fit_temperature
 from busi_web.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
-from busi_web.model.device import resolve_device
+from busi_web.model.device import hardware, resolve_device
 from busi_web.model.ood import OodReference, loader_features
+from busi_web.model.predictor import Predictor
 from busi_web.plugins import PluginRegistry
 from busi_web.store import run_files as art
 from busi_web.training.aids import LesionGuide
@@ -37,6 +41,9 @@ from busi_web.training.feeding import (
 from busi_web.training.loop import Engine, TrainingDiverged, build_optimizer, build_scheduler
 from busi_web.training.params import lesion_layer_names, validate_train_params
 from busi_web.training.resume import epoch_seed, load_state, rng_state, save_state, seed_everything, set_rng_state
+
+FIRST_START_REASON = ("first-start demo, trained on synthetic phantoms so that a new instance can be tried; "
+                      "not for clinical use: replace it with a model trained and accepted on real images")
 
 
 class StopRequested(Exception):
@@ -69,6 +76,7 @@ class TrainingRun:
         self.best_epoch = 0
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
+        self.left_out: dict[str, Any] | None = None  # what the acceptance set took out of this run's data
         self._stop = False
 
     # -- stopping ------------------------------------------------------------
@@ -114,6 +122,7 @@ class TrainingRun:
                                                                          "dataset": ds_params},
             "classes": self.classes, "modality": self.modality, "preprocess": self.cfg.to_dict(),
             "device": self.device_name, "workers": workers, "counts": self.split.counts(ds),
+            "acceptance_left_out": self.left_out, "data_hash": data_hash(ds, ds_params), "hardware": hardware(device),
             "versions": {"torch": torch.__version__,
                          "backbone_plugin": registry.version_of("backbones", self.run["backbone"])},
         })
@@ -178,7 +187,13 @@ class TrainingRun:
             self.log("reusing the saved split.json")
             split = Split.load(path, ds)
         else:
-            split = split_dataset(ds, p["val_frac"], p["test_frac"], p["seed"])
+            exclude, hashes = self._acceptance_overlap(ds)
+            split = split_dataset(ds, p["val_frac"], p["test_frac"], p["seed"], exclude=exclude, hashes=hashes)
+            if self.left_out is not None:
+                self.left_out["images"] = len(split.excluded)
+                self.log(f"left out {len(split.excluded)} images: copies of the {self.modality} acceptance set "
+                         f"{self.left_out['set_id']} ({self.left_out['identical']} identical, "
+                         f"{self.left_out['near_duplicates']} near-duplicates, the rest their duplicate groups)")
         for part in ("train", "val", "test"):
             if not split.part(part):
                 raise DatasetError(f"the {part} part of the split is empty: {len(ds)} images are too few; add "
@@ -189,6 +204,16 @@ class TrainingRun:
         if not path.exists():
             art.write_atomic(path, split.to_json())
         return split
+
+    def _acceptance_overlap(self, ds: Any) -> tuple[list[int], list[int] | None]:
+        """The images of ``ds`` that the modality's acceptance set claims (none when it has no set)."""
+        accepted = self.store.acceptance_set(self.modality)
+        if accepted is None:
+            return [], None
+        found = overlap(ds, accepted["items"])
+        self.left_out = {"set_id": accepted["id"], "identical": len(found.exact),
+                         "near_duplicates": len(found.near)}
+        return found.indices, found.phashes
 
     def _resume(self) -> None:
         path = self.dir / art.LAST_PT
@@ -359,7 +384,8 @@ class TrainingRun:
         art.write_json(self.dir / art.METRICS_JSON, {
             "run_id": self.run_id, "part": "test", "loss": test_loss, **m, "best_epoch": self.best_epoch,
             "monitor": self.train["monitor"], "best_value": self.best, "epochs_done": self.epoch,
-            "counts": self.split.counts(self.dataset), "calibration": calibration, "ood": ood})
+            "counts": self.split.counts(self.dataset), "calibration": calibration, "ood": ood,
+            "validation": self._kept_validation(), "train_seconds": self._train_seconds()})
         art.write_atomic(self.dir / art.REPORT_TXT, classification_report_text(m, title))
         art.write_atomic(self.dir / art.CONFUSION_PNG, confusion_plot_png(m["confusion_matrix"], self.classes,
                                                                             "test part"))
@@ -370,6 +396,17 @@ class TrainingRun:
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
         self.log(f"test: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, AUC {auc} ({m['n']} images)")
         return {"test_macro_f1": m["macro_f1"], "test_accuracy": m["accuracy"], "error": None}
+
+    def _kept_validation(self) -> dict[str, Any] | None:
+        """The validation metrics of the kept epoch (what chose it; the test part never does)."""
+        row = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+        if row is None:
+            return None
+        return {"epoch": self.best_epoch, "accuracy": row.get("val_acc"), "macro_f1": row.get("val_macro_f1"),
+                "auc": row.get("val_auc"), "loss": row.get("val_loss")}
+
+    def _train_seconds(self) -> float:
+        return float(sum(h.get("epoch_time") or 0.0 for h in self.history))
 
     def _calibrate_and_reference(self, meta: CheckpointMeta, test_probs: np.ndarray, test_y: np.ndarray
                                  ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -410,12 +447,37 @@ class TrainingRun:
                  f"({100 * (ood['test_flagged_share'] or 0):.1f}% of the test part above it)")
         return calibration, ood
 
-    def promote_if_better(self) -> None:
-        """Make this run the active model of its dataset when its test macro-F1 beats the active one's (the
-        store decides, atomically); never fails a finished run over it."""
-        try:
-            if self.store.promote_if_better(self.run_id, by="auto"):
-                mine = self.store.get_run(self.run_id).get("test_macro_f1")
-                self.log(f"promoted to the active model of {self.run['dataset']!r} (test macro-F1 {mine:.4f})")
-        except Exception as exc:  # noqa: BLE001 - promotion is a bonus
-            self.log(f"could not promote the run: {type(exc).__name__}: {exc}")
+    def after_finish(self) -> None:
+        """What follows a finished run: its score on the modality's acceptance set (when one is defined), the
+        first-start demo becoming the default of an instance that has none, auto-promotion (when an admin
+        switched it on for the modality), and the model card. None of it can fail the finished run: a problem
+        is logged and the next step still runs."""
+        for step in (self._score_acceptance, self._maybe_default, self._write_card):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - the run itself is finished and stays so
+                self.log(f"after the run, {step.__name__.strip('_').replace('_', ' ')}: {type(exc).__name__}: {exc}")
+
+    def _score_acceptance(self) -> None:
+        modality = self.run.get("modality") or "ultrasound"
+        accepted = self.store.acceptance_set(modality)
+        if accepted is None:
+            return
+        predictor = Predictor.from_checkpoint(self.dir / art.BEST_PT, self.registry)
+        metrics = score_model(predictor, self.registry, accepted)
+        self.store.record_acceptance(self.run_id, accepted["id"], metrics, by="trainer")
+        art.write_json(self.dir / art.ACCEPTANCE_JSON, {"set_id": accepted["id"], **metrics})
+        self.log(f"acceptance set {accepted['id']} ({metrics['n']} {modality} images): macro-F1 "
+                 f"{metrics['macro_f1']:.4f}, accuracy {metrics['accuracy']:.4f}")
+
+    def _maybe_default(self) -> None:
+        modality = self.run.get("modality") or "ultrasound"
+        if (self.run.get("params") or {}).get("first_start") and self.store.default_model(modality) is None:
+            self.store.set_default(self.run_id, by="system", reason=FIRST_START_REASON, gate=False)
+            self.log(f"the first-start demo is the {modality} default until an admin sets another")
+            return
+        promoted, why = self.store.auto_promote(self.run_id)
+        self.log(("promoted: " if promoted else "not promoted: ") + why)
+
+    def _write_card(self) -> None:
+        write_card(self.store, self.registry, self.run_id)

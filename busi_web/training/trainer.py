@@ -73,7 +73,7 @@ def run_training(store: JobStore, run_id: int, registry: PluginRegistry, progres
         raise
     _finish(store, run_id, outcome, fields, run_log)
     if outcome == "finished":
-        job.promote_if_better()
+        job.after_finish()
     if progress is not None:
         progress({"type": "status", "status": outcome})
     return store.get_run(run_id)

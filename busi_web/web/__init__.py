@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from flask import Flask
 
-from busi_web.web import diagnose, home, runs, runs_api, system, train
+from busi_web.evaluation.card import NOTICE
+from busi_web.web import diagnose, home, models, runs, runs_api, system, train
 from busi_web.web.auth import init_auth
 from busi_web.web.helpers import register_error_handlers
 from busi_web.web.live import init_live
 
-BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, system.bp)
+BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, models.bp, system.bp)
 
 
 def init_web(app: Flask) -> None:
@@ -25,4 +26,5 @@ def init_web(app: Flask) -> None:
     init_auth(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    app.context_processor(lambda: {"notice": NOTICE})  # the decision-support notice, on every page
     init_live(app)

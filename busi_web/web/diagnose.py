@@ -1,7 +1,8 @@
 """Diagnose: the page, ``POST /api/predict`` and what the page asks about models.
 
 ``POST /api/predict`` diagnoses one or many uploaded images, with heatmaps, and audits every diagnosis.
-Form fields: files under ``image`` (one or many); optional ``run_id`` (default: the active model),
+Form fields: files under ``image`` (one or many); optional ``modality`` (whose default model answers;
+default: ultrasound, or the only modality with a default) and ``run_id`` (a chosen finished model instead),
 ``explainer`` (default ``DEFAULT_EXPLAINER``; ``none`` for no map), ``target`` (class name or index;
 default: each image's predicted class), ``alpha`` (0..1, default 0.5), ``colormap`` (default ``jet``),
 ``layer`` and ``channels`` (a feature-map grid of that layer; ``layer=default`` for the target layer),
@@ -12,8 +13,12 @@ For a model trained on crops of mammograms (its dataset has ``roi_crop``): one i
 ``roi_y``, the centre of the region of interest in the image's pixels (optional ``roi_radius``); the
 result is of the crop (see :mod:`busi_web.diagnosis.roi`).
 
-``GET /api/models`` lists the active model of every dataset, ``GET /api/models/active`` describes the one
-that serves (classes, layers, modality), and ``GET /api/runs/<id>/model`` the same for any finished run.
+Every answer carries ``model``: the provenance of the model that answered (name and id, modality,
+training data, acceptance metrics, calibration, whether it is a demo) and the decision-support notice; each
+result carries ``ood``, the out-of-distribution verdict, and the audit row records both.
+
+``GET /api/models/active?modality=`` describes the default model of a modality (classes, layers, modality),
+and ``GET /api/runs/<id>/model`` the same for any finished run.
 """
 
 from __future__ import annotations
@@ -25,16 +30,19 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, render_template, request
 from torch import nn
 
+from busi_web.diagnosis.active import serving_modality, serving_run
 from busi_web.diagnosis.roi import roi_crops, roi_info
 from busi_web.diagnosis.uploads import read_uploads
 from busi_web.errors import UserError
+from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
 from busi_web.explain.render import fast_png, legend_stops, palette, render_heatmap
 from busi_web.model.predictor import Predictor
 from busi_web.services import services_of
 from busi_web.specs import Param
 from busi_web.store import RunNotFound
+from busi_web.store.acceptance import check_modality
 from busi_web.web.auth import current_user
-from busi_web.web.helpers import RUN_ID, active_ids, active_model_info, arg
+from busi_web.web.helpers import RUN_ID, arg, defaults_info
 
 bp = Blueprint("diagnose", __name__)
 
@@ -52,25 +60,26 @@ def page():
     default_explainer = current_app.config["DEFAULT_EXPLAINER"]
     if default_explainer not in reg.explainers and explainers:
         default_explainer = explainers[0]["name"]
-    active = active_ids()
+    defaults = defaults_info()
+    ids = {d["run_id"]: d["modality"] for d in defaults}
     models = [{"id": r["id"], "name": r["name"], "backbone": r["backbone"], "dataset": r["dataset"],
-               "test_macro_f1": r.get("test_macro_f1"), "active": r["id"] in active}
+               "modality": r.get("modality") or "ultrasound", "test_macro_f1": r.get("test_macro_f1"),
+               "default_of": ids.get(r["id"]), "demo": is_demo(reg, r["dataset"])}
               for r in services.store.list_runs(status="finished")]
-    return render_template("pages/diagnose.html", page="diagnose", active=active_model_info(), models=models,
-                           explainers=explainers, default_explainer=default_explainer,
-                           max_upload_mb=current_app.config["MAX_UPLOAD_MB"])
+    modalities = sorted({d["modality"] for d in defaults} | {m["modality"] for m in models})
+    preferred = "ultrasound" if "ultrasound" in ids.values() or not defaults else defaults[0]["modality"]
+    return render_template("pages/diagnose.html", page="diagnose", defaults=defaults, models=models,
+                           modalities=modalities, preferred=preferred, explainers=explainers,
+                           default_explainer=default_explainer, max_upload_mb=current_app.config["MAX_UPLOAD_MB"])
 
 
 # -- models ----------------------------------------------------------------------------------------------------
-def _model_row(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    try:
-        run = services_of().store.get_run(row["run_id"])
-    except RunNotFound:
-        run = None
-    out["run"] = None if run is None else {k: run.get(k) for k in (
-        "id", "name", "backbone", "dataset", "status", "test_macro_f1", "test_accuracy", "finished_at")}
-    return out
+MODALITY = Param("modality", "str", None)
+
+
+def _modality() -> str | None:
+    raw = arg("modality", MODALITY)
+    return None if raw is None or not raw.strip() else check_modality(raw.strip())
 
 
 def _layers(model: nn.Module) -> list[str]:
@@ -86,36 +95,26 @@ def _model_info(predictor: Predictor) -> dict[str, Any]:
             "layers": _layers(predictor.model), **roi_info(predictor, services_of().registry)}
 
 
-@bp.get("/api/models")
-def models():
-    """The active model of every dataset."""
-    store = services_of().store
-    active = store.active_model()
-    rows = [_model_row(m) for m in store.list_models()]
-    for r in rows:
-        r["serving"] = active is not None and r["dataset"] == active["dataset"]
-    return jsonify({"models": rows})
-
-
 @bp.get("/api/models/active")
 def active_model():
-    """The model that serves predictions (``?dataset=`` for another dataset's), with its classes and layers.
-
-    404 when there is none yet.
-    """
+    """The default model of ``?modality=`` (default: see :func:`~busi_web.diagnosis.active.serving_modality`),
+    with its classes and layers, its provenance and ``modality``. 404 when that modality has none."""
     services = services_of()
-    dataset = request.args.get("dataset") or None
-    row = services.store.active_model(dataset)
-    if row is None:
-        raise UserError("there is no active model yet: train one (Train page or `busi-web train`) or promote a "
-                        "finished run", 404)
-    out = _model_row(row)
     try:
-        predictor = services.predictor(row["run_id"] if dataset else None)
+        modality = serving_modality(services.store, _modality())
+    except UserError as exc:
+        raise UserError(str(exc), 404) from None
+    row = services.store.default_model(modality)
+    if row is None:
+        raise UserError(f"there is no default {modality} model yet: an admin sets one on the Models page", 404)
+    out = {**row, "run": services.store.get_run(row["run_id"])}
+    out.pop("checkpoint", None)
+    try:
+        predictor = services.predictor(row["run_id"])
     except UserError as exc:  # no checkpoint, or an unreadable one: say so, with no choices
         out.update(error=str(exc), classes=[], layers=[])
         return jsonify(out)
-    return jsonify({**out, **_model_info(predictor)})
+    return jsonify({**out, **_model_info(predictor), "model": _provenance(row["run_id"])})
 
 
 @bp.get("/api/runs/<int:run_id>/model")
@@ -125,7 +124,12 @@ def run_model(run_id: int):
 
     404 for an unknown run, 409 when the run has no usable checkpoint (not finished, or unreadable).
     """
-    return jsonify({"run_id": run_id, **_model_info(services_of().predictor(run_id))})
+    return jsonify({"run_id": run_id, **_model_info(services_of().predictor(run_id)), "model": _provenance(run_id)})
+
+
+def _provenance(run_id: int) -> dict[str, Any]:
+    services = services_of()
+    return provenance(build_card(services.store, services.registry, run_id))
 
 
 # -- predict ---------------------------------------------------------------------------------------------------
@@ -196,7 +200,8 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
            "original_png": _b64(fast_png(image)) if "original" in opts["images"] else None,
            "overlay_png": None, "heatmap_png": None,
            "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict(),
-           "analysed_region": None if pred.region is None else list(pred.region), "caution": pred.caution}
+           "analysed_region": None if pred.region is None else list(pred.region), "caution": pred.caution,
+           "ood": pred.ood}
     try:
         if pred.heatmap is not None:
             blended, heat = render_heatmap(image, pred.heatmap, opts["alpha"], opts["colormap"], pred.region)
@@ -220,11 +225,16 @@ def predict():
     services = services_of(app)
     # Uploads are checked first: a bad file is a 400/413 whether or not a model exists.
     uploads = read_uploads(app, [f for f in request.files.getlist("image") if f.filename], current_user.name)
-    run_id = arg("run_id", RUN_ID)
+    run_id, modality = arg("run_id", RUN_ID), _modality()
     try:
-        predictor = services.predictor(run_id)
+        served = serving_run(services.store, run_id, modality)
+        predictor = services.predictor(served)
     except RunNotFound as exc:
         raise UserError(str(exc), 404, {"run_id": "no such run"}) from None
+    if modality is not None and predictor.checkpoint_meta.modality != modality:
+        raise UserError(f"run {served} is a {predictor.checkpoint_meta.modality} model; choose a {modality} model "
+                        "or leave the model to the modality's default", 400, {"run_id": f"not a {modality} model"})
+    model = _provenance(served)
     opts = _options(predictor.classes)
     rois = roi_crops(predictor, services.registry, [u.image for u in uploads], request.form)
     images = [u.image for u in uploads] if rois is None else [r.image for r in rois]
@@ -233,26 +243,18 @@ def predict():
         preds = services.batcher.predict(predictor, images, opts["explainer"], targets, opts["explainer_params"])
     except ValueError as exc:  # e.g. an image the preprocessing cannot take; the message says why
         raise UserError(str(exc), 400) from None
-    served = run_id if run_id is not None else _served_run_id(predictor)
     results = []
     for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True)):
         roi = None if rois is None else rois[k]
         results.append(_result(upload, pred, opts, predictor, roi))
         services.store.audit("diagnose", user=current_user.name, run_id=served, filename=upload.filename,
                              label=pred.label, probabilities=pred.probabilities, explainer=pred.explainer,
-                             target=pred.target_label, stored=upload.stored_path,
-                             **({} if roi is None else {"roi": roi.to_dict()}))
+                             target=pred.target_label, stored=upload.stored_path, modality=model["modality"],
+                             demo=model["demo"], ood=pred.ood, **({} if roi is None else {"roi": roi.to_dict()}))
     legend = None if opts["explainer"] is None else {
         "colormap": opts["colormap"], "stops": legend_stops(opts["colormap"]),
         "meaning": "relative evidence for the explained class, scaled per image from lowest (left) to highest "
                    "(right); not a probability. Outside a dashed frame: not seen by the model."}
-    return jsonify({"run_id": served, "classes": predictor.classes, "legend": legend, "results": results})
+    return jsonify({"run_id": served, "classes": predictor.classes, "model": model, "notice": NOTICE,
+                    "legend": legend, "results": results})
 
-
-def _served_run_id(predictor: Predictor) -> int | None:
-    meta_id = predictor.checkpoint_meta.run_id
-    try:
-        return int(meta_id) if meta_id is not None else None
-    except (TypeError, ValueError):
-        active = services_of().store.active_model()
-        return None if active is None else active["run_id"]

@@ -22,6 +22,7 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from busi_web.errors import UserError
+from busi_web.evaluation.card import build_card, is_demo
 from busi_web.plugins import PluginFailure
 from busi_web.services import services_of
 from busi_web.specs import Param
@@ -51,6 +52,26 @@ def int_arg(name: str, default: int | None = None, minimum: int | None = 0, maxi
             ) -> int | None:
     """A whole-number argument (see :func:`arg`)."""
     return arg(name, Param(name, "int", default, minimum=minimum, maximum=maximum))
+
+
+def json_body(example: str) -> dict[str, Any]:
+    """The request's JSON object; a 400 showing ``example`` when the body is not one."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise UserError(f"send a JSON object, e.g. {example}, with Content-Type: application/json", 400)
+    return body
+
+
+def body_str(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    """A string field of a JSON body, stripped (``None`` when absent or empty); 400 for another type."""
+    value = body.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise UserError(f"{name} is required", 400, {name: "required"})
+        return None
+    if not isinstance(value, str):
+        raise UserError(f"{name} must be a string, got {type(value).__name__}", 400, {name: "a string"})
+    return value.strip()
 
 
 def status_filter(many: bool = True) -> list[str] | None:
@@ -130,21 +151,23 @@ def _duration(run: dict[str, Any]) -> float | None:
     return round((t1 - t0).total_seconds(), 1)
 
 
-def active_ids() -> set[int]:
-    """The ids of the runs whose models are active (one per dataset)."""
-    return {m["run_id"] for m in services_of().store.list_models()}
+def default_ids() -> dict[int, str]:
+    """Run id -> the modality whose default model it is."""
+    return services_of().store.default_ids()
 
 
-def run_json(run: dict[str, Any], active: set[int] | None = None) -> dict[str, Any]:
-    """A run as the API shows it: the store row plus ``duration_s`` and ``active``."""
-    if active is None:
-        active = active_ids()
-    return {**run, "duration_s": _duration(run), "active": run["id"] in active}
+def run_json(run: dict[str, Any], defaults: dict[int, str] | None = None) -> dict[str, Any]:
+    """A run as the API shows it: the store row plus ``duration_s``, ``default_of`` (the modality it is the
+    default of, or ``None``) and ``active`` (whether it is a default at all)."""
+    if defaults is None:
+        defaults = default_ids()
+    default_of = defaults.get(run["id"])
+    return {**run, "duration_s": _duration(run), "default_of": default_of, "active": default_of is not None}
 
 
-def run_view(run: dict[str, Any], active: set[int] | None = None) -> dict[str, Any]:
+def run_view(run: dict[str, Any], defaults: dict[int, str] | None = None) -> dict[str, Any]:
     """What the templates show of a run: the API's run dict plus params by group, flags for the buttons."""
-    view = run_json(run, active)
+    view = run_json(run, defaults)
     params = run.get("params") if isinstance(run.get("params"), dict) else {}
     view["train_params"] = params.get("train") or {}
     view["backbone_params"] = params.get("backbone") or {}
@@ -156,14 +179,23 @@ def run_view(run: dict[str, Any], active: set[int] | None = None) -> dict[str, A
     return view
 
 
-def active_model_info() -> dict[str, Any] | None:
-    """The active model's row with its run (``None`` when no model serves yet)."""
-    store = services_of().store
-    row = store.active_model()
-    if row is None:
-        return None
-    try:
-        run = store.get_run(row["run_id"])
-    except RunNotFound:
-        run = None
-    return {**row, "run": run}
+def defaults_info() -> list[dict[str, Any]]:
+    """Every modality's default model row with its run and whether it is a demo (for the pages)."""
+    services = services_of()
+    out = []
+    for row in services.store.list_defaults():
+        try:
+            run = services.store.get_run(row["run_id"])
+        except RunNotFound:
+            run = None
+        out.append({**row, "run": run, "demo": run is not None and is_demo(services.registry, run["dataset"])})
+    return out
+
+
+def card_for(run_id: int, is_admin: bool) -> dict[str, Any]:
+    """Run ``run_id``'s model card as a user may see it: where the data lies on the server only for admins."""
+    services = services_of()
+    card = build_card(services.store, services.registry, run_id)
+    if not is_admin:
+        card["data"]["data_dir"] = None
+    return card

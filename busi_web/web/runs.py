@@ -14,7 +14,7 @@ from busi_web.services import services_of
 from busi_web.store import STATES
 from busi_web.store import run_files as files
 from busi_web.web.auth import current_user
-from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, RUN_ID, active_ids, run_view, status_filter
+from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, RUN_ID, card_for, default_ids, run_view, status_filter
 
 bp = Blueprint("runs", __name__)
 
@@ -45,8 +45,8 @@ def read_text(path: Path, limit: int = MAX_TEXT_CHARS) -> str | None:
 
 
 def run_files(run: dict[str, Any]) -> dict[str, Any]:
-    """Artifacts (weights only for admins), the classification report, the full log, test metrics and the
-    evaluation reports (``busi-web evaluate``), newest first."""
+    """Artifacts (weights only for admins), the classification report, the full log, test metrics, the model
+    card of a finished run and the evaluation reports (``busi-web evaluate``), newest first."""
     names = files.artifact_names(run.get("run_dir"))
     if not current_user.is_admin:
         names = [n for n in names if not n.endswith(ADMIN_ONLY_SUFFIXES)]
@@ -60,7 +60,8 @@ def run_files(run: dict[str, Any]) -> dict[str, Any]:
         matrix = {"classes": metrics["classes"],
                   "rows": [[{"n": n, "shade": round(n / top, 3)} for n in r] for r in rows]}
     evaluations = list_evaluations(run_dir) if run.get("run_dir") else []
-    return {"artifacts": names, "metrics": metrics, "matrix": matrix, "evaluations": evaluations,
+    card = card_for(run["id"], current_user.is_admin) if run["status"] == "finished" else None
+    return {"artifacts": names, "metrics": metrics, "matrix": matrix, "evaluations": evaluations, "card": card,
             "report": read_text(run_dir / files.REPORT_TXT) if run.get("run_dir") else None,
             "log": read_text(run_dir / files.LOG_TXT) if run.get("run_dir") else None}
 
@@ -73,7 +74,7 @@ def index():
     status = statuses[0] if statuses else None
     dataset = request.args.get("dataset") or None
     backbone = request.args.get("backbone") or None
-    active = active_ids()
+    active = default_ids()
     rows = [run_view(r, active) for r in store.list_runs(status=status, dataset=dataset, backbone=backbone,
                                                          limit=MAX_LIST)]
     everything = store.list_runs(limit=MAX_LIST) if (status or dataset or backbone) else rows
@@ -132,7 +133,7 @@ def compare():
     """Two or more runs side by side: overlaid curves (drawn by the page) and a metrics table."""
     ids = _compare_ids(request.args.get("ids", ""))
     store = services_of().store
-    active = active_ids()
+    active = default_ids()
     runs = [compare_row(store.get_run(i), active) for i in ids]
     best: dict[str, int | None] = {}
     for key, _label, higher in COMPARE_ROWS:

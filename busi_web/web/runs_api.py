@@ -15,7 +15,7 @@ from busi_web.services import services_of
 from busi_web.store import MAX_ID
 from busi_web.store import run_files as files
 from busi_web.web.auth import current_user
-from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, active_ids, int_arg, run_json, status_filter
+from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, default_ids, int_arg, run_json, status_filter
 
 bp = Blueprint("runs_api", __name__, url_prefix="/api")
 
@@ -26,7 +26,7 @@ def list_runs():
     runs = services_of().store.list_runs(status=status_filter(), dataset=request.args.get("dataset") or None,
                                          backbone=request.args.get("backbone") or None,
                                          limit=int_arg("limit", None, 1, 100_000))
-    active = active_ids()
+    active = default_ids()
     return jsonify({"runs": [run_json(r, active) for r in runs]})
 
 

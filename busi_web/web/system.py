@@ -17,11 +17,12 @@ bp = Blueprint("system", __name__, url_prefix="/api")
 
 @bp.get("/health")
 def health():
-    """Liveness plus a little state: run counts, whether a model is active, the micro-batcher's counters."""
+    """Liveness plus a little state: run counts, the modalities with a default model, the micro-batcher's
+    counters."""
     services = services_of()
     store, batcher = services.store, services.batcher
     return jsonify({"status": "ok", "runs": store.count_runs(), "running": store.count_runs("running"),
-                    "active_model": store.active_model() is not None,
+                    "defaults": [d["modality"] for d in store.list_defaults()],
                     "predict": {"batches": batcher.batches, "images": batcher.images,
                                 "busy_s": round(batcher.busy_s, 3)}})
 

@@ -1,21 +1,22 @@
-"""Train: the training form and the queue (admins), and starting, cancelling, resuming and promoting runs.
+"""Train: the training form and the queue (admins), and starting, cancelling and resuming runs.
 
 ``POST /api/runs`` validates and queues a run (201, or 400 with ``fields`` such as ``train.epochs``);
-``POST /api/runs/<id>/cancel``, ``/resume`` and ``/promote`` act on one. All of it is for admins only.
+``POST /api/runs/<id>/cancel`` and ``/resume`` act on one. All of it is for admins only. Making a model a
+default is :mod:`busi_web.web.models`' job.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, current_app, jsonify, render_template
 
 from busi_web.data.datasets import DatasetError
 from busi_web.errors import UserError
 from busi_web.services import services_of
 from busi_web.specs import InvalidParameters
 from busi_web.web.auth import admin_required, current_user
-from busi_web.web.helpers import run_json
+from busi_web.web.helpers import json_body, run_json
 
 bp = Blueprint("train", __name__)
 
@@ -30,10 +31,7 @@ def page():
 
 
 def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise UserError('send a JSON object, e.g. {"backbone": "tiny_cnn", "dataset": "phantom", "train": '
-                        '{"epochs": 2}} with Content-Type: application/json', 400)
+    body = json_body('{"backbone": "tiny_cnn", "dataset": "phantom", "train": {"epochs": 2}}')
     for key in ("train", "backbone_params", "dataset_params"):
         if body.get(key) is not None and not isinstance(body[key], dict):
             raise UserError(f"{key} must be a JSON object of parameter names to values", 400,
@@ -87,11 +85,3 @@ def resume_run(run_id: int):
     services.store.audit("run.resume", user=current_user.name, run_id=run_id)
     return jsonify(run_json(run))
 
-
-@bp.post("/api/runs/<int:run_id>/promote")
-@admin_required
-def promote_run(run_id: int):
-    """Make a finished run the active model of its dataset (served from the next request on)."""
-    store = services_of().store
-    model = store.set_active_model(run_id, by=current_user.name)
-    return jsonify({"model": model, "run": run_json(store.get_run(run_id))})

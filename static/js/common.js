@@ -117,11 +117,17 @@
 
   /* Buttons with data-action="cancel|resume|promote" and data-run-id post to the API (admins only see them). */
   busi.runAction = async function (action, runId) {
-    const verbs = { cancel: "Cancel", resume: "Resume", promote: "Promote" };
+    const verbs = { cancel: "Cancel", resume: "Resume", promote: "Making it the default" };
     if (action === "cancel" && !window.confirm(`Cancel run ${runId}? A running run stops after its current batch.`)) {
       return null;
     }
-    return busi.api(`/api/runs/${runId}/${action}`, { method: "POST" }).catch((err) => {
+    let json;
+    if (action === "promote") {  // a default is a decision: it needs a reason, which the audit log keeps
+      const reason = window.prompt(`Make run ${runId} the default model of its modality. Why?`);
+      if (!reason || !reason.trim()) return null;
+      json = { reason: reason.trim() };
+    }
+    return busi.api(`/api/runs/${runId}/${action}`, { method: "POST", json }).catch((err) => {
       window.alert(`${verbs[action] || action} failed: ${err.message}`);
       return null;
     });

@@ -7,7 +7,8 @@
  *                               filesChanged(ctx), prepare(files, ctx) -> Promise<[{blob, filename}]>,
  *                               fields(ctx) -> {name: value} (extra form fields, optional)})
  * The mode with the highest priority whose applies(model) is true is used; `model` is the answer of
- * /api/models/active or /api/runs/<id>/model (classes, layers, target_layer, modality, input_size).
+ * /api/models/active?modality= or /api/runs/<id>/model (classes, layers, target_layer, modality, input_size, and
+ * "model": the provenance of the model). The modality picked chooses which models are offered; its default first.
  */
 (function () {
   "use strict";
@@ -23,6 +24,7 @@
   const fileList = $("file-list");
   const panel = $("mode-panel");
   const modelSel = $("model");
+  const modalitySel = $("modality");
   const explainerSel = $("explainer");
   const explainerParams = $("explainer-params");
   const targetSel = $("target");
@@ -98,10 +100,40 @@
   dropZone.addEventListener("drop", (e) => setFiles(e.dataTransfer.files));
 
   // -- the model's classes and layers ------------------------------------------------------------------------
+  /* Only the models of the chosen modality are offered: its default first, then its finished models. */
+  function showModality() {
+    const modality = modalitySel.value;
+    let first = null;
+    Array.from(modelSel.options).forEach((o) => {
+      o.hidden = o.disabled = o.dataset.modality !== modality;
+      if (!o.hidden && first === null) first = o;
+    });
+    if (modelSel.selectedOptions[0] && modelSel.selectedOptions[0].hidden) modelSel.selectedIndex = first ? first.index : -1;
+    if (first === null) modelSel.selectedIndex = -1;
+    loadModel();
+  }
+
+  function describe(model) {
+    const p = model.model || {};
+    const parts = [`run ${p.run_id}: ${p.name}`, `${model.backbone}, ${model.input_size} px input`,
+      `classes: ${(model.classes || []).join(", ")}`];
+    if (p.acceptance) parts.push(`acceptance macro-F1 ${busi.fmt(p.acceptance.macro_f1)} (${p.acceptance.n} images)`);
+    else parts.push("not evaluated on an acceptance set");
+    if (p.demo) parts.push("DEMO: trained on synthetic images");
+    return parts.join(" · ");
+  }
+
   async function loadModel() {
-    const chosen = modelSel.value;
-    if (!chosen && !root.dataset.activeRun) return;
-    const url = chosen ? `/api/runs/${chosen}/model` : "/api/models/active";
+    const option = modelSel.selectedOptions[0];
+    if (!option) {
+      state.model = null;
+      modelInfo.textContent = `no ${modalitySel.value} model: an administrator trains one and sets it as the default`;
+      root.dataset.modelLoaded = "0";
+      chooseMode();
+      return;
+    }
+    const url = option.value ? `/api/runs/${option.value}/model`
+      : `/api/models/active?modality=${encodeURIComponent(modalitySel.value)}`;
     try {
       const model = await busi.api(url);
       state.model = model;
@@ -111,7 +143,8 @@
       layerSel.replaceChildren(el("option", { value: "" }, "None"),
         ...(model.layers || []).map((l) => el("option", { value: l },
           l === model.target_layer ? `${l} (explainer's layer)` : l)));
-      modelInfo.textContent = `${model.backbone}, ${model.input_size} px input, classes: ${(model.classes || []).join(", ")}`;
+      modelInfo.textContent = describe(model);
+      modelInfo.classList.toggle("demo", !!(model.model && model.model.demo));
       root.dataset.modelLoaded = "1";
     } catch (err) {
       state.model = null;
@@ -120,6 +153,7 @@
     chooseMode();
   }
   modelSel.addEventListener("change", loadModel);
+  modalitySel.addEventListener("change", showModality);
 
   // -- the chosen explainer's parameters ---------------------------------------------------------------------
   const explainerSpecs = JSON.parse(explainerParams.dataset.explainers || "[]");
@@ -165,6 +199,7 @@
       return;
     }
     if (modelSel.value) fd.append("run_id", modelSel.value);
+    fd.append("modality", modalitySel.value);
     fd.append("explainer", explainerSel.value);
     if (explainerSel.value !== "none") fd.append("explainer_params", JSON.stringify(explainerValues()));
     if (targetSel.value) fd.append("target", targetSel.value);
@@ -179,7 +214,8 @@
     results.setAttribute("aria-busy", "true");
     try {
       const data = await busi.api("/api/predict", { method: "POST", form: fd });
-      results.replaceChildren(...data.results.map((r) => busi.diagnoseResults.render(r, { classes: data.classes, alpha: state.alpha, legend: data.legend })));
+      results.replaceChildren(...data.results.map((r) => busi.diagnoseResults.render(r,
+        { classes: data.classes, alpha: state.alpha, legend: data.legend, model: data.model, notice: data.notice })));
       results.dataset.runId = data.run_id;
       window.busiLastDiagnosis = data;
     } catch (err) {
@@ -198,5 +234,5 @@
   });
 
   busi.diagnose = { registerMode, state, reloadModel: loadModel, setFiles };
-  loadModel();
+  showModality();
 })();

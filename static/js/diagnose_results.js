@@ -68,6 +68,22 @@
       el("small", { class: "legend-meaning muted" }, `Colour: ${legend.meaning.replace("the explained class", `“${target}”`)}`));
   }
 
+  /* Which model answered, how it was validated, and that this is decision support. */
+  function provenanceBox(model, notice) {
+    const acc = model.acceptance;
+    const ci = acc && acc.macro_f1_ci ? ` (95% CI ${busi.fmt(acc.macro_f1_ci[0], 3)}–${busi.fmt(acc.macro_f1_ci[1], 3)})` : "";
+    const cal = model.calibration;
+    return el("div", { class: "provenance" + (model.demo ? " demo" : ""), dataset: { runId: model.run_id } },
+      model.demo ? el("p", { class: "demo-label" }, el("strong", {}, "DEMO MODEL"),
+        " — trained on synthetic images, not on scans. Its answers on real images mean nothing.") : null,
+      el("p", { class: "model-line" }, "Model: ",
+        el("a", { href: `/runs/${model.run_id}#model-card` }, `run ${model.run_id} — ${model.name}`),
+        ` · ${model.modality} · trained on ${model.training_data.dataset}`,
+        acc ? ` · acceptance macro-F1 ${busi.fmt(acc.macro_f1, 3)}${ci} on ${acc.n} images` : " · not evaluated on an acceptance set",
+        cal ? ` · probabilities calibrated (T = ${busi.fmt(cal.temperature, 2)})` : " · probabilities not calibrated"),
+      el("p", { class: "notice-support" }, notice || model.notice));
+  }
+
   function render(result, opts = {}) {
     const alpha = opts.alpha === undefined ? 0.5 : opts.alpha;
     const title = el("h2", {},
@@ -82,6 +98,15 @@
         result.roi ? ` · region of interest: ${result.roi.side} px square centred at (${result.roi.x}, ${result.roi.y})` : ""),
       probabilityBars(result, opts.classes));
 
+    if (result.ood && result.ood.out_of_distribution) {
+      card.dataset.ood = "1";
+      card.append(el("p", { class: "flash error ood-warning", role: "alert" },
+        el("strong", {}, "Unlike the images this model was trained on. "),
+        `Its out-of-distribution score is ${result.ood.score.toFixed(2)}, above the threshold ${result.ood.threshold.toFixed(2)} `
+        + "set on its validation images: this may be another modality, a photograph, a blank frame or a scanner it has "
+        + "never seen. Do not rely on this result."));
+    }
+    if (opts.model) card.append(provenanceBox(opts.model, opts.notice));
     if (result.caution) {
       card.append(el("p", { class: "flash warning caution", role: "note" }, `Caution: ${result.caution}.`));
     }

@@ -92,8 +92,12 @@ def test_predict_prints_probabilities_and_writes_overlays_that_decode(trained, t
     result = cli(trained["instance"], "predict", *map(str, images), "--run", str(trained["run_id"]),
                  "--out", str(out_dir), "--json")
     assert result.returncode == 0, result.stderr
-    answers = json.loads(result.stdout)
+    answer = json.loads(result.stdout)
+    answers = answer["results"]
     assert [a["image"] for a in answers] == [str(p) for p in images]
+    # Which model answered, and that it is decision support (a phantom model is a demo).
+    assert answer["model"]["run_id"] == trained["run_id"] and answer["model"]["demo"] is True
+    assert "not a diagnosis" in answer["notice"]
     for answer, (h, w) in zip(answers, [(40, 52), (36, 36)], strict=True):
         probs = answer["probabilities"]
         assert set(probs) == set(CLASSES) and sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
@@ -108,6 +112,8 @@ def test_predict_prints_probabilities_and_writes_overlays_that_decode(trained, t
     scored = cli(trained["instance"], "predict", str(images[0]), "--run", str(trained["run_id"]), "--out",
                  str(out_dir), "--explainer", "scorecam", "--explainer-param", "batch_size=4")
     assert scored.returncode == 0 and (out_dir / "scan_a_scorecam.png").is_file(), scored.stderr
+    assert f"model: run {trained['run_id']} (cli run), ultrasound [DEMO: trained on synthetic images]" in scored.stdout
+    assert "Decision support, not a diagnosis" in scored.stdout
     bad = cli(trained["instance"], "predict", str(images[0]), "--out", str(out_dir), "--explainer", "scorecam",
               "--explainer-param", "batch_size=0")
     assert bad.returncode == 1 and "batch_size: must be at least 1" in bad.stderr and "Traceback" not in bad.stderr

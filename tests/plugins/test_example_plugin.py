@@ -86,7 +86,9 @@ def test_it_trains_with_lesion_guidance_and_explains_with_plain_maps(example, ap
     assert run["status"] == "finished", run["error"]
     log = (Path(run["run_dir"]) / "training_log.txt").read_text()
     assert "lesion guidance on features" in log
-    assert store.active_model("csvlist")["run_id"] == run["id"]
+    assert store.default_model("ultrasound") is None  # a run never makes itself the default
+    promoted = admin.post(f"/api/runs/{run['id']}/promote", json={"reason": "the example plugin's model"})
+    assert promoted.status_code == 200 and promoted.get_json()["default"]["modality"] == "ultrasound"
 
     image = image_bytes(hw=(40, 40))
     for explainer, params in (("eigencam", {"center": False}), ("grad_x_input", {"absolute": True})):

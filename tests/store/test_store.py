@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from busi_web.errors import UserError
 from busi_web.store import STATES, TERMINAL, TRANSITIONS, IllegalTransition, JobStore, RunNotFound
+from busi_web.store.models import GateRefused
+
+MIGRATED = ["m001_initial", "m002_modalities_defaults_acceptance"]
 
 # A legal path from a new (queued) run to each state.
 PATH_TO = {"queued": [], "running": ["running"], "finished": ["running", "finished"], "failed": ["failed"],
@@ -27,9 +31,10 @@ def run_in(store: JobStore, state: str, **create) -> dict:
     return run
 
 
-def finished_with_model(store: JobStore, f1: float | None, dataset: str = "phantom") -> dict:
+def finished_with_model(store: JobStore, f1: float | None, dataset: str = "phantom",
+                        modality: str = "ultrasound") -> dict:
     """A finished run with a (placeholder) best_model.pt: the store only checks that the file is there."""
-    run = run_in(store, "running", dataset=dataset)
+    run = run_in(store, "running", dataset=dataset, modality=modality)
     (Path(run["run_dir"]) / "best_model.pt").write_bytes(b"weights")
     return store.transition(run["id"], "finished", test_macro_f1=f1)
 
@@ -39,17 +44,45 @@ def finished_with_model(store: JobStore, f1: float | None, dataset: str = "phant
 
 def test_schema_comes_from_the_migrations_in_wal_mode_and_is_applied_once(tmp_path):
     store = JobStore(tmp_path / "busi.db", tmp_path / "runs")
-    assert store.schema_version() == ["m001_initial"]
-    assert {"runs", "metrics", "models", "users", "api_tokens", "audit", "_sqlite_migrations"} <= set(
-        store.db.table_names())
+    assert store.schema_version() == MIGRATED
+    assert {"runs", "metrics", "defaults", "modality_settings", "acceptance_sets", "acceptance_results", "users",
+            "api_tokens", "audit", "_sqlite_migrations"} <= set(store.db.table_names())
     # WAL is a property of the file: a plain connection that never heard of the store sees it.
     with sqlite3.connect(tmp_path / "busi.db") as plain:
         assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.create_run("tiny_cnn", "phantom", {"train": {"epochs": 1}})
     again = JobStore(tmp_path / "busi.db", tmp_path / "runs")  # a second process starting on the same file
-    assert again.schema_version() == ["m001_initial"]
-    assert again.db["_sqlite_migrations"].count == 1
+    assert again.schema_version() == MIGRATED
+    assert again.db["_sqlite_migrations"].count == len(MIGRATED)
     assert [r["params"] for r in again.list_runs()] == [{"train": {"epochs": 1}}]
+
+
+def test_a_store_of_the_first_schema_keeps_its_runs_and_its_active_models_become_defaults(tmp_path):
+    """m002: the per-dataset active models of an existing instance become per-modality defaults (the latest
+    activation of each modality), runs get their modality, and nothing else is lost."""
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+    from busi_web.store.schema import m001_initial
+
+    first = Migrations("busi_web")
+    first()(m001_initial)
+    db = Database(tmp_path / "busi.db")
+    first.apply(db)
+    for i, (dataset, at) in enumerate([("phantom", "2026-01-01T00:00:00"), ("busi", "2026-01-02T00:00:00"),
+                                       ("mias", "2026-01-03T00:00:00")], start=1):
+        db["runs"].insert({"id": i, "name": f"r{i}", "status": "finished", "backbone": "tiny_cnn", "dataset": dataset,
+                           "created_at": at, "run_dir": str(tmp_path / f"run{i}")})
+        db["models"].insert({"dataset": dataset, "run_id": i, "checkpoint": "x", "activated_at": at,
+                             "activated_by": "ana"})
+    db.conn.close()
+    store = JobStore(tmp_path / "busi.db", tmp_path / "runs")
+    assert store.schema_version() == MIGRATED
+    assert [(r["id"], r["modality"]) for r in store.list_runs(oldest_first=True)] == [
+        (1, "ultrasound"), (2, "ultrasound"), (3, "mammography")]
+    assert [(d["modality"], d["run_id"], d["set_by"]) for d in store.list_defaults()] == [
+        ("mammography", 3, "ana"), ("ultrasound", 2, "ana")]
+    assert "models" not in store.db.table_names()
 
 
 # -- run states ------------------------------------------------------------------------------------------------
@@ -178,45 +211,105 @@ def test_metrics_are_a_long_table_read_with_an_after_id_cursor(store):
 # -- models and audit ------------------------------------------------------------------------------------------
 
 
-def test_only_a_finished_run_with_a_checkpoint_can_be_promoted(store):
+def test_only_a_finished_run_with_a_checkpoint_and_a_reason_can_be_a_default(store):
     running = run_in(store, "running")
     with pytest.raises(IllegalTransition, match="only a finished run"):
-        store.set_active_model(running["id"])
+        store.set_default(running["id"], by="ana", reason="r")
     no_file = run_in(store, "finished")
-    with pytest.raises(IllegalTransition, match="no checkpoint"):
-        store.set_active_model(no_file["id"])
-    assert store.active_model() is None and store.list_models() == []
+    with pytest.raises(IllegalTransition, match="no best_model.pt"):
+        store.set_default(no_file["id"], by="ana", reason="r")
     good = finished_with_model(store, 0.5)
-    model = store.set_active_model(good["id"], by="ana")
-    assert model["run_id"] == good["id"] and model["dataset"] == "phantom" and model["activated_by"] == "ana"
+    with pytest.raises(UserError, match="give a reason"):
+        store.set_default(good["id"], by="ana", reason="  ")
+    assert store.list_defaults() == []
+    model = store.set_default(good["id"], by="ana", reason="best on our images")
+    assert (model["run_id"], model["modality"], model["set_by"], model["reason"]) == (
+        good["id"], "ultrasound", "ana", "best on our images")
     assert model["checkpoint"] == str(Path(good["run_dir"]) / "best_model.pt")
-    audit = store.audit_log("model.promote")
-    assert [(a["user"], a["run_id"], a["detail"]) for a in audit] == [("ana", good["id"], {"dataset": "phantom"})]
+    audit = store.audit_log("model.default.set")
+    assert [(a["user"], a["run_id"], a["detail"]) for a in audit] == [
+        ("ana", good["id"], {"modality": "ultrasound", "reason": "best on our images", "previous_run_id": None})]
 
 
-def test_one_active_model_per_dataset_and_the_newest_overall(store):
+def test_one_default_per_modality_and_clearing_needs_a_reason(store):
     first, second = finished_with_model(store, 0.4), finished_with_model(store, 0.3)
-    busi = finished_with_model(store, 0.9, dataset="busi")
-    store.set_active_model(first["id"])
-    store.set_active_model(busi["id"])
-    store.set_active_model(second["id"])  # replaces first: one model per dataset
-    assert [(m["dataset"], m["run_id"]) for m in store.list_models()] == [("busi", busi["id"]),
-                                                                           ("phantom", second["id"])]
-    assert store.active_model("phantom")["run_id"] == second["id"]
-    assert store.active_model()["run_id"] == second["id"]  # the most recently activated one
-    assert store.active_model("imagefolder") is None
+    mammo = finished_with_model(store, 0.9, dataset="mias", modality="mammography")
+    store.set_default(first["id"], by="a", reason="first")
+    store.set_default(mammo["id"], by="a", reason="mammo")
+    store.set_default(second["id"], by="a", reason="replaces first")
+    assert [(d["modality"], d["run_id"]) for d in store.list_defaults()] == [("mammography", mammo["id"]),
+                                                                             ("ultrasound", second["id"])]
+    assert store.default_ids() == {mammo["id"]: "mammography", second["id"]: "ultrasound"}
+    assert store.audit_log("model.default.set")[0]["detail"]["previous_run_id"] == first["id"]
+    with pytest.raises(UserError, match="give a reason"):
+        store.clear_default("mammography", by="a", reason="")
+    store.clear_default("mammography", by="a", reason="withdrawn")
+    assert store.default_model("mammography") is None
+    with pytest.raises(UserError, match="no default model to clear"):
+        store.clear_default("mammography", by="a", reason="again")
+    assert store.audit_log("model.default.clear")[0]["detail"] == {"modality": "mammography", "reason": "withdrawn"}
 
 
-def test_promote_if_better_needs_a_strictly_better_test_macro_f1(store):
-    first = finished_with_model(store, 0.5)
-    assert store.promote_if_better(first["id"]) is True  # no model yet
-    assert store.promote_if_better(first["id"]) is False  # already active
-    assert store.promote_if_better(finished_with_model(store, 0.5)["id"]) is False  # a tie keeps the old one
-    assert store.promote_if_better(finished_with_model(store, None)["id"]) is False  # never tested
-    better = finished_with_model(store, 0.7)
-    assert store.promote_if_better(better["id"], by="auto") is True
-    assert store.active_model("phantom")["run_id"] == better["id"]
-    assert [a["run_id"] for a in store.audit_log("model.promote")] == [better["id"], first["id"]]
+ITEMS = [{"key": "a.png", "label": "benign", "sha256": "0" * 64, "phash": "0" * 16}]
+
+
+def test_the_gate_needs_the_acceptance_set_the_evaluation_and_every_floor(store):
+    weak, strong = finished_with_model(store, 0.3), finished_with_model(store, 0.8)
+    assert store.gate_failures(weak["id"], "ultrasound") == []  # no floors: the admin's reason is the gate
+    store.update_modality_settings("ultrasound", by="a", floors={"macro_f1": 0.7, "sensitivity_malignant": 0.8})
+    assert store.gate_failures(weak["id"], "ultrasound") == ["ultrasound has floors but no acceptance set; define "
+                                                             "one first"]
+    accepted = store.add_acceptance_set("ultrasound", items=ITEMS, dataset="busi", source="share", by="a")
+    assert "has not been evaluated" in store.gate_failures(weak["id"], "ultrasound")[0]
+    store.record_acceptance(weak["id"], accepted["id"], {"macro_f1": 0.32, "sensitivity_malignant": 0.9}, by="t")
+    store.record_acceptance(strong["id"], accepted["id"], {"macro_f1": 0.81, "sensitivity_malignant": 0.85}, by="t")
+    assert store.gate_failures(weak["id"], "ultrasound") == ["macro_f1 0.320 is below the floor 0.7"]
+    with pytest.raises(GateRefused, match="macro_f1 0.320 is below the floor 0.7"):
+        store.set_default(weak["id"], by="a", reason="r")
+    assert store.default_model("ultrasound") is None
+    store.set_default(strong["id"], by="a", reason="passes")
+    # An ECE floor is a ceiling.
+    store.update_modality_settings("ultrasound", by="a", floors={"ece": 0.05})
+    store.record_acceptance(strong["id"], accepted["id"], {"macro_f1": 0.81, "ece": 0.08}, by="t")
+    assert store.gate_failures(strong["id"], "ultrasound") == ["ece 0.080 is above the ceiling 0.05"]
+    with pytest.raises(UserError, match="unknown floor 'f2'"):
+        store.update_modality_settings("ultrasound", by="a", floors={"f2": 0.5})
+    with pytest.raises(UserError, match="a number from 0 to 1"):
+        store.update_modality_settings("ultrasound", by="a", floors={"macro_f1": 7})
+
+
+def test_auto_promotion_is_off_until_switched_on_and_then_needs_the_gate_and_a_better_score(store):
+    first, tie, better = (finished_with_model(store, f) for f in (0.5, 0.5, 0.7))
+    assert store.auto_promote(first["id"]) == (False, "auto-promotion is off for ultrasound; an admin sets "
+                                                      "defaults on the Models page")
+    store.update_modality_settings("ultrasound", by="a", auto_promote=True)
+    assert store.auto_promote(first["id"])[1] == "auto-promotion needs floors for ultrasound; none are set"
+    store.update_modality_settings("ultrasound", by="a", floors={"macro_f1": 0.4})
+    accepted = store.add_acceptance_set("ultrasound", items=ITEMS, dataset="busi", source="share", by="a")
+    for run, f1 in ((first, 0.6), (tie, 0.6), (better, 0.75)):
+        store.record_acceptance(run["id"], accepted["id"], {"macro_f1": f1}, by="t")
+    assert store.auto_promote(first["id"]) == (True, "passed the gate with acceptance macro-F1 0.6000")
+    assert store.auto_promote(first["id"]) == (False, "it is the default already")
+    promoted, why = store.auto_promote(tie["id"])
+    assert not promoted and "does not beat the default's 0.6000" in why
+    assert store.auto_promote(better["id"])[0] is True
+    assert store.default_model("ultrasound")["run_id"] == better["id"]
+    assert store.default_model("ultrasound")["set_by"] == "auto"
+
+
+def test_a_new_acceptance_set_replaces_the_old_for_every_check(store):
+    run = finished_with_model(store, 0.5)
+    old = store.add_acceptance_set("ultrasound", items=ITEMS, dataset="busi", source="share", by="a", share=0.2)
+    store.record_acceptance(run["id"], old["id"], {"macro_f1": 0.9}, by="t")
+    new = store.add_acceptance_set("ultrasound", items=ITEMS * 2, dataset="busi", source="folder", by="a")
+    assert store.acceptance_set("ultrasound")["id"] == new["id"] != old["id"]
+    assert [(s["modality"], s["images"]) for s in store.acceptance_sets()] == [("ultrasound", 2)]
+    store.update_modality_settings("ultrasound", by="a", floors={"macro_f1": 0.5})
+    assert "has not been evaluated" in store.gate_failures(run["id"], "ultrasound")[0]
+    with pytest.raises(UserError, match="source must be one of folder, share"):
+        store.add_acceptance_set("ultrasound", items=ITEMS, dataset="busi", source="usb", by="a")
+    with pytest.raises(UserError, match="lower-case name"):
+        store.add_acceptance_set("Ultra Sound", items=ITEMS, dataset="busi", source="share", by="a")
 
 
 def test_audit_rows_record_who_did_what_to_which_run_newest_first(store):

@@ -191,8 +191,18 @@ def test_trainer_process_runs_to_finished_with_every_artifact(registry, store):
     assert all(keys >= EPOCH_KEYS for keys in by_epoch.values())
     assert len(rows) == len({(r["epoch"], r["key"]) for r in rows})
     assert "epoch 2/2" in (run_dir / art.LOG_TXT).read_text()
-    # First model for the dataset: promoted automatically.
-    assert store.active_model("phantom")["run_id"] == run["id"]
+    # A run never makes itself a default: auto-promotion is off until an admin switches it on.
+    assert store.default_model("ultrasound") is None
+    assert "not promoted: auto-promotion is off for ultrasound" in (run_dir / art.LOG_TXT).read_text()
+    # Its model card: the data, the training, the results (validation chose, test reported), the limits.
+    card = json.loads((run_dir / art.MODEL_CARD_JSON).read_text())
+    assert card["demo"] is True and card["model"]["modality"] == "ultrasound"
+    assert card["data"]["split_sizes"] == {p: len(split[p]) for p in ("train", "val", "test")}
+    assert len(card["data"]["data_hash"]) == 64 and card["training"]["hardware"]["device"] == "cpu"
+    assert card["training"]["chosen_by"] == "val_macro_f1 on the validation part"
+    assert card["results"]["test"]["macro_f1"] == pytest.approx(metrics["macro_f1"])
+    assert card["results"]["validation"]["epoch"] == metrics["best_epoch"]
+    assert any("synthetic" in limit for limit in card["intended_use"]["limits"])
 
 
 @pytest.mark.slow
@@ -286,6 +296,7 @@ def test_monitor_last_keeps_the_final_weight_average_where_validation_picks_an_e
 def test_failures_are_stored_on_the_run_and_leave_other_runs_alone(registry, store, tmp_path):
     done = new_run(store, registry, train={"epochs": 1})
     run_training(store, done["id"], registry)
+    store.set_default(done["id"], by="test", reason="the model the failures must leave alone")
     before = store.get_run(done["id"])
     # Data that was fine when the run was queued but lost a class folder before it ran.
     folder = make_image_folder(tmp_path / "data", {"benign": 6, "malignant": 6})
@@ -304,7 +315,7 @@ def test_failures_are_stored_on_the_run_and_leave_other_runs_alone(registry, sto
     assert failed["status"] == "failed" and "resnet51" in failed["error"]
     after = store.get_run(done["id"])
     assert after == before
-    assert store.active_model("phantom")["run_id"] == done["id"]
+    assert store.default_model("ultrasound")["run_id"] == done["id"]
 
 
 def test_out_of_memory_message_says_to_lower_the_batch_size():
@@ -321,18 +332,54 @@ def test_out_of_memory_message_says_to_lower_the_batch_size():
     assert lines and "FAILED" in lines[0]
 
 
-def test_a_better_run_takes_over_as_active_model_and_a_worse_one_does_not(registry, store):
+@pytest.mark.slow
+def test_runs_leave_the_acceptance_set_out_are_scored_on_it_and_promote_only_through_the_gate(registry, store):
+    from busi_web.evaluation.acceptance import choose_images
+
+    items, modality = choose_images(registry, "phantom", None, source="share", dataset_params=PHANTOM, share=0.3)
+    accepted = store.add_acceptance_set(modality, items=items, dataset="phantom", source="share", by="admin",
+                                        dataset_params=PHANTOM, share=0.3)
     first = new_run(store, registry, train={"epochs": 1})
-    run_training(store, first["id"], registry)
-    assert store.active_model("phantom")["run_id"] == first["id"]
-    store.update_run(first["id"], test_macro_f1=-1.0)  # make any new run better
+    assert run_training(store, first["id"], registry)["status"] == "finished"
+    run_dir = Path(first["run_dir"])
+    # Left out of every part, and said so.
+    params = json.loads((run_dir / art.PARAMS_JSON).read_text())
+    assert params["acceptance_left_out"] == {"set_id": accepted["id"], "identical": len(items), "near_duplicates": 0,
+                                             "images": len(items)}
+    split = json.loads((run_dir / art.SPLIT_JSON).read_text())
+    keys = {it["key"] for it in items}
+    assert set(split["excluded"]) == keys and not keys & set(split["train"] + split["val"] + split["test"])
+    log = (run_dir / art.LOG_TXT).read_text()
+    assert f"left out {len(items)} images: copies of the ultrasound acceptance set {accepted['id']}" in log
+    # Scored on exactly the set, with intervals; no default (auto-promotion is off).
+    result = store.acceptance_result(first["id"], accepted["id"])["metrics"]
+    assert result["n"] == len(items) and len(result["ci"]["macro_f1"]) == 2
+    assert json.loads((run_dir / art.ACCEPTANCE_JSON).read_text())["macro_f1"] == result["macro_f1"]
+    assert store.default_model("ultrasound") is None
+    # Auto-promotion on, with a floor every run passes: the next run becomes the default.
+    store.update_modality_settings("ultrasound", by="admin", auto_promote=True, floors={"macro_f1": 0.0})
     second = new_run(store, registry, train={"epochs": 1})
     run_training(store, second["id"], registry)
-    assert store.active_model("phantom")["run_id"] == second["id"]
-    store.update_run(second["id"], test_macro_f1=2.0)  # now no run can beat it
+    assert store.default_model("ultrasound")["run_id"] == second["id"]
+    assert store.default_model("ultrasound")["reason"].startswith("auto-promotion: passed the ultrasound gate")
+    # A ceiling no model reaches (ECE 0): the gate refuses, the default stays.
+    store.update_modality_settings("ultrasound", by="admin", floors={"ece": 0.0})
     third = new_run(store, registry, train={"epochs": 1})
     run_training(store, third["id"], registry)
-    assert store.active_model("phantom")["run_id"] == second["id"]
+    assert store.default_model("ultrasound")["run_id"] == second["id"]
+    assert "not promoted: it does not pass the gate: ece" in Path(third["run_dir"], art.LOG_TXT).read_text()
+
+
+def test_the_first_start_demo_becomes_the_default_of_an_empty_instance_labelled_as_a_demo(registry, store):
+    from busi_web.training.run import FIRST_START_REASON
+
+    params = prepare_run_params(registry, "tiny_cnn", "phantom", train={**TINY, "epochs": 1}, dataset_params=PHANTOM)
+    run = store.create_run("tiny_cnn", "phantom", {**params, "first_start": True})
+    run_training(store, run["id"], registry)
+    default = store.default_model("ultrasound")
+    assert default["run_id"] == run["id"] and default["reason"] == FIRST_START_REASON and default["set_by"] == "system"
+    card = json.loads(Path(run["run_dir"], art.MODEL_CARD_JSON).read_text())
+    assert card["demo"] and card["promotion"]["default_of"] == "ultrasound"
 
 
 def test_weight_average_follows_the_recurrence_and_is_what_predict_runs():

@@ -25,7 +25,7 @@ def store(app):
 
 def test_predict_without_a_model_is_409_with_the_fix(clinician_client):
     r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png")))
-    assert r.status_code == 409 and "no active model yet" in r.get_json()["error"]
+    assert r.status_code == 409 and "no default ultrasound model yet" in r.get_json()["error"]
 
 
 def test_predict_many_formats_gives_labels_probabilities_and_pngs_and_audits(app, store, clinician_client):
@@ -154,25 +154,92 @@ def test_runs_list_detail_metrics_and_artifacts(store, clinician_client, admin_c
         assert r.status_code == 404 and r.is_json, name
 
 
-def test_models_active_and_promote(store, clinician_client, admin_client):
+def test_defaults_are_set_and_cleared_with_a_reason_per_modality_and_audited(store, clinician_client, admin_client):
     r = clinician_client.get("/api/models/active")
-    assert r.status_code == 404 and "no active model" in r.get_json()["error"]
+    assert r.status_code == 404 and "no default ultrasound model" in r.get_json()["error"]
     first, second = finished_run(store), finished_run(store, seed=2)
-    r = admin_client.post(f"/api/runs/{first['id']}/promote")
-    assert r.status_code == 200 and r.get_json()["model"]["run_id"] == first["id"]
+    mammo = finished_run(store, dataset="mias")
+    store.db["runs"].update(mammo["id"], {"modality": "mammography"})
+    r = admin_client.put("/api/modalities/ultrasound/default", json={"run_id": first["id"]})
+    assert r.status_code == 400 and r.get_json()["fields"] == {"reason": "required"}
+    r = admin_client.put("/api/modalities/ultrasound/default", json={"run_id": mammo["id"], "reason": "x"})
+    assert r.status_code == 409 and "is a mammography model" in r.get_json()["error"]
+    r = admin_client.put("/api/modalities/ultrasound/default", json={"run_id": first["id"], "reason": "our best"})
+    assert r.status_code == 200 and r.get_json()["default"]["run_id"] == first["id"]
     active = clinician_client.get("/api/models/active").get_json()
     assert active["run_id"] == first["id"] and active["classes"] == CLASSES and active["target_layer"]
-    assert active["target_layer"] in active["layers"]
-    admin_client.post(f"/api/runs/{second['id']}/promote")
-    models = clinician_client.get("/api/models").get_json()["models"]
-    assert [(m["dataset"], m["run_id"], m["serving"]) for m in models] == [("phantom", second["id"], True)]
-    # Promotion is hot: the next diagnosis uses the new model.
-    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png")))
-    assert r.get_json()["run_id"] == second["id"]
+    assert active["target_layer"] in active["layers"] and active["model"]["modality"] == "ultrasound"
+    assert admin_client.post(f"/api/runs/{second['id']}/promote", json={"reason": "newer"}).status_code == 200
+    overview = clinician_client.get("/api/models").get_json()
+    by_run = {m["id"]: m for m in overview["models"]}
+    assert by_run[second["id"]]["default_of"] == "ultrasound" and by_run[first["id"]]["default_of"] is None
+    assert {m["modality"] for m in overview["modalities"]} >= {"ultrasound", "mammography"}
+    # Promotion is hot: the next diagnosis uses the new model, and says which one it is.
+    body = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"))).get_json()
+    assert body["run_id"] == second["id"] and body["model"]["run_id"] == second["id"]
+    assert body["model"]["demo"] is True and "not a diagnosis" in body["notice"]
+    # Each modality has its own default; a request names its modality.
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), modality="mammography"))
+    assert r.status_code == 409 and "no default mammography model" in r.get_json()["error"]
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), modality="Ultra Sound"))
+    assert r.status_code == 400 and "lower-case" in r.get_json()["error"]
+    r = admin_client.delete("/api/modalities/ultrasound/default", json={"reason": "withdrawn"})
+    assert r.status_code == 200 and store.default_model("ultrasound") is None
     queued = store.create_run("tiny_cnn", "phantom", {})
-    r = admin_client.post(f"/api/runs/{queued['id']}/promote")
+    r = admin_client.post(f"/api/runs/{queued['id']}/promote", json={"reason": "x"})
     assert r.status_code == 409 and "only a finished run" in r.get_json()["error"]
-    assert any(a["user"] == "admin" for a in store.audit_log("model.promote"))
+    audit = [(a["action"], a["user"], a["detail"]["reason"]) for a in store.audit_log(("model.default.set",
+                                                                                          "model.default.clear"))]
+    assert audit == [("model.default.clear", "admin", "withdrawn"), ("model.default.set", "admin", "newer"),
+                     ("model.default.set", "admin", "our best")]
+    # The model card follows every change, on disk and in the API (JSON and Markdown).
+    card = json.loads((Path(second["run_dir"]) / "model_card.json").read_text())
+    assert [h["action"] for h in card["promotion"]["history"]] == ["model.default.clear", "model.default.set"]
+    api_card = clinician_client.get(f"/api/runs/{second['id']}/card").get_json()
+    assert api_card["data"]["data_dir"] is None and api_card["provenance"]["run_id"] == second["id"]
+    md = clinician_client.get(f"/api/runs/{second['id']}/card.md")
+    assert md.status_code == 200 and md.mimetype == "text/markdown" and b"DEMO MODEL" in md.data
+
+
+def test_the_gate_refuses_a_weak_model_through_the_api_and_the_acceptance_set_scores_every_candidate(
+        store, admin_client, tmp_path):
+    from tests.helpers import write_busi_folder
+
+    folder = write_busi_folder(tmp_path / "busi", CLASSES, per_class=4)
+    weak, other = finished_run(store), finished_run(store, seed=3)
+    r = admin_client.post(f"/api/runs/{weak['id']}/acceptance")
+    assert r.status_code == 409 and "no acceptance set yet" in r.get_json()["error"]
+    r = admin_client.post("/api/modalities/ultrasound/acceptance", json={"source": "usb", "dataset": "busi",
+                                                                         "data_dir": str(folder)})
+    assert r.status_code == 400 and "source must be one of folder, share" in r.get_json()["error"]
+    r = admin_client.post("/api/modalities/mammography/acceptance", json={"source": "folder", "dataset": "busi",
+                                                                          "data_dir": str(folder)})
+    assert r.status_code == 400 and "holds ultrasound images" in r.get_json()["error"]
+    r = admin_client.post("/api/modalities/ultrasound/acceptance", json={"source": "folder", "dataset": "busi",
+                                                                         "data_dir": str(folder)})
+    assert r.status_code == 201 and r.get_json()["images"] == 12
+    r = admin_client.put("/api/modalities/ultrasound/settings", json={"floors": {"macro_f1": 0.99}})
+    assert r.status_code == 200 and r.get_json()["floors"] == {"macro_f1": 0.99}
+    assert admin_client.put("/api/modalities/ultrasound/settings", json={"auto_promote": "yes"}).status_code == 400
+    r = admin_client.put("/api/modalities/ultrasound/default", json={"run_id": weak["id"], "reason": "try"})
+    assert r.status_code == 409 and "has not been evaluated" in r.get_json()["error"]
+    scores = []
+    for run in (weak, other):
+        r = admin_client.post(f"/api/runs/{run['id']}/acceptance")
+        body = r.get_json()
+        assert r.status_code == 200 and body["metrics"]["n"] == 12 and len(body["metrics"]["ci"]["accuracy"]) == 2
+        assert body["gate_failures"] and "below the floor 0.99" in body["gate_failures"][0]
+        scores.append(body["metrics"]["macro_f1"])
+    r = admin_client.put("/api/modalities/ultrasound/default", json={"run_id": weak["id"], "reason": "try"})
+    assert r.status_code == 409 and "does not pass the ultrasound acceptance gate: macro_f1" in r.get_json()["error"]
+    assert store.default_model("ultrasound") is None
+    # Both were scored on the same images: the Models overview shows each with its gate result.
+    listed = {m["id"]: m for m in admin_client.get("/api/models").get_json()["models"]}
+    assert [listed[r["id"]]["acceptance"]["macro_f1"] for r in (weak, other)] == scores
+    # A changed acceptance image is refused, not silently scored on something else.
+    (folder / "benign" / "benign (1).png").write_bytes(image_bytes(hw=(40, 40), seed=99))
+    r = admin_client.post(f"/api/runs/{weak['id']}/acceptance")
+    assert r.status_code == 409 and "changed since the set was defined" in r.get_json()["error"]
 
 
 def test_specs_plugins_me_health(clinician_client, admin_client):
@@ -280,7 +347,7 @@ def test_start_train_promote_and_diagnose_end_to_end(app, admin_client, store):
     listed = next(r for r in admin_client.get("/api/runs").get_json()["runs"] if r["id"] == run["id"])
     assert listed["test_accuracy"] == pytest.approx(tested["accuracy"]) and listed["test_accuracy"] is not None
     assert listed["test_macro_f1"] == pytest.approx(tested["macro_f1"])
-    assert admin_client.post(f"/api/runs/{run['id']}/promote").status_code == 200
+    assert admin_client.post(f"/api/runs/{run['id']}/promote", json={"reason": "end to end"}).status_code == 200
     active = admin_client.get("/api/models/active").get_json()
     assert active["run"]["test_accuracy"] == pytest.approx(tested["accuracy"])
     r = admin_client.post("/api/predict", data=upload((image_bytes(hw=(40, 40)), "p.png")))

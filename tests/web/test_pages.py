@@ -73,20 +73,23 @@ def test_diagnose_without_any_model_says_so_and_links_to_training(admin_client, 
     page = html(clinician_client.get("/diagnose"))
     assert "An administrator has to" in page and 'id="no-model"' in page
     home = html(clinician_client.get("/"))
-    assert 'id="home-no-model"' in home and "An administrator has to train one first" in home
+    assert 'id="home-no-model"' in home and "An administrator has to train one and make it a" in home
 
 
-def test_diagnose_offers_the_active_model_finished_runs_and_explainers(app, store, clinician_client):
+def test_diagnose_offers_each_modalitys_default_its_finished_models_and_the_notice(app, store, clinician_client):
     active = run_with_artifacts(store, promote=True)
     other = run_with_artifacts(store, seed=1, name="other model")
     store.create_run("tiny_cnn", "phantom", {})  # queued: not a model anyone can use
     page = html(clinician_client.get("/diagnose"))
     assert 'id="no-model"' not in page and 'id="no-active-model"' not in page
-    assert f'data-active-run="{active["id"]}"' in page
+    assert "Decision support, not a diagnosis" in page.split('id="support-notice"')[1]
+    modalities = re.findall(r'<option value="(\w+)"', page.split('id="modality"')[1].split("</select>")[0])
+    assert modalities == ["ultrasound"]
     select = page.split('id="model"')[1].split("</select>")[0]
     options = re.findall(r'<option value="(\d*)"[^>]*>([^<]*)</option>', select)
     assert [v for v, _ in options] == ["", str(other["id"]), str(active["id"])]
-    assert "Active model" in options[0][1] and "other model" in options[1][1] and "active" in options[2][1]
+    assert options[0][1].startswith(f"Default ultrasound model — run {active['id']}") and "[demo]" in options[0][1]
+    assert "other model" in options[1][1] and "default" in options[2][1]
     explainers = page.split('id="explainer"')[1].split("</select>")[0]
     assert re.search(r'value="gradcam"\s+selected', explainers) and 'value="none"' in explainers
     assert 'value="gradcampp"' in explainers
@@ -116,7 +119,7 @@ def test_runs_list_shows_status_metrics_duration_and_filters(store, clinician_cl
     rows = re.findall(r'<tr data-run-id="(\d+)" data-status="(\w+)"', page)
     assert rows == [(str(queued["id"]), "queued"), (str(done["id"]), "finished")]
     done_row = page.split(f'data-run-id="{done["id"]}"')[1].split("</tr>")[0]
-    assert "val_macro_f1 0.5500" in done_row and "tiny_cnn" in done_row and ">active<" in done_row
+    assert "val_macro_f1 0.5500" in done_row and "tiny_cnn" in done_row and ">default ultrasound<" in done_row
     assert "0.500" in done_row  # test macro-F1 with 3 digits
     assert re.search(r"<td>\d+ s</td>", done_row)  # a duration
     assert "0/5" in page.split(f'data-run-id="{queued["id"]}"')[1].split("</tr>")[0]
@@ -149,9 +152,14 @@ def test_finished_run_page_has_report_matrix_log_params_files_and_promote(store,
     page = html(clinician_client.get(f"/runs/{run['id']}"))
     assert "best_model.pt" not in page and 'data-action=' not in page and "classification_report.txt" in page
     # Promoting (the API) shows on the page; the details section alone is what the page swaps in live.
-    assert admin_client.post(f"/api/runs/{run['id']}/promote").status_code == 200
+    assert admin_client.post(f"/api/runs/{run['id']}/promote", json={"reason": "page test"}).status_code == 200
     part = html(admin_client.get(f"/runs/{run['id']}?partial=details"))
     assert "<html" not in part and 'id="run-active"' in part and 'id="promote-run"' not in part
+    # The model card is a section of the run page: the promotion with its reason, the limits, the export.
+    card = part.split('id="model-card"')[1]
+    assert "page test" in card.split('id="card-promotion"')[1] and 'id="card-demo"' in card
+    assert "trained from scratch" in card.split('id="card-limits"')[1]
+    assert f'href="/api/runs/{run["id"]}/card.md"' in card
 
 
 def test_running_run_page_offers_cancel_to_admins_only(store, admin_client, clinician_client):
@@ -205,7 +213,8 @@ def test_train_page_is_a_form_shell_fed_by_the_specs_api(admin_client):
 def test_home_and_plugins_pages(store, admin_client):
     run = run_with_artifacts(store, promote=True, name="served model")
     home = html(admin_client.get("/"))
-    assert 'id="home-active"' in home and f'href="/runs/{run["id"]}"' in home and "served model" in home
+    defaults = home.split('id="home-defaults"')[1].split("</ul>")[0]
+    assert f'href="/runs/{run["id"]}"' in defaults and "served model" in defaults and "demo" in defaults
     assert "Recent runs" in home and 'class="plugins"' in home
     page = html(admin_client.get("/plugins"))
     assert 'data-plugin="phantom"' in page and 'id="specs-backbones"' in page

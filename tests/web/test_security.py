@@ -15,9 +15,11 @@ from tests.helpers import finished_run, image_bytes, make_user_client, upload
 PUBLIC = {"auth.login", "static"}
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 # Endpoints that must exist and be covered by the walks below (so a walk can never pass by finding nothing).
-KNOWN = {"diagnose.predict", "train.start_run", "train.cancel_run", "train.promote_run", "runs_api.list_runs",
+KNOWN = {"diagnose.predict", "train.start_run", "train.cancel_run", "models.promote_run", "runs_api.list_runs",
          "runs_api.run_artifact", "auth.logout", "auth.password"}
-ADMIN_API = {"train.start_run", "train.cancel_run", "train.resume_run", "train.promote_run", "system.plugins"}
+ADMIN_API = {"train.start_run", "train.cancel_run", "train.resume_run", "models.promote_run", "models.set_default",
+             "models.clear_default", "models.settings", "models.define_acceptance", "models.evaluate_acceptance",
+             "system.plugins"}
 ADMIN_PAGES = ("/train", "/plugins")  # the pages the issue reserves for admins
 
 

@@ -1,0 +1,153 @@
+"""The acceptance set of a modality: choosing its images, and scoring a model on exactly those images.
+
+An admin defines it once per modality (:func:`choose_images`):
+
+* ``source="folder"``: every image of a folder, read by a dataset plugin
+  (e.g. images the hospital labelled on its own scanners);
+* ``source="share"``: a share of a dataset, taken by the duplicate-aware
+  splitter (its "test" part with no validation part), so a near-duplicate
+  group is never cut in two.
+
+It is recorded as fingerprints (:mod:`busi_web.data.fingerprints`). Every
+candidate model is scored on the same images (:func:`score_model`), checked
+against those fingerprints first: a changed or missing file is refused, not
+silently scored on something else. Probabilities are the model's calibrated
+ones. Every metric comes with a bootstrap 95% confidence interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from busi_web.data.fingerprints import fingerprints, pixel_hash
+from busi_web.data.splits import split_dataset
+from busi_web.errors import UserError
+from busi_web.evaluation.evaluate import EvaluationError, build_dataset, label_map
+from busi_web.model.calibration import expected_calibration_error
+from busi_web.model.predictor import Predictor
+from busi_web.plugins import PluginRegistry
+from busi_web.store.acceptance import SOURCES
+
+__all__ = ["choose_images", "score_model", "gate_metrics", "bootstrap_intervals", "SOURCES"]
+
+BOOTSTRAP = 1000
+BATCH = 16
+
+
+def choose_images(registry: PluginRegistry, dataset: str, data_dir: str | None, *, source: str,
+                  dataset_params: dict[str, Any] | None = None, share: float | None = None, seed: int = 0
+                  ) -> tuple[list[dict[str, Any]], str]:
+    """The fingerprints of an acceptance set's images, and the dataset's modality.
+
+    Raises :class:`EvaluationError` (400) for an unknown source, a share outside (0, 0.5] or unusable data.
+    """
+    if source not in SOURCES:
+        raise EvaluationError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    ds = build_dataset(registry, dataset, data_dir, dataset_params)
+    if source == "share":
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 0.5:
+            raise EvaluationError(f"share must be a fraction above 0 and at most 0.5 of the dataset, got {share!r}")
+        indices = split_dataset(ds, val_frac=0.0, test_frac=float(share), seed=int(seed)).test
+    else:
+        indices = list(range(len(ds)))
+    if not indices:
+        raise EvaluationError("the acceptance set would be empty; take a larger share or a folder with images")
+    modality = getattr(ds, "modality", None) or registry.dataset(dataset).modality
+    return fingerprints(ds, indices), modality
+
+
+def score_model(predictor: Predictor, registry: PluginRegistry, accepted: dict[str, Any]) -> dict[str, Any]:
+    """Score ``predictor`` on the acceptance set ``accepted`` (a store row with its items): the gate's metrics.
+
+    Raises :class:`EvaluationError` when the model's modality or classes do not fit the set, or when an image of
+    the set is missing or changed since the set was defined (409).
+    """
+    meta = predictor.checkpoint_meta
+    if meta.modality != accepted["modality"]:
+        raise EvaluationError(f"the model is a {meta.modality} model; the acceptance set is for "
+                              f"{accepted['modality']}")
+    ds = build_dataset(registry, accepted["dataset"], accepted.get("data_dir"), accepted.get("dataset_params"))
+    to_model = label_map(ds, meta.classes)
+    where = {s.key: i for i, s in enumerate(ds.samples)}
+    indices = []
+    folder = accepted.get("data_dir") or "the dataset"
+    for item in accepted["items"]:
+        i = where.get(item["key"])
+        if i is None:
+            raise UserError(f"acceptance image {item['key']!r} is no longer in {folder}; restore it or define a new "
+                            "acceptance set", 409)
+        indices.append(i)
+    y, rows = [], []
+    for start in range(0, len(indices), BATCH):
+        chunk = indices[start:start + BATCH]
+        images = [ds.load_image(i) for i in chunk]
+        for i, img, item in zip(chunk, images, accepted["items"][start:start + BATCH], strict=True):
+            if pixel_hash(img) != item["sha256"]:
+                raise UserError(f"acceptance image {item['key']!r} changed since the set was defined (its pixels "
+                                "differ); restore it or define a new acceptance set", 409)
+            y.append(to_model[ds.samples[i].label])
+        for pred in predictor.predict_batch(images, explainer=None):
+            rows.append([pred.probabilities[c] for c in meta.classes])
+    return gate_metrics(np.asarray(y), np.asarray(rows), list(meta.classes))
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """One-vs-rest AUC by ranks (ties share their mean rank): the Mann-Whitney U over the pairs."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _point(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float | None]:
+    """The gate's metrics of one sample, computed directly (the bootstrap runs it a thousand times): they agree
+    with :func:`~busi_web.evaluation.metrics.classification_metrics` (scikit-learn), which a test checks."""
+    k = len(classes)
+    pred = probs.argmax(axis=1)
+    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k).astype(np.float64)
+    true, called, hit = cm.sum(axis=1), cm.sum(axis=0), np.diag(cm)
+    recall = np.divide(hit, true, out=np.zeros(k), where=true > 0)
+    precision = np.divide(hit, called, out=np.zeros(k), where=called > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+    aucs = [a for a in (_auc(probs[:, c], y == c) for c in range(k)) if a is not None]
+    out: dict[str, float | None] = {"accuracy": float(hit.sum() / len(y)), "macro_f1": float(f1.mean()),
+                                    "auc": float(np.mean(aucs)) if aucs else None,
+                                    "ece": expected_calibration_error(probs, y)}
+    for c, name in enumerate(classes):
+        out[f"sensitivity_{name}"] = float(recall[c]) if true[c] > 0 else None
+    return out
+
+
+def bootstrap_intervals(y: np.ndarray, probs: np.ndarray, classes: list[str], n: int = BOOTSTRAP,
+                        seed: int = 0) -> dict[str, list[float] | None]:
+    """Percentile bootstrap 95% intervals of every metric of :func:`gate_metrics` (images resampled with
+    replacement ``n`` times; a metric undefined on a resample is left out of that metric's interval)."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(int(n)):
+        pick = rng.integers(0, len(y), len(y))
+        for name, value in _point(y[pick], probs[pick], classes).items():
+            if value is not None:
+                draws.setdefault(name, []).append(value)
+    keys = _point(y, probs, classes).keys()
+    return {k: [float(np.percentile(draws[k], 2.5)), float(np.percentile(draws[k], 97.5))]
+            if len(draws.get(k, [])) >= 10 else None for k in keys}
+
+
+def gate_metrics(y: Sequence[int] | np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, AUC, ECE and each class's sensitivity, with ``ci`` (bootstrap 95%), ``n`` and the
+    confusion matrix."""
+    y = np.asarray(y, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(y) == 0:
+        raise EvaluationError("no images to score")
+    k = len(classes)
+    matrix = np.bincount(y * k + probs.argmax(axis=1), minlength=k * k).reshape(k, k)
+    return {**_point(y, probs, classes), "n": int(len(y)), "classes": classes,
+            "confusion_matrix": matrix.tolist(), "ci": bootstrap_intervals(y, probs, classes)}

@@ -1,0 +1,167 @@
+"""Models: every finished model with its card and acceptance results, and the decisions about them.
+
+Everyone may read; only admins decide. Every decision needs a reason and is audited.
+
+* ``GET /models`` (page), ``GET /api/models``: finished models, each with its card summary, its result on
+  its modality's acceptance set and whether it is a default; and every modality with its default, settings
+  and acceptance set.
+* ``PUT /api/modalities/<modality>/default`` ``{"run_id", "reason"}`` sets the default (409 when the model
+  fails the gate); ``DELETE`` with ``{"reason"}`` clears it. ``POST /api/runs/<id>/promote`` ``{"reason"}``
+  makes a run the default of its own modality.
+* ``PUT /api/modalities/<modality>/settings`` ``{"auto_promote", "floors"}``.
+* ``POST /api/modalities/<modality>/acceptance`` defines the acceptance set: ``{"source": "folder"|"share",
+  "dataset", "data_dir", "dataset_params", "share", "seed", "name"}``.
+* ``POST /api/runs/<id>/acceptance`` scores a model on its modality's acceptance set.
+* ``GET /api/runs/<id>/card`` (JSON) and ``/api/runs/<id>/card.md`` (Markdown export).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, render_template
+
+from busi_web.errors import UserError
+from busi_web.evaluation.card import card_markdown, is_demo, provenance
+from busi_web.services import services_of
+from busi_web.store import MAX_ID
+from busi_web.store.acceptance import check_modality
+from busi_web.web.auth import admin_required, current_user
+from busi_web.web.helpers import body_str, card_for, json_body, run_json
+
+bp = Blueprint("models", __name__)
+
+
+def _modalities() -> list[str]:
+    """Every modality a dataset plugin declares, plus any the store knows (a plugin may be gone)."""
+    services = services_of()
+    names = {s.modality for s in services.registry.datasets.values()}
+    names |= {d["modality"] for d in services.store.list_defaults()}
+    names |= {s["modality"] for s in services.store.acceptance_sets()}
+    return sorted(names)
+
+
+def models_overview() -> dict[str, Any]:
+    """What the Models page and ``GET /api/models`` show."""
+    services = services_of()
+    store, registry = services.store, services.registry
+    defaults = {d["modality"]: d for d in store.list_defaults()}
+    sets = {s["modality"]: s for s in store.acceptance_sets()}
+    modalities = [{"modality": m, "default": defaults.get(m), "settings": store.modality_settings(m),
+                   "acceptance_set": sets.get(m)} for m in _modalities()]
+    ids = {d["run_id"]: m for m, d in defaults.items()}
+    models = []
+    for run in store.list_runs(status="finished"):
+        modality = run.get("modality") or "ultrasound"
+        accepted = sets.get(modality)
+        result = None if accepted is None else store.acceptance_result(run["id"], accepted["id"])
+        failures = store.gate_failures(run["id"], modality)
+        models.append({**run_json(run, ids), "modality": modality, "demo": is_demo(registry, run["dataset"]),
+                       "acceptance": None if result is None else result["metrics"],
+                       "gate_failures": failures})
+    return {"modalities": modalities, "models": models}
+
+
+@bp.get("/models")
+def page():
+    """Every finished model with its acceptance results; admins set defaults, floors and acceptance sets."""
+    overview = models_overview()
+    return render_template("pages/models.html", page="models", **overview,
+                           datasets=[s.to_dict() for s in services_of().registry.datasets.values()],
+                           data_dirs=current_app.config.get("DATA_DIRS") or {}, is_admin=current_user.is_admin)
+
+
+@bp.get("/api/models")
+def models():
+    """Finished models (with acceptance results and gate failures) and modalities (default, settings, set)."""
+    return jsonify(models_overview())
+
+
+@bp.put("/api/modalities/<modality>/default")
+@admin_required
+def set_default(modality: str):
+    """Make a finished model the default of ``modality`` (with a reason; 409 when the gate refuses it)."""
+    check_modality(modality)
+    body = json_body('{"run_id": 3, "reason": "passed acceptance on our scanners"}')
+    run_id = body.get("run_id")
+    if isinstance(run_id, bool) or not isinstance(run_id, int) or not 1 <= run_id <= MAX_ID:
+        raise UserError(f"run_id must be a run number, got {run_id!r}", 400, {"run_id": "a run number"})
+    return _make_default(run_id, body_str(body, "reason"), modality)
+
+
+def _make_default(run_id: int, reason: str | None, modality: str | None = None):
+    services = services_of()
+    default = services.set_default(run_id, by=current_user.name, reason=reason, modality=modality)
+    return jsonify({"default": default, "run": run_json(services.store.get_run(run_id))})
+
+
+@bp.delete("/api/modalities/<modality>/default")
+@admin_required
+def clear_default(modality: str):
+    """Clear the default of ``modality`` (with a reason): Diagnose refuses it until another is set."""
+    check_modality(modality)
+    body = json_body('{"reason": "withdrawn after a failed audit"}')
+    services_of().clear_default(modality, by=current_user.name, reason=body_str(body, "reason"))
+    return jsonify({"modality": modality, "default": None})
+
+
+@bp.post("/api/runs/<int:run_id>/promote")
+@admin_required
+def promote_run(run_id: int):
+    """Make a finished run the default of its own modality (with a reason; the gate applies)."""
+    body = json_body('{"reason": "better on our acceptance set"}')
+    return _make_default(run_id, body_str(body, "reason"))
+
+
+@bp.put("/api/modalities/<modality>/settings")
+@admin_required
+def settings(modality: str):
+    """Switch auto-promotion on or off and set the floors of ``modality``."""
+    check_modality(modality)
+    body = json_body('{"auto_promote": true, "floors": {"macro_f1": 0.7, "sensitivity_malignant": 0.85}}')
+    auto = body.get("auto_promote")
+    if auto is not None and not isinstance(auto, bool):
+        raise UserError("auto_promote must be true or false", 400, {"auto_promote": "true or false"})
+    row = services_of().store.update_modality_settings(modality, by=current_user.name, auto_promote=auto,
+                                                       floors=body.get("floors"))
+    return jsonify(row)
+
+
+@bp.post("/api/modalities/<modality>/acceptance")
+@admin_required
+def define_acceptance(modality: str):
+    """Define the acceptance set of ``modality`` from a folder or a share of a dataset (201)."""
+    check_modality(modality)
+    body = json_body('{"source": "share", "dataset": "busi", "data_dir": "/data/busi", "share": 0.15, "seed": 0}')
+    dataset = body_str(body, "dataset", required=True)
+    params, seed = body.get("dataset_params") or {}, body.get("seed", 0)
+    if not isinstance(params, dict):
+        raise UserError("dataset_params must be a JSON object", 400, {"dataset_params": "an object"})
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise UserError(f"seed must be a whole number from 0, got {seed!r}", 400, {"seed": "a whole number"})
+    row = services_of().define_acceptance(
+        modality, source=body_str(body, "source", required=True) or "", dataset=dataset or "",
+        data_dir=body_str(body, "data_dir") or (current_app.config.get("DATA_DIRS") or {}).get(dataset),
+        dataset_params=params, share=body.get("share"), seed=seed, name=body_str(body, "name"), by=current_user.name)
+    return jsonify(row), 201
+
+
+@bp.post("/api/runs/<int:run_id>/acceptance")
+@admin_required
+def evaluate_acceptance(run_id: int):
+    """Score run ``run_id``'s model on its modality's acceptance set; the result is kept and returned."""
+    return jsonify(services_of().score_acceptance(run_id, by=current_user.name))
+
+
+@bp.get("/api/runs/<int:run_id>/card")
+def card(run_id: int):
+    """The model card of run ``run_id`` as JSON (built fresh from its files and the store)."""
+    found = card_for(run_id, current_user.is_admin)
+    return jsonify({**found, "provenance": provenance(found)})
+
+
+@bp.get("/api/runs/<int:run_id>/card.md")
+def card_md(run_id: int):
+    """The model card as a Markdown file to download."""
+    return Response(card_markdown(card_for(run_id, current_user.is_admin)), mimetype="text/markdown",
+                    headers={"Content-Disposition": f'attachment; filename="model_card_run_{run_id}.md"'})
