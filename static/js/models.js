@@ -37,13 +37,18 @@
     } else if (action === "evaluate") {
       await busi.api(`/api/runs/${runId}/acceptance`, { method: "POST" });
     } else if (action === "settings") {
+      const field = (name) => form.elements.namedItem(name);
       await busi.api(`/api/modalities/${m}/settings`, { method: "PUT",
-        json: { auto_promote: form.auto_promote.checked, floors: floors(form.floors.value) } });
+        json: { auto_promote: field("auto_promote").checked, floors: floors(field("floors").value) } });
     } else if (action === "acceptance") {
-      const body = { source: form.source.value, dataset: form.dataset.value, seed: Number(form.seed.value || 0) };
-      if (form.data_dir.value.trim()) body.data_dir = form.data_dir.value.trim();
-      if (body.source === "share") body.share = Number(form.share.value);
+      const field = (name) => form.elements.namedItem(name);
+      const body = { source: field("source").value, dataset: field("dataset").value,
+        seed: Number(field("seed").value || 0) };
+      if (field("data_dir").value.trim()) body.data_dir = field("data_dir").value.trim();
+      if (body.source === "share") body.share = Number(field("share").value);
       await busi.api(`/api/modalities/${m}/acceptance`, { method: "POST", json: body });
+    } else {
+      throw new Error(`unknown action ${action}`);
     }
     return true;
   }
@@ -73,6 +78,7 @@
   });
   document.addEventListener("submit", (e) => {
     const form = e.target.closest("form[data-act]");
-    if (form) run(e, form.dataset.act, form.querySelector("button[type=submit]"), form);
+    // getAttribute, not form.dataset: a form's named fields shadow its properties (this one has a "dataset").
+    if (form) run(e, form.getAttribute("data-act"), form.querySelector("button[type=submit]"), form);
   });
 })();

@@ -296,7 +296,7 @@ def test_history_filters_and_compares_two_runs(server, new_page):
 
 def test_mammography_model_takes_a_click_and_explains_the_crop(server, new_page, tmp_path):
     """A mammography model (trained on ROI crops) asks for one full mammogram and a click; the heatmap is of the
-    crop around the click. Last in this module: its run becomes the most recently activated model."""
+    crop around the click. The model is chosen under its modality, mammography."""
     from tests.helpers import SIDE, mias_to_pixel, scan, synthetic_mias
 
     root = synthetic_mias(tmp_path / "all-mias", pairs=10)
@@ -317,7 +317,8 @@ def test_mammography_model_takes_a_click_and_explains_the_crop(server, new_page,
     Image.fromarray(scan(99, [(x, y, r)])).save(path)
     page = new_page()
     login(page, server, CLINICIAN, "/diagnose")
-    page.wait_for_selector("#diagnose[data-model-loaded='1']")
+    page.wait_for_selector("#diagnose[data-model-loaded]")
+    page.select_option("#modality", "mammography")
     page.select_option("#model", str(run["id"]))
     page.set_input_files("#files", [str(path)])
     page.wait_for_selector("#roi-image")
