@@ -2,7 +2,8 @@
 
 ``busi-web users add NAME --role admin|clinician`` asks for the password (twice)
 or reads it from stdin with ``--password-stdin`` (for scripts); ``users list``,
-``users passwd NAME``, ``users delete NAME``; ``tokens create NAME`` prints a
+``users passwd NAME``, ``users role NAME ROLE``, ``users disable|enable NAME``,
+``users reset NAME`` (a one-time password), ``users delete NAME``; ``tokens create NAME`` prints a
 new API token once, ``tokens list``, ``tokens revoke ID``.
 """
 
@@ -109,6 +110,48 @@ def users_delete(name: str, yes: bool) -> None:
         click.confirm(f"delete {user['role']} {name} and their API tokens?", abort=True)
     store.delete_user(name)
     click.echo(f"deleted {name}")
+
+
+@users_group.command("role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(ROLES))
+@with_appcontext
+@user_errors
+def users_role(name: str, role: str) -> None:
+    """Give user NAME the role ROLE (the last enabled admin stays one)."""
+    _store().set_role(name, role, by="cli")
+    click.echo(f"{name} is now a {role}")
+
+
+@users_group.command("disable")
+@click.argument("name")
+@with_appcontext
+@user_errors
+def users_disable(name: str) -> None:
+    """Disable user NAME: no login, and their sessions and API tokens stop working at once."""
+    _store().set_disabled(name, True, by="cli")
+    click.echo(f"disabled {name}")
+
+
+@users_group.command("enable")
+@click.argument("name")
+@with_appcontext
+@user_errors
+def users_enable(name: str) -> None:
+    """Enable user NAME again."""
+    _store().set_disabled(name, False, by="cli")
+    click.echo(f"enabled {name}")
+
+
+@users_group.command("reset")
+@click.argument("name")
+@with_appcontext
+@user_errors
+def users_reset(name: str) -> None:
+    """Give user NAME a new one-time password (printed once), to be changed at their next login."""
+    password = _store().reset_password(name, by="cli")
+    click.echo(password)
+    click.echo(f"(one-time password of {name}; they must change it when they log in)", err=True)
 
 
 @click.group("tokens")

@@ -2,11 +2,48 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Sequence
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from busi_web.store.db import StoreBase, utc_now
+
+CSV_COLUMNS = ("id", "time", "user", "action", "run_id", "detail")
+
+
+def time_window(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    """``since``/``until`` as given by a person (a date ``2026-12-01`` or an ISO 8601 time) as the bounds that
+    :meth:`AuditMixin.audit_log` takes: a bare ``until`` date includes that whole day. Raises ``ValueError``
+    naming the bad one."""
+    out = []
+    for name, raw, end in (("since", since, False), ("until", until, True)):
+        text = (raw or "").strip()
+        if not text:
+            out.append(None)
+            continue
+        try:
+            if len(text) == 10:
+                day = date.fromisoformat(text)
+                out.append((day + timedelta(days=1) if end else day).isoformat())
+            else:
+                out.append(datetime.fromisoformat(text).isoformat())
+        except ValueError:
+            raise ValueError(f"{name} must be a date (2026-12-01) or an ISO 8601 time, got {text!r}") from None
+    return out[0], out[1]
+
+
+def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """Audit rows as CSV text with a header (``detail`` as JSON), for a spreadsheet or an archive."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow([row["id"], row["time"], row["user"] or "", row["action"], row["run_id"] or "",
+                         json.dumps(row["detail"], sort_keys=True, default=str)])
+    return out.getvalue()
 
 
 class AuditMixin(StoreBase):

@@ -63,3 +63,9 @@ def m002_modalities_defaults_acceptance(db: Database) -> None:
     db["acceptance_results"].create({"run_id": int, "set_id": int, "metrics": str, "evaluated_at": str,
                                      "evaluated_by": str}, pk=("run_id", "set_id"),
                                     foreign_keys=[("run_id", "runs", "id"), ("set_id", "acceptance_sets", "id")])
+
+
+@MIGRATIONS()
+def m003_disabled_users(db: Database) -> None:
+    """An admin can disable an account (kept for the audit trail) instead of deleting it."""
+    db["users"].add_column("disabled", int, not_null_default=0)

@@ -28,8 +28,9 @@ def _token_hash(token: str) -> str:
 class UsersMixin(AuditMixin):
     """User and API token methods."""
 
-    def add_user(self, name: str, role: str, password: str, *, must_change_password: bool = False
-                 ) -> dict[str, Any]:
+    def add_user(self, name: str, role: str, password: str, *, must_change_password: bool = False,
+                 by: str | None = None) -> dict[str, Any]:
+        """Create an account (``by``: the admin who did, for the audit; else the account itself)."""
         name = (name or "").strip()
         if not name or len(name) > 64 or any(c.isspace() for c in name):
             raise UserError("a user name is 1-64 characters with no spaces")
@@ -43,7 +44,7 @@ class UsersMixin(AuditMixin):
                                     "created_at": utc_now(), "must_change_password": int(must_change_password)})
         except sqlite3.IntegrityError:
             raise UserError(f"a user named {name!r} exists already") from None
-        self.audit("user.add", user=name, role=role)
+        self.audit("user.add", user=by or name, target=name, role=role)
         return self.get_user(name)
 
     def get_user(self, name: str) -> dict[str, Any] | None:
@@ -55,7 +56,8 @@ class UsersMixin(AuditMixin):
         return dict(rows[0]) if rows else None
 
     def list_users(self) -> list[dict[str, Any]]:
-        return [{k: v for k, v in dict(r).items() if k != "password_hash"}
+        """Every account without its password hash (``disabled`` as a bool)."""
+        return [{**{k: v for k, v in dict(r).items() if k != "password_hash"}, "disabled": bool(r["disabled"])}
                 for r in self._rows("SELECT * FROM users ORDER BY name", [])]
 
     def count_users(self, role: str | None = None) -> int:
@@ -64,12 +66,15 @@ class UsersMixin(AuditMixin):
         return self._rows("SELECT count(*) AS n FROM users WHERE role = ?", [role])[0]["n"]
 
     def check_password(self, name: str, password: str) -> dict[str, Any] | None:
-        """The user when ``password`` is theirs, else None (the same answer for an unknown name)."""
+        """The user when ``password`` is theirs and the account is enabled, else None (the same answer for an
+        unknown name)."""
         user = self.get_user(name or "")
         if user is None:
             check_password_hash(generate_password_hash("x"), password or "")  # similar time either way
             return None
-        return user if check_password_hash(user["password_hash"], password or "") else None
+        if not check_password_hash(user["password_hash"], password or "") or user.get("disabled"):
+            return None
+        return user
 
     def set_password(self, name: str, password: str) -> None:
         if len(password or "") < MIN_PASSWORD:
@@ -90,6 +95,63 @@ class UsersMixin(AuditMixin):
             db.execute("DELETE FROM users WHERE id = ?", [user["id"]])
         self.audit("user.delete", user=name)
 
+    # -- what an admin does to accounts (each audited with the admin as the user, the account as ``target``) ----
+    def _other_enabled_admins(self, name: str) -> int:
+        return self._rows("SELECT count(*) AS n FROM users WHERE role = 'admin' AND NOT disabled AND name != ?",
+                          [name])[0]["n"]
+
+    def _existing(self, name: str) -> dict[str, Any]:
+        user = self.get_user(name)
+        if user is None:
+            raise UserError(f"there is no user {name!r}", 404, {"name": "no such user"})
+        return user
+
+    def set_role(self, name: str, role: str, *, by: str | None) -> dict[str, Any]:
+        """Change ``name``'s role; the last enabled admin cannot stop being one."""
+        if role not in ROLES:
+            raise UserError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}", 400, {"role": "unknown"})
+        with self.transaction() as db:
+            user = self._existing(name)
+            if user["role"] == "admin" and role != "admin" and not self._other_enabled_admins(name):
+                raise UserError(f"{name} is the last enabled admin; make another admin first", 409)
+            db.execute("UPDATE users SET role = ? WHERE id = ?", [role, user["id"]])
+            self.audit("user.role", user=by, target=name, role=role, previous=user["role"])
+        return self._existing(name)
+
+    def set_disabled(self, name: str, disabled: bool, *, by: str | None) -> dict[str, Any]:
+        """Disable (or enable again) ``name``: a disabled user cannot log in, and their sessions and API tokens
+        stop working at once. Nobody disables themselves or the last enabled admin."""
+        with self.transaction() as db:
+            user = self._existing(name)
+            if disabled and name == by:
+                raise UserError("you cannot disable your own account; ask another admin", 409)
+            if disabled and user["role"] == "admin" and not self._other_enabled_admins(name):
+                raise UserError(f"{name} is the last enabled admin; make another admin first", 409)
+            db.execute("UPDATE users SET disabled = ? WHERE id = ?", [int(bool(disabled)), user["id"]])
+            self.audit("user.disable" if disabled else "user.enable", user=by, target=name)
+        return self._existing(name)
+
+    def invite_user(self, name: str, role: str, *, by: str | None) -> str:
+        """Create an account with a one-time password (returned once), to be changed at the first login."""
+        password = secrets.token_urlsafe(12)
+        self.add_user(name, role, password, must_change_password=True, by=by)
+        return password
+
+    def public_user(self, name: str) -> dict[str, Any]:
+        """An account as admins see it: no password hash (404 for an unknown name)."""
+        user = self._existing(name)
+        return {**{k: v for k, v in user.items() if k != "password_hash"}, "disabled": bool(user["disabled"])}
+
+    def reset_password(self, name: str, *, by: str | None) -> str:
+        """Give ``name`` a new one-time password (returned once): they must change it when they next log in."""
+        password = secrets.token_urlsafe(12)
+        with self.transaction() as db:
+            user = self._existing(name)
+            db.execute("UPDATE users SET password_hash = ?, must_change_password = 1 WHERE id = ?",
+                       [generate_password_hash(password), user["id"]])
+            self.audit("user.password.reset", user=by, target=name)
+        return password
+
     # -- API tokens -----------------------------------------------------------------------------------------
     def create_token(self, name: str, label: str = "") -> str:
         """A new API token for user ``name``; the plain token is returned once and only its hash is kept."""
@@ -104,8 +166,10 @@ class UsersMixin(AuditMixin):
         return token
 
     def user_for_token(self, token: str) -> dict[str, Any] | None:
+        """The enabled user a token acts as, or None."""
         rows = self._rows("SELECT users.*, api_tokens.id AS token_id FROM api_tokens JOIN users "
-                          "ON users.id = api_tokens.user_id WHERE token_hash = ?", [_token_hash(token or "")])
+                          "ON users.id = api_tokens.user_id WHERE token_hash = ? AND NOT users.disabled",
+                          [_token_hash(token or "")])
         if not rows:
             return None
         user = dict(rows[0])

@@ -12,12 +12,12 @@ from __future__ import annotations
 from flask import Flask
 
 from busi_web.evaluation.card import NOTICE
-from busi_web.web import diagnose, home, models, runs, runs_api, system, train
+from busi_web.web import admin, diagnose, home, models, runs, runs_api, system, train
 from busi_web.web.auth import init_auth
 from busi_web.web.helpers import register_error_handlers
 from busi_web.web.live import init_live
 
-BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, models.bp, system.bp)
+BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, models.bp, admin.bp, system.bp)
 
 
 def init_web(app: Flask) -> None:

@@ -86,7 +86,7 @@ def _load_user(user_id: str) -> User | None:
         row = _store().get_user_by_id(int(user_id))
     except (TypeError, ValueError):
         return None
-    return User(row) if row else None
+    return User(row) if row and not row.get("disabled") else None  # disabling ends every session at once
 
 
 def _bearer_token() -> str | None:

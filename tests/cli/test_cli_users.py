@@ -107,3 +107,27 @@ def test_init_creates_the_first_admin_once_with_a_one_time_password(tmp_path):
     second = run_cli("init", env=env)
     assert second.returncode == 0 and "one-time password" not in second.stdout
     assert store.count_users() == 1 and store.check_password("admin", password)
+
+
+def test_users_role_disable_enable_reset_and_the_audit_command(cli, store):
+    store.add_user("root", "admin", "admin-pass-9")
+    store.add_user("ana", "clinician", "pass-word-1")
+    r = cli("users", "role", "ana", "admin")
+    assert r.exit_code == 0 and "ana is now a admin" in r.output and store.get_user("ana")["role"] == "admin"
+    assert cli("users", "disable", "ana").exit_code == 0 and store.check_password("ana", "pass-word-1") is None
+    assert cli("users", "enable", "ana").exit_code == 0 and store.check_password("ana", "pass-word-1")
+    r = cli("users", "role", "root", "clinician")
+    assert r.exit_code == 0  # ana is an enabled admin too
+    r = cli("users", "role", "ana", "clinician")
+    assert r.exit_code == 1 and "last enabled admin" in r.output
+    r = cli("users", "reset", "ana")
+    password = r.stdout.strip().splitlines()[0]
+    assert r.exit_code == 0 and store.check_password("ana", password)["must_change_password"] == 1
+    r = cli("audit", "--user", "cli", "--action", "user.role", "--json")
+    rows = json.loads(r.output)
+    assert [(x["detail"]["target"], x["detail"]["role"]) for x in rows] == [("root", "clinician"), ("ana", "admin")]
+    table = cli("audit", "--action", "user.disable", "--action", "user.enable", "--csv").output.splitlines()
+    assert table[0] == "id,time,user,action,run_id,detail" and [ln.split(",")[3] for ln in table[1:]] == [
+        "user.enable", "user.disable"]
+    r = cli("audit", "--since", "last week")
+    assert r.exit_code == 1 and "since must be a date" in r.output

@@ -19,7 +19,8 @@ KNOWN = {"diagnose.predict", "train.start_run", "train.cancel_run", "models.prom
          "runs_api.run_artifact", "auth.logout", "auth.password"}
 ADMIN_API = {"train.start_run", "train.cancel_run", "train.resume_run", "models.promote_run", "models.set_default",
              "models.clear_default", "models.settings", "models.define_acceptance", "models.evaluate_acceptance",
-             "system.plugins"}
+             "admin.users", "admin.add_user", "admin.change_user", "admin.reset_password", "admin.audit",
+             "admin.audit_csv", "system.plugins"}
 ADMIN_PAGES = ("/train", "/plugins")  # the pages the issue reserves for admins
 
 
