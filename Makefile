@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 THREADS ?= 16
 
-.PHONY: run init test quick chromium lint bench-explain bench-train bench-serve bench-quality bench-mias clean
+.PHONY: run init test quick chromium lint bench-explain bench-train bench-serve bench-quality bench-mias bench-ood clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,8 @@ bench-quality: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/quality.py
 bench-mias: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/mias.py
+bench-ood: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/ood_calibration.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

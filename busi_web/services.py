@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
@@ -21,13 +20,12 @@ from busi_web.diagnosis.active import checkpoint_for
 from busi_web.diagnosis.batching import MicroBatcher
 from busi_web.diagnosis.cache import PredictorCache
 from busi_web.errors import UserError
-from busi_web.evaluation.acceptance import choose_images, score_model
+from busi_web.evaluation.acceptance import choose_images, score_and_keep
 from busi_web.evaluation.card import write_card
 from busi_web.model.predictor import Predictor
 from busi_web.plugins import PluginRegistry
 from busi_web.store import JobStore
 from busi_web.store.acceptance import check_modality
-from busi_web.store.run_files import ACCEPTANCE_JSON, write_json
 from busi_web.training.params import prepare_run_params
 from busi_web.training.runner import JobRunner
 
@@ -133,9 +131,7 @@ class Services:
         if accepted is None:
             raise UserError(f"{modality} has no acceptance set yet; define one on the Models page (or `busi-web "
                             "models acceptance`)", 409)
-        metrics = score_model(self.predictor(run_id), self.registry, accepted)
-        self.store.record_acceptance(run_id, accepted["id"], metrics, by=by)
-        write_json(Path(run["run_dir"]) / ACCEPTANCE_JSON, {"set_id": accepted["id"], **metrics})
+        metrics = score_and_keep(self.store, self.predictor(run_id), self.registry, run, accepted, by)
         write_card(self.store, self.registry, run_id)
         return {"run_id": run_id, "set_id": accepted["id"], "metrics": metrics,
                 "gate_failures": self.store.gate_failures(run_id, modality)}

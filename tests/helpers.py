@@ -24,6 +24,7 @@ import torch
 from busi_web_plugins.mias_crops import mias_to_pixel
 from PIL import Image
 
+from busi_web.data.datasets import ImageDataset, Sample
 from busi_web.model.checkpoint import CheckpointMeta, save_checkpoint
 from busi_web.plugins import load_plugins
 from busi_web.store import JobStore
@@ -326,3 +327,32 @@ def synthetic_mias(root: Path, pairs: int = 12, seed: int = 0) -> Path:
         lines.append(f"{right} F NORM")
         scans[left], scans[right] = scan(2 * p, [(x, y, r)]), scan(2 * p + 1)
     return write_folder(root, "\n".join(lines) + "\n", scans)
+
+
+# -- in-memory datasets (splits, fingerprints) ----------------------------------------------------------------
+
+
+def pattern(seed: int, side: int = 48) -> np.ndarray:
+    """A distinct smooth grayscale pattern (uint8)."""
+    coarse = np.random.default_rng(seed).uniform(0, 255, (8, 8)).astype(np.float32)
+    return cv2.resize(coarse, (side, side), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+
+
+def noisy(image: np.ndarray, seed: int = 0, amount: int = 4) -> np.ndarray:
+    noise = np.random.default_rng(seed).integers(-amount, amount + 1, image.shape)
+    return (image.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
+
+
+class ArrayDataset(ImageDataset):
+    """In-memory images: the split only needs ``load_image`` and the samples."""
+
+    def __init__(self, images: list[np.ndarray], labels: list[int], groups: list[str | None] | None = None,
+                 classes: tuple[str, ...] = ("benign", "malignant", "normal")):
+        groups = groups or [None] * len(images)
+        samples = [Sample(key=f"img{i:03d}", label=lab, group=g) for i, (lab, g) in enumerate(zip(labels, groups,
+                                                                                               strict=True))]
+        super().__init__(list(classes), samples)
+        self.images = images
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.images[index]

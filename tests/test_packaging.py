@@ -39,3 +39,4 @@ def test_the_wheel_holds_busi_web_and_busi_web_plugins_and_no_plugins_package(tm
     assert {"busi_web", "busi_web_plugins"} <= tops and "plugins" not in tops, tops
     names = zipfile.ZipFile(wheel).namelist()
     assert "busi_web_plugins/backbones.py" in names and "busi_web/store/runs.py" in names
+

@@ -18,6 +18,7 @@ ones. Every metric comes with a bootstrap 95% confidence interval.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,11 @@ from busi_web.evaluation.evaluate import EvaluationError, build_dataset, label_m
 from busi_web.model.calibration import expected_calibration_error
 from busi_web.model.predictor import Predictor
 from busi_web.plugins import PluginRegistry
+from busi_web.store import JobStore
+from busi_web.store import run_files as art
 from busi_web.store.acceptance import SOURCES
 
-__all__ = ["choose_images", "score_model", "gate_metrics", "bootstrap_intervals", "SOURCES"]
+__all__ = ["choose_images", "score_model", "score_and_keep", "gate_metrics", "bootstrap_intervals", "SOURCES"]
 
 BOOTSTRAP = 1000
 BATCH = 16
@@ -93,6 +96,16 @@ def score_model(predictor: Predictor, registry: PluginRegistry, accepted: dict[s
         for pred in predictor.predict_batch(images, explainer=None):
             rows.append([pred.probabilities[c] for c in meta.classes])
     return gate_metrics(np.asarray(y), np.asarray(rows), list(meta.classes))
+
+
+def score_and_keep(store: JobStore, predictor: Predictor, registry: PluginRegistry, run: dict[str, Any],
+                   accepted: dict[str, Any], by: str | None) -> dict[str, Any]:
+    """Score run ``run``'s model on ``accepted`` and keep the result: in the store (what the gate reads) and as
+    ``acceptance.json`` in the run folder. Returns the metrics."""
+    metrics = score_model(predictor, registry, accepted)
+    store.record_acceptance(run["id"], accepted["id"], metrics, by=by)
+    art.write_json(Path(run["run_dir"]) / art.ACCEPTANCE_JSON, {"set_id": accepted["id"], **metrics})
+    return metrics
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float | None:

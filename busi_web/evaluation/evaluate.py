@@ -9,6 +9,8 @@ maps every image. The report gives
 
 * accuracy, macro-F1, per-class precision / recall, one-vs-rest AUC and the
   confusion matrix (:func:`busi_web.evaluation.metrics.classification_metrics`);
+* the expected calibration error and a reliability diagram, before and after
+  the model's temperature (:mod:`busi_web.model.calibration`);
 * per explainer, on the images whose lesion mask is not empty: pointing
   game, energy pointing game and IoU at 0.5, each beside its chance
   baseline (:mod:`busi_web.evaluation.heatmap_quality`);
@@ -42,6 +44,7 @@ from busi_web.evaluation.heatmap_quality import localisation
 from busi_web.evaluation.metrics import classification_metrics
 from busi_web.evaluation.report import write_report
 from busi_web.evaluation.shortcuts import ShortcutScore, detect_marks, shortcut_score, summarise_shortcuts
+from busi_web.model.calibration import apply_temperature, calibration_summary
 from busi_web.model.predictor import Predictor
 from busi_web.plugins import PluginFailure, PluginRegistry
 from busi_web.store import run_files as art
@@ -205,12 +208,17 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
             f"({time.perf_counter() - start:.0f} s)")
     y = [meta.classes.index(r["true"]) for r in rows]
     classification = classification_metrics(y, np.stack(probs), meta.classes)
+    # The Predictor answers calibrated probabilities; the temperature's inverse gives the raw ones back.
+    temperature = predictor.temperature or 1.0
+    raw = apply_temperature(np.stack(probs), 1.0 / temperature)
+    calibration = calibration_summary(raw, np.asarray(y), temperature)
     report = {
         "version": 1, "run_dir": str(run_dir), "run_id": meta.run_id, "backbone": meta.backbone,
         "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "part": part,
         "classes": list(meta.classes), "data_classes": list(ds.classes), "target": "predicted class",
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": time.perf_counter() - start,
         "classification": classification,
+        "calibration": calibration,
         "localisation": {n: _localisation_summary(loc[n]) for n in names},
         "mapped_images": {n: len(mapped[n]) for n in names},
         "skipped": skipped,

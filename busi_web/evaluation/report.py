@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from busi_web.evaluation.metrics import classification_report_text
-from busi_web.evaluation.plots import confusion_plot_png, examples_png, localisation_plot_png
+from busi_web.evaluation.plots import confusion_plot_png, examples_png, localisation_plot_png, reliability_plot_png
 from busi_web.store import run_files as art
 
 LOCALISATION_PNG = "localisation.png"
@@ -45,6 +45,12 @@ def markdown(report: Mapping[str, Any], pngs: Sequence[str]) -> str:
               "| | " + " | ".join(report["classes"]) + " |", "|---" * (len(report["classes"]) + 1) + "|"]
     for name, row in zip(report["classes"], c["confusion_matrix"], strict=True):
         lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+    cal = report["calibration"]
+    lines += ["", "## Calibration", "",
+              f"Expected calibration error ({cal['bins']} bins of the top class's confidence): "
+              f"**{_f(cal['ece_before'])} before, {_f(cal['ece_after'])} after** the model's temperature "
+              f"T = {cal['temperature']:.3f} (fitted on its validation part; 1 means none). See the reliability "
+              "diagram."]
     lines += ["", "## Heatmap localisation", "",
               "Maps of the predicted class on the images with a non-empty lesion mask. Chance: the lesion's "
               "share of the image (a random point hits it, a uniform map puts that share of its mass in it, a "
@@ -90,9 +96,11 @@ def write_report(folder: str | Path, report: dict[str, Any],
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     c = report["classification"]
-    pngs = [art.CONFUSION_PNG, LOCALISATION_PNG]
+    pngs = [art.CONFUSION_PNG, art.RELIABILITY_PNG, LOCALISATION_PNG]
     art.write_atomic(folder / art.CONFUSION_PNG, confusion_plot_png(c["confusion_matrix"], report["classes"],
                                                                 f"{report['dataset']} evaluation"))
+    art.write_atomic(folder / art.RELIABILITY_PNG, reliability_plot_png(
+        report["calibration"], f"{report['dataset']} evaluation: reliability"))
     art.write_atomic(folder / LOCALISATION_PNG, localisation_plot_png(report["localisation"]))
     for name, items in examples.items():
         if items:

@@ -56,8 +56,9 @@ def _nll(log_p: np.ndarray, labels: np.ndarray, t: float) -> float:
     return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises the negative log-likelihood of ``labels``, in [:data:`T_MIN`, :data:`T_MAX`].
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, low: float = T_MIN, high: float = T_MAX) -> float:
+    """The temperature that minimises the negative log-likelihood of ``labels``, in [``low``, ``high``]
+    (default [:data:`T_MIN`, :data:`T_MAX`]).
 
     The likelihood is unimodal in ``log T`` for softmax outputs, so a golden-section search on ``log T``
     finds it (to a relative precision of about 1e-4) without an optimiser library.
@@ -68,7 +69,9 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
         raise ValueError(f"need one label per row of probabilities, got {len(y)} labels for {len(log_p)} rows")
     if y.min() < 0 or y.max() >= log_p.shape[1]:
         raise ValueError(f"labels must be class indices from 0 to {log_p.shape[1] - 1}")
-    lo, hi = math.log(T_MIN), math.log(T_MAX)
+    if not 0 < low < high:
+        raise ValueError(f"the temperature bounds must satisfy 0 < low < high, got {low} and {high}")
+    lo, hi = math.log(low), math.log(high)
     ratio = (math.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = _nll(log_p, y, math.exp(a)), _nll(log_p, y, math.exp(b))

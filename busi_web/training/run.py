@@ -16,8 +16,6 @@ from busi_web.data.datasets import DatasetError
 from busi_web.data.fingerprints import data_hash, overlap
 from busi_web.data.preprocess import PreprocessConfig, eval_transform, train_transform
 from busi_web.data.splits import Split, split_dataset
-from busi_web.evaluation.acceptance import score_model
-from busi_web.evaluation.card import write_card
 from busi_web.evaluation.metrics import classification_metrics, classification_report_text
 from busi_web.evaluation.plots import confusion_plot_png, history_plot_png, reliability_plot_png
 from busi_web.explain.base import default_target_layer, resolve_layer
@@ -25,7 +23,6 @@ from busi_web.model.calibration import calibration_summary, fit_temperature
 from busi_web.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from busi_web.model.device import hardware, resolve_device
 from busi_web.model.ood import OodReference, loader_features
-from busi_web.model.predictor import Predictor
 from busi_web.plugins import PluginRegistry
 from busi_web.store import run_files as art
 from busi_web.training.aids import LesionGuide
@@ -41,9 +38,6 @@ from busi_web.training.feeding import (
 from busi_web.training.loop import Engine, TrainingDiverged, build_optimizer, build_scheduler
 from busi_web.training.params import lesion_layer_names, validate_train_params
 from busi_web.training.resume import epoch_seed, load_state, rng_state, save_state, seed_everything, set_rng_state
-
-FIRST_START_REASON = ("first-start demo, trained on synthetic phantoms so that a new instance can be tried; "
-                      "not for clinical use: replace it with a model trained and accepted on real images")
 
 
 class StopRequested(Exception):
@@ -446,38 +440,3 @@ class TrainingRun:
                  f"out-of-distribution threshold {reference.threshold:.3f} on {layer} "
                  f"({100 * (ood['test_flagged_share'] or 0):.1f}% of the test part above it)")
         return calibration, ood
-
-    def after_finish(self) -> None:
-        """What follows a finished run: its score on the modality's acceptance set (when one is defined), the
-        first-start demo becoming the default of an instance that has none, auto-promotion (when an admin
-        switched it on for the modality), and the model card. None of it can fail the finished run: a problem
-        is logged and the next step still runs."""
-        for step in (self._score_acceptance, self._maybe_default, self._write_card):
-            try:
-                step()
-            except Exception as exc:  # noqa: BLE001 - the run itself is finished and stays so
-                self.log(f"after the run, {step.__name__.strip('_').replace('_', ' ')}: {type(exc).__name__}: {exc}")
-
-    def _score_acceptance(self) -> None:
-        modality = self.run.get("modality") or "ultrasound"
-        accepted = self.store.acceptance_set(modality)
-        if accepted is None:
-            return
-        predictor = Predictor.from_checkpoint(self.dir / art.BEST_PT, self.registry)
-        metrics = score_model(predictor, self.registry, accepted)
-        self.store.record_acceptance(self.run_id, accepted["id"], metrics, by="trainer")
-        art.write_json(self.dir / art.ACCEPTANCE_JSON, {"set_id": accepted["id"], **metrics})
-        self.log(f"acceptance set {accepted['id']} ({metrics['n']} {modality} images): macro-F1 "
-                 f"{metrics['macro_f1']:.4f}, accuracy {metrics['accuracy']:.4f}")
-
-    def _maybe_default(self) -> None:
-        modality = self.run.get("modality") or "ultrasound"
-        if (self.run.get("params") or {}).get("first_start") and self.store.default_model(modality) is None:
-            self.store.set_default(self.run_id, by="system", reason=FIRST_START_REASON, gate=False)
-            self.log(f"the first-start demo is the {modality} default until an admin sets another")
-            return
-        promoted, why = self.store.auto_promote(self.run_id)
-        self.log(("promoted: " if promoted else "not promoted: ") + why)
-
-    def _write_card(self) -> None:
-        write_card(self.store, self.registry, self.run_id)

@@ -31,6 +31,7 @@ from busi_web.errors import UserError
 from busi_web.plugins import PluginRegistry, load_plugins
 from busi_web.store import JobStore
 from busi_web.store.run_files import LOG_TXT
+from busi_web.training.finish import after_run
 from busi_web.training.loop import TrainingDiverged
 from busi_web.training.run import StopRequested, TrainingRun
 from busi_web.training.run_log import RunLog
@@ -73,7 +74,7 @@ def run_training(store: JobStore, run_id: int, registry: PluginRegistry, progres
         raise
     _finish(store, run_id, outcome, fields, run_log)
     if outcome == "finished":
-        job.after_finish()
+        after_run(store, registry, store.get_run(run_id), run_log)
     if progress is not None:
         progress({"type": "status", "status": outcome})
     return store.get_run(run_id)

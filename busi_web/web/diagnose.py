@@ -107,8 +107,10 @@ def active_model():
     row = services.store.default_model(modality)
     if row is None:
         raise UserError(f"there is no default {modality} model yet: an admin sets one on the Models page", 404)
-    out = {**row, "run": services.store.get_run(row["run_id"])}
-    out.pop("checkpoint", None)
+    run = services.store.get_run(row["run_id"])
+    out = {**{k: v for k, v in row.items() if k != "checkpoint"},  # no server paths
+           "run": {k: run.get(k) for k in ("id", "name", "backbone", "dataset", "modality", "status", "test_macro_f1",
+                                           "test_accuracy", "finished_at")}}
     try:
         predictor = services.predictor(row["run_id"])
     except UserError as exc:  # no checkpoint, or an unreadable one: say so, with no choices
@@ -243,6 +245,10 @@ def predict():
         preds = services.batcher.predict(predictor, images, opts["explainer"], targets, opts["explainer_params"])
     except ValueError as exc:  # e.g. an image the preprocessing cannot take; the message says why
         raise UserError(str(exc), 400) from None
+    # What the audit keeps of the model beside its run id: enough to know later what answered, and how good.
+    audited_model = {"name": model["name"], "training_data": model["training_data"]["dataset"],
+                     "acceptance": model["acceptance"],
+                     "temperature": (model["calibration"] or {}).get("temperature")}
     results = []
     for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True)):
         roi = None if rois is None else rois[k]
@@ -250,7 +256,8 @@ def predict():
         services.store.audit("diagnose", user=current_user.name, run_id=served, filename=upload.filename,
                              label=pred.label, probabilities=pred.probabilities, explainer=pred.explainer,
                              target=pred.target_label, stored=upload.stored_path, modality=model["modality"],
-                             demo=model["demo"], ood=pred.ood, **({} if roi is None else {"roi": roi.to_dict()}))
+                             demo=model["demo"], ood=pred.ood, model=audited_model,
+                             **({} if roi is None else {"roi": roi.to_dict()}))
     legend = None if opts["explainer"] is None else {
         "colormap": opts["colormap"], "stops": legend_stops(opts["colormap"]),
         "meaning": "relative evidence for the explained class, scaled per image from lowest (left) to highest "

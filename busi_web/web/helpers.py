@@ -62,6 +62,17 @@ def json_body(example: str) -> dict[str, Any]:
     return body
 
 
+def body_arg(body: dict[str, Any], name: str, param: Param, *, required: bool = False) -> Any:
+    """A field of a JSON body typed and checked by ``param``, as :func:`arg` does for query and form values."""
+    value = body.get(name)
+    if required and value is None:
+        raise UserError(f"{name} is required", 400, {name: "required"})
+    try:
+        return param.coerce(value)
+    except ValueError as exc:
+        raise UserError(f"{name}: {exc}", 400, {name: str(exc)}) from None
+
+
 def body_str(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
     """A string field of a JSON body, stripped (``None`` when absent or empty); 400 for another type."""
     value = body.get(name)
@@ -176,6 +187,7 @@ def run_view(run: dict[str, Any], defaults: dict[int, str] | None = None) -> dic
     view["can_cancel"] = run["status"] in ("queued", "running", "interrupted")
     view["can_resume"] = run["status"] == "interrupted"  # the runner resumes interrupted runs only
     view["can_promote"] = run["status"] == "finished" and not view["active"]
+    view["demo"] = is_demo(services_of().registry, run["dataset"])
     return view
 
 

@@ -24,12 +24,16 @@ from flask import Blueprint, Response, current_app, jsonify, render_template
 from busi_web.errors import UserError
 from busi_web.evaluation.card import card_markdown, is_demo, provenance
 from busi_web.services import services_of
-from busi_web.store import MAX_ID
+from busi_web.specs import Param
 from busi_web.store.acceptance import check_modality
 from busi_web.web.auth import admin_required, current_user
-from busi_web.web.helpers import body_str, card_for, json_body, run_json
+from busi_web.web.helpers import RUN_ID, body_arg, body_str, card_for, json_body, run_json
 
 bp = Blueprint("models", __name__)
+
+AUTO_PROMOTE = Param("auto_promote", "bool", None)
+SHARE = Param("share", "float", None, minimum=0.0, maximum=0.5)
+SEED = Param("seed", "int", 0, minimum=0, maximum=2**31 - 1)
 
 
 def _modalities() -> list[str]:
@@ -83,10 +87,7 @@ def set_default(modality: str):
     """Make a finished model the default of ``modality`` (with a reason; 409 when the gate refuses it)."""
     check_modality(modality)
     body = json_body('{"run_id": 3, "reason": "passed acceptance on our scanners"}')
-    run_id = body.get("run_id")
-    if isinstance(run_id, bool) or not isinstance(run_id, int) or not 1 <= run_id <= MAX_ID:
-        raise UserError(f"run_id must be a run number, got {run_id!r}", 400, {"run_id": "a run number"})
-    return _make_default(run_id, body_str(body, "reason"), modality)
+    return _make_default(body_arg(body, "run_id", RUN_ID, required=True), body_str(body, "reason"), modality)
 
 
 def _make_default(run_id: int, reason: str | None, modality: str | None = None):
@@ -119,9 +120,7 @@ def settings(modality: str):
     """Switch auto-promotion on or off and set the floors of ``modality``."""
     check_modality(modality)
     body = json_body('{"auto_promote": true, "floors": {"macro_f1": 0.7, "sensitivity_malignant": 0.85}}')
-    auto = body.get("auto_promote")
-    if auto is not None and not isinstance(auto, bool):
-        raise UserError("auto_promote must be true or false", 400, {"auto_promote": "true or false"})
+    auto = body_arg(body, "auto_promote", AUTO_PROMOTE)
     row = services_of().store.update_modality_settings(modality, by=current_user.name, auto_promote=auto,
                                                        floors=body.get("floors"))
     return jsonify(row)
@@ -134,15 +133,14 @@ def define_acceptance(modality: str):
     check_modality(modality)
     body = json_body('{"source": "share", "dataset": "busi", "data_dir": "/data/busi", "share": 0.15, "seed": 0}')
     dataset = body_str(body, "dataset", required=True)
-    params, seed = body.get("dataset_params") or {}, body.get("seed", 0)
+    params = body.get("dataset_params") or {}
     if not isinstance(params, dict):
         raise UserError("dataset_params must be a JSON object", 400, {"dataset_params": "an object"})
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-        raise UserError(f"seed must be a whole number from 0, got {seed!r}", 400, {"seed": "a whole number"})
     row = services_of().define_acceptance(
         modality, source=body_str(body, "source", required=True) or "", dataset=dataset or "",
         data_dir=body_str(body, "data_dir") or (current_app.config.get("DATA_DIRS") or {}).get(dataset),
-        dataset_params=params, share=body.get("share"), seed=seed, name=body_str(body, "name"), by=current_user.name)
+        dataset_params=params, share=body_arg(body, "share", SHARE), seed=body_arg(body, "seed", SEED),
+        name=body_str(body, "name"), by=current_user.name)
     return jsonify(row), 201
 
 

@@ -65,6 +65,7 @@ def test_an_admin_sets_a_default_with_a_reason_and_the_result_card_names_it(serv
     row = store.audit_log("diagnose")[0]
     assert row["run_id"] == run["id"] and row["detail"]["ood"]["out_of_distribution"] is True
     assert row["detail"]["demo"] is True and row["detail"]["modality"] == "ultrasound"
+    assert row["detail"]["model"]["training_data"] == "phantom" and row["detail"]["model"]["temperature"] > 0
 
 
 def test_the_gate_refuses_a_weak_model_on_the_models_page(server, new_page, tmp_path):

@@ -12,34 +12,9 @@ from busi_web_plugins.imagefolder import ImageFolderDataset
 from busi_web_plugins.phantom import PhantomDataset
 from PIL import Image
 
-from busi_web.data.datasets import DatasetError, ImageDataset, Sample
+from busi_web.data.datasets import DatasetError
 from busi_web.data.splits import PARTS, Split, hamming, near_duplicate_groups, perceptual_hash, split_dataset
-
-
-def pattern(seed: int, side: int = 48) -> np.ndarray:
-    """A distinct smooth grayscale pattern (uint8)."""
-    coarse = np.random.default_rng(seed).uniform(0, 255, (8, 8)).astype(np.float32)
-    return cv2.resize(coarse, (side, side), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
-
-
-def noisy(image: np.ndarray, seed: int = 0, amount: int = 4) -> np.ndarray:
-    noise = np.random.default_rng(seed).integers(-amount, amount + 1, image.shape)
-    return (image.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
-
-
-class ArrayDataset(ImageDataset):
-    """In-memory images: the split only needs ``load_image`` and the samples."""
-
-    def __init__(self, images: list[np.ndarray], labels: list[int], groups: list[str | None] | None = None,
-                 classes: tuple[str, ...] = ("benign", "malignant", "normal")):
-        groups = groups or [None] * len(images)
-        samples = [Sample(key=f"img{i:03d}", label=lab, group=g) for i, (lab, g) in enumerate(zip(labels, groups,
-                                                                                               strict=True))]
-        super().__init__(list(classes), samples)
-        self.images = images
-
-    def load_image(self, index: int) -> np.ndarray:
-        return self.images[index]
+from tests.helpers import ArrayDataset, noisy, pattern
 
 
 def where(split: Split) -> dict[int, str]:

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
+from busi_web.model.calibration import apply_temperature, expected_calibration_error
 from busi_web.plugins import load_plugins
 from tests.helpers import make_user_client, run_cli, write_busi_folder
 
@@ -111,13 +112,22 @@ def test_evaluate_cli_writes_a_report_that_agrees_with_sklearn(trained):
         assert {"flagged", "mark_energy", "mark_chance", "flagged_share"} <= set(report["shortcuts"][name])
 
     # The PNGs decode, and the Markdown names the numbers.
-    assert {"confusion_matrix.png", "localisation.png", "examples_gradcam.png"} <= set(report["pngs"])
+    assert {"confusion_matrix.png", "localisation.png", "examples_gradcam.png", "reliability.png"} <= set(
+        report["pngs"])
     for png in report["pngs"]:
         with Image.open(folder / png) as im:
             im.load()
             assert im.size[0] > 50 and im.size[1] > 50
     md = (folder / "report.md").read_text()
     assert f"macro-F1 {c['macro_f1']:.3f}" in md and "pointing game" in md and "Shortcut check" in md
+    # Calibration before and after the model's temperature, on the same predictions: the raw probabilities
+    # come back exactly from the calibrated ones.
+    cal = report["calibration"]
+    assert cal["n"] == c["n"] and cal["temperature"] > 0 and f"{cal['ece_before']:.3f} before" in md
+    served = np.array([[p["probabilities"][k] for k in report["classes"]] for p in preds])
+    assert cal["ece_after"] == pytest.approx(expected_calibration_error(served, np.array(y)), abs=1e-6)
+    raw = apply_temperature(served, 1 / cal["temperature"])
+    assert np.allclose(apply_temperature(raw, cal["temperature"]), served, atol=1e-5)
 
 
 def test_evaluate_a_part_of_the_runs_split_and_some_explainers(trained):

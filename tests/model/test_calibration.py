@@ -60,6 +60,10 @@ def test_a_validation_part_without_errors_cannot_sharpen_past_the_floor():
     assert fit_temperature(probs, wrong) == pytest.approx(T_MAX, rel=1e-3)
     with pytest.raises(ValueError, match="one label per row"):
         fit_temperature(probs, labels[:5])
+    # A soften-only fit (low=1) stays at 1 where the unconstrained one would sharpen.
+    assert fit_temperature(probs, labels, low=1.0) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="0 < low < high"):
+        fit_temperature(probs, labels, low=2.0, high=1.0)
 
 
 def test_ece_and_bins_by_hand():

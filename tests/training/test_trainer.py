@@ -371,7 +371,7 @@ def test_runs_leave_the_acceptance_set_out_are_scored_on_it_and_promote_only_thr
 
 
 def test_the_first_start_demo_becomes_the_default_of_an_empty_instance_labelled_as_a_demo(registry, store):
-    from busi_web.training.run import FIRST_START_REASON
+    from busi_web.training.finish import FIRST_START_REASON
 
     params = prepare_run_params(registry, "tiny_cnn", "phantom", train={**TINY, "epochs": 1}, dataset_params=PHANTOM)
     run = store.create_run("tiny_cnn", "phantom", {**params, "first_start": True})

@@ -169,6 +169,7 @@ def test_defaults_are_set_and_cleared_with_a_reason_per_modality_and_audited(sto
     active = clinician_client.get("/api/models/active").get_json()
     assert active["run_id"] == first["id"] and active["classes"] == CLASSES and active["target_layer"]
     assert active["target_layer"] in active["layers"] and active["model"]["modality"] == "ultrasound"
+    assert "checkpoint" not in active and "run_dir" not in active["run"] and active["reason"] == "our best"
     assert admin_client.post(f"/api/runs/{second['id']}/promote", json={"reason": "newer"}).status_code == 200
     overview = clinician_client.get("/api/models").get_json()
     by_run = {m["id"]: m for m in overview["models"]}
@@ -220,7 +221,7 @@ def test_the_gate_refuses_a_weak_model_through_the_api_and_the_acceptance_set_sc
     assert r.status_code == 201 and r.get_json()["images"] == 12
     r = admin_client.put("/api/modalities/ultrasound/settings", json={"floors": {"macro_f1": 0.99}})
     assert r.status_code == 200 and r.get_json()["floors"] == {"macro_f1": 0.99}
-    assert admin_client.put("/api/modalities/ultrasound/settings", json={"auto_promote": "yes"}).status_code == 400
+    assert admin_client.put("/api/modalities/ultrasound/settings", json={"auto_promote": "maybe"}).status_code == 400
     r = admin_client.put("/api/modalities/ultrasound/default", json={"run_id": weak["id"], "reason": "try"})
     assert r.status_code == 409 and "has not been evaluated" in r.get_json()["error"]
     scores = []

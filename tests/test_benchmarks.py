@@ -1,0 +1,16 @@
+"""Benchmarks need ../shared/data; without it they say so and exit 0 (a user's machine won't have it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.helpers import ROOT
+
+
+def test_the_trust_benchmark_skips_cleanly_without_the_shared_data(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/ood_calibration.py", "--data-dir", str(tmp_path / "no-busi"),
+                             "--mias-dir", str(tmp_path / "no-mias"), "--out", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("skipped:"), result.stderr
+    assert not (tmp_path / "out").exists()
