@@ -52,7 +52,7 @@ def test_apply_temperature_is_softmax_of_scaled_logits():
         apply_temperature(np.ones((3, 1)), 1.0)
 
 
-def test_a_validation_part_without_errors_cannot_sharpen_past_the_floor():
+def test_the_fit_only_softens_by_default_and_keeps_to_its_bounds():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7]] * 20)
     labels = np.array([0, 1, 2] * 20)
     assert fit_temperature(probs, labels) == pytest.approx(T_MIN, abs=1e-3)
@@ -60,8 +60,8 @@ def test_a_validation_part_without_errors_cannot_sharpen_past_the_floor():
     assert fit_temperature(probs, wrong) == pytest.approx(T_MAX, rel=1e-3)
     with pytest.raises(ValueError, match="one label per row"):
         fit_temperature(probs, labels[:5])
-    # A soften-only fit (low=1) stays at 1 where the unconstrained one would sharpen.
-    assert fit_temperature(probs, labels, low=1.0) == pytest.approx(1.0, abs=1e-3)
+    # The default fit only softens (T >= 1); asked to, it sharpens as far as it is allowed.
+    assert T_MIN == 1.0 and fit_temperature(probs, labels, low=0.5) == pytest.approx(0.5, abs=1e-3)
     with pytest.raises(ValueError, match="0 < low < high"):
         fit_temperature(probs, labels, low=2.0, high=1.0)
 
