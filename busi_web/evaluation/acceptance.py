@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from busi_web.data.fingerprints import fingerprints, pixel_hash
 from busi_web.data.splits import split_dataset
@@ -108,13 +107,20 @@ def score_and_keep(store: JobStore, predictor: Predictor, registry: PluginRegist
     return metrics
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, ties sharing their mean rank."""
+    _, where, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[where]
+
+
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     """One-vs-rest AUC by ranks (ties share their mean rank): the Mann-Whitney U over the pairs."""
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    ranks = rankdata(scores)
+    ranks = _ranks(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
