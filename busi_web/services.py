@@ -21,7 +21,7 @@ from busi_web.diagnosis.batching import MicroBatcher
 from busi_web.diagnosis.cache import PredictorCache
 from busi_web.errors import UserError
 from busi_web.evaluation.acceptance import choose_images, score_and_keep
-from busi_web.evaluation.card import write_card
+from busi_web.evaluation.card import is_demo, write_card
 from busi_web.model.predictor import Predictor
 from busi_web.plugins import PluginRegistry
 from busi_web.store import JobStore
@@ -104,6 +104,26 @@ class Services:
         self.store.clear_default(modality, by=by, reason=reason)
         if previous is not None:
             write_card(self.store, self.registry, previous["run_id"])
+
+    def models_overview(self) -> dict[str, Any]:
+        """Every modality (declared by a dataset plugin, or known to the store) with its default, settings and
+        acceptance set; every finished run with its modality, ``demo``, its result on its modality's current
+        acceptance set (``acceptance``: the metrics, or ``None``) and ``gate_failures``."""
+        store = self.store
+        defaults = {d["modality"]: d for d in store.list_defaults()}
+        sets = {s["modality"]: s for s in store.acceptance_sets()}
+        names = sorted({s.modality for s in self.registry.datasets.values()} | set(defaults) | set(sets))
+        modalities = [{"modality": m, "default": defaults.get(m), "settings": store.modality_settings(m),
+                       "acceptance_set": sets.get(m)} for m in names]
+        models = []
+        for run in store.list_runs(status="finished"):
+            modality = run.get("modality") or "ultrasound"
+            accepted = sets.get(modality)
+            result = None if accepted is None else store.acceptance_result(run["id"], accepted["id"])
+            models.append({**run, "modality": modality, "demo": is_demo(self.registry, run["dataset"]),
+                           "acceptance": None if result is None else result["metrics"],
+                           "gate_failures": store.gate_failures(run["id"], modality)})
+        return {"modalities": modalities, "models": models}
 
     def define_acceptance(self, modality: str, *, source: str, dataset: str, data_dir: str | None,
                           dataset_params: Mapping[str, Any] | None = None, share: float | None = None, seed: int = 0,

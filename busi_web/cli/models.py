@@ -16,7 +16,7 @@ from flask.cli import with_appcontext
 
 from busi_web.cli.common import RUN_ID, parse_params, services, user_errors
 from busi_web.errors import UserError
-from busi_web.evaluation.card import build_card, card_markdown, is_demo
+from busi_web.evaluation.card import build_card, card_markdown
 from busi_web.store.acceptance import SOURCES
 
 
@@ -35,23 +35,13 @@ def models_group() -> None:
 @user_errors
 def list_command(as_json: bool) -> None:
     """Each modality's default, settings and acceptance set; every finished model with its acceptance result."""
-    svc = services()
-    store = svc.store
-    defaults = {d["modality"]: d for d in store.list_defaults()}
-    sets = {s["modality"]: s for s in store.acceptance_sets()}
-    modalities = sorted({s.modality for s in svc.registry.datasets.values()} | set(defaults) | set(sets))
-    rows = []
-    for run in store.list_runs(status="finished"):
-        modality = run.get("modality") or "ultrasound"
-        accepted = sets.get(modality)
-        result = None if accepted is None else store.acceptance_result(run["id"], accepted["id"])
-        rows.append({"id": run["id"], "name": run["name"], "modality": modality, "dataset": run["dataset"],
-                     "demo": is_demo(svc.registry, run["dataset"]),
-                     "default": defaults.get(modality, {}).get("run_id") == run["id"],
-                     "acceptance_macro_f1": None if result is None else result["metrics"]["macro_f1"],
-                     "gate_failures": store.gate_failures(run["id"], modality)})
-    info = [{"modality": m, "default": defaults.get(m), "settings": store.modality_settings(m),
-             "acceptance_set": sets.get(m)} for m in modalities]
+    overview = services().models_overview()
+    info = overview["modalities"]
+    defaults = {m["default"]["run_id"] for m in info if m["default"]}
+    rows = [{"id": r["id"], "name": r["name"], "modality": r["modality"], "dataset": r["dataset"], "demo": r["demo"],
+             "default": r["id"] in defaults,
+             "acceptance_macro_f1": None if r["acceptance"] is None else r["acceptance"]["macro_f1"],
+             "gate_failures": r["gate_failures"]} for r in overview["models"]]
     if as_json:
         click.echo(json.dumps({"modalities": info, "models": rows}, indent=2, default=str))
         return

@@ -22,7 +22,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, render_template
 
 from busi_web.errors import UserError
-from busi_web.evaluation.card import card_markdown, is_demo, provenance
+from busi_web.evaluation.card import card_markdown, provenance
 from busi_web.services import services_of
 from busi_web.specs import Param
 from busi_web.store.acceptance import check_modality
@@ -36,34 +36,15 @@ SHARE = Param("share", "float", None, minimum=0.0, maximum=0.5)
 SEED = Param("seed", "int", 0, minimum=0, maximum=2**31 - 1)
 
 
-def _modalities() -> list[str]:
-    """Every modality a dataset plugin declares, plus any the store knows (a plugin may be gone)."""
-    services = services_of()
-    names = {s.modality for s in services.registry.datasets.values()}
-    names |= {d["modality"] for d in services.store.list_defaults()}
-    names |= {s["modality"] for s in services.store.acceptance_sets()}
-    return sorted(names)
-
-
 def models_overview() -> dict[str, Any]:
-    """What the Models page and ``GET /api/models`` show."""
-    services = services_of()
-    store, registry = services.store, services.registry
-    defaults = {d["modality"]: d for d in store.list_defaults()}
-    sets = {s["modality"]: s for s in store.acceptance_sets()}
-    modalities = [{"modality": m, "default": defaults.get(m), "settings": store.modality_settings(m),
-                   "acceptance_set": sets.get(m)} for m in _modalities()]
-    ids = {d["run_id"]: m for m, d in defaults.items()}
-    models = []
-    for run in store.list_runs(status="finished"):
-        modality = run.get("modality") or "ultrasound"
-        accepted = sets.get(modality)
-        result = None if accepted is None else store.acceptance_result(run["id"], accepted["id"])
-        failures = store.gate_failures(run["id"], modality)
-        models.append({**run_json(run, ids), "modality": modality, "demo": is_demo(registry, run["dataset"]),
-                       "acceptance": None if result is None else result["metrics"],
-                       "gate_failures": failures})
-    return {"modalities": modalities, "models": models}
+    """What the Models page and ``GET /api/models`` show: :meth:`Services.models_overview`, each run as the API
+    shows runs."""
+    overview = services_of().models_overview()
+    defaults = {m["default"]["run_id"]: m["modality"] for m in overview["modalities"] if m["default"]}
+    overview["models"] = [{**run_json(m, defaults), **{k: m[k] for k in ("modality", "demo", "acceptance",
+                                                                           "gate_failures")}}
+                          for m in overview["models"]]
+    return overview
 
 
 @bp.get("/models")
