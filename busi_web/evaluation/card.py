@@ -45,11 +45,13 @@ def _limits(run: dict[str, Any], params: dict[str, Any], demo: bool, acceptance:
     if not backbone.get("pretrained_path"):
         limits.append("trained from scratch (no pretrained weights)")
     if acceptance is None:
-        limits.append(f"not evaluated on a {run.get('modality')} acceptance set")
+        limits.append(f"not evaluated on the acceptance set of its modality ({run.get('modality')})")
     elif accepted_set is not None and accepted_set.get("source") != "folder":
         limits.append("its acceptance images are a share of its own dataset: it is not validated on this site's "
                       "scanners")
-    limits.append("classifies the centre crop of the image it is given; findings near the edges may be cut off")
+    train = (params.get("params") or {}).get("train") or {}
+    if (train.get("resize") or 0) > (train.get("input_size") or 0):
+        limits.append("classifies the centre crop of the image it is given; findings near the edges may be cut off")
     return limits
 
 

@@ -38,11 +38,12 @@ SEED = Param("seed", "int", 0, minimum=0, maximum=2**31 - 1)
 
 def models_overview() -> dict[str, Any]:
     """What the Models page and ``GET /api/models`` show: :meth:`Services.models_overview`, each run as the API
-    shows runs."""
+    shows runs, with its model card."""
     overview = services_of().models_overview()
     defaults = {m["default"]["run_id"]: m["modality"] for m in overview["modalities"] if m["default"]}
     overview["models"] = [{**run_json(m, defaults), **{k: m[k] for k in ("modality", "demo", "acceptance",
-                                                                           "gate_failures")}}
+                                                                           "gate_failures")},
+                           "card": card_for(m["id"], current_user.is_admin)}
                           for m in overview["models"]]
     return overview
 

@@ -33,6 +33,9 @@ def test_an_admin_sets_a_default_with_a_reason_and_the_result_card_names_it(serv
     page.wait_for_selector(f"#modality-ultrasound [data-default-run='{run['id']}']")
     assert "the only model we have, for the demo" in page.inner_text("#modality-ultrasound .default-line")
     assert page.locator(f"tr[data-run-id='{run['id']}']").get_attribute("data-default") == "1"
+    summary = page.locator(f"tr[data-card-of='{run['id']}'] details.card-summary")
+    summary.locator("summary").click()
+    assert "the only model we have, for the demo" in summary.inner_text() and "synthetic" in summary.inner_text()
     shot(page, "models_default_set")
     # The change is audited with its reason.
     store = JobStore(server.instance / "busi.db", server.instance / "runs")

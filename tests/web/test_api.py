@@ -174,6 +174,8 @@ def test_defaults_are_set_and_cleared_with_a_reason_per_modality_and_audited(sto
     overview = clinician_client.get("/api/models").get_json()
     by_run = {m["id"]: m for m in overview["models"]}
     assert by_run[second["id"]]["default_of"] == "ultrasound" and by_run[first["id"]]["default_of"] is None
+    assert by_run[second["id"]]["card"]["promotion"]["reason"] == "newer"  # every model with its card
+    assert by_run[first["id"]]["card"]["data"]["data_dir"] is None  # no server paths for a clinician
     assert {m["modality"] for m in overview["modalities"]} >= {"ultrasound", "mammography"}
     # Promotion is hot: the next diagnosis uses the new model, and says which one it is.
     body = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"))).get_json()
