@@ -82,6 +82,7 @@ def write_instance_config(instance_path: str | Path) -> Path:
     """Create ``instance/config.py`` with a generated secret key unless it exists."""
     inst = Path(instance_path)
     inst.mkdir(parents=True, exist_ok=True)
+    inst.chmod(0o700)  # the secret key, the database, the runs: owner only
     path = inst / "config.py"
     if not path.exists():
         path.write_text(

@@ -9,6 +9,8 @@ and trainer processes. How it stays correct with several of them:
   (a state transition, claiming the next queued run, promoting a model)
   starts with ``BEGIN IMMEDIATE``, so it takes the write lock before reading
   and two processes can never both act on the same stale read.
+* The database file is 0600 and the runs folder 0700 whatever the umask
+  (the file holds password hashes; SQLite's -wal/-shm files take its mode).
 * A busy timeout makes a second writer wait for the lock instead of failing
   with "database is locked". Threads of one process queue for it on a
   Python lock first, so that they wake as soon as it is free.
@@ -36,6 +38,13 @@ from busi_web.store.schema import MIGRATIONS
 BUSY_TIMEOUT_S = 30.0
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) and make it owner-only (0700), whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 def utc_now() -> str:
     """Timestamps are ISO 8601 in UTC, to the second, so that they sort as text."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -48,7 +57,11 @@ class StoreBase:
         self.db_path = Path(db_path)
         self.runs_dir = Path(runs_dir)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.runs_dir)
+        # The database holds password hashes: owner only, whatever the umask. SQLite gives its -wal and -shm
+        # files the database file's mode, so they follow.
+        os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT, 0o600))
+        self.db_path.chmod(0o600)
         self._local = threading.local()
         # Threads of one process take turns for the write lock here, on a Python lock that wakes the next one at
         # once; SQLite's busy handler (which sleeps and polls) is then left to waits on other processes.

@@ -10,7 +10,7 @@ from typing import Any
 
 from busi_web.errors import UserError
 from busi_web.store.audit import AuditMixin
-from busi_web.store.db import utc_now
+from busi_web.store.db import private_dir, utc_now
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 TERMINAL = frozenset({"finished", "failed", "cancelled"})
@@ -76,7 +76,7 @@ class RunsMixin(AuditMixin):
             stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
             run_dir = self.runs_dir / f"{stamp}_{run_id}"
             db["runs"].update(run_id, {"run_dir": str(run_dir)})
-        run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir)  # checkpoints and logs inside are written 0600 (tempfile + rename)
         return self.get_run(run_id)
 
     def get_run(self, run_id: int) -> dict[str, Any]:

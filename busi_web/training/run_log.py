@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,9 @@ class RunLog:
 
     def __call__(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
+        # Owner-only like every file of a run folder, whatever the umask.
+        with os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a",
+                       encoding="utf-8") as fh:
             fh.write(line)
         if self.echo is not None:
             self.echo(line.rstrip("\n"))

@@ -30,6 +30,7 @@ import torch
 from busi_web.errors import UserError
 from busi_web.plugins import PluginRegistry, load_plugins
 from busi_web.store import JobStore
+from busi_web.store.db import private_dir
 from busi_web.store.run_files import LOG_TXT
 from busi_web.training.finish import after_run
 from busi_web.training.loop import TrainingDiverged
@@ -57,7 +58,7 @@ def run_training(store: JobStore, run_id: int, registry: PluginRegistry, progres
         raise UserError(f"run {run_id} is {run['status']}; only a queued or running run can be trained "
                         "(resume an interrupted run first)", 409)
     run_dir = Path(run["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(run_dir)
     echo = None if progress is None else (lambda line: progress({"type": "log", "line": line}))
     run_log = RunLog(run_dir / LOG_TXT, echo=echo)
     job = TrainingRun(store, run, registry, progress, should_stop, run_log)

@@ -17,7 +17,7 @@ from busi_web.web.auth import init_auth
 from busi_web.web.helpers import register_error_handlers
 from busi_web.web.live import init_live
 
-BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, models.bp, admin.bp, system.bp)
+BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, models.bp, admin.bp, system.bp, system.probes)
 
 
 def init_web(app: Flask) -> None:

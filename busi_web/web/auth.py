@@ -36,7 +36,7 @@ from busi_web.web.live import socketio
 __all__ = ["init_auth", "admin_required", "current_user", "User", "bp", "csrf", "login_manager",
            "PUBLIC_ENDPOINTS", "safe_next"]
 
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "static"})
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "health.healthz", "health.readyz"})
 # What a user who still has a one-time password may reach (besides the public endpoints).
 CHANGE_PASSWORD_ALLOWED = frozenset({"auth.password", "auth.logout", "system.me"})
 

@@ -1,4 +1,5 @@
-"""``/api/health``, ``/api/me``, ``/api/plugins`` and ``/api/specs``: the server, the user and what is installed.
+"""``/api/health``, ``/api/me``, ``/api/plugins`` and ``/api/specs``: the server, the user and what is installed;
+``/healthz`` and ``/readyz`` for the hospital's monitoring (anonymous, and they reveal nothing).
 
 Authentication (a session or ``Authorization: Bearer <token>``) and CSRF are enforced for the whole
 app by :mod:`busi_web.web.auth`; errors are ``{"error": message, "status": code, "fields"?: {...}}``.
@@ -6,13 +7,50 @@ app by :mod:`busi_web.web.auth`; errors are ``{"error": message, "status": code,
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, current_app, g, jsonify
 
 from busi_web.services import services_of
 from busi_web.training.params import TRAIN_PARAMS
 from busi_web.web.auth import admin_required, current_user
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("system", __name__, url_prefix="/api")
+probes = Blueprint("health", __name__)
+
+
+@probes.get("/healthz")
+def healthz():
+    """Liveness: the process answers. Anonymous; says nothing else."""
+    return jsonify({"status": "ok"})
+
+
+@probes.get("/readyz")
+def readyz():
+    """Readiness: the store answers and every modality's default model loads (there must be one). Anonymous:
+    the answer names which check failed and the modality, never a path or an error text (503 when not ready)."""
+    services = services_of()
+    checks: dict[str, str] = {}
+    try:
+        defaults = services.store.list_defaults()
+        checks["store"] = "ok"
+    except Exception:  # noqa: BLE001 - any failure of the database means "not ready"
+        log.exception("readiness: the store does not answer")
+        defaults, checks["store"] = [], "unavailable"
+    if checks["store"] == "ok":
+        if not defaults:
+            checks["default_models"] = "none set"
+        for d in defaults:
+            try:
+                services.predictor(d["run_id"])
+                checks[f"model.{d['modality']}"] = "ok"
+            except Exception:  # noqa: BLE001 - a missing or unreadable checkpoint, or a missing plugin
+                log.exception("readiness: the default %s model does not load", d["modality"])
+                checks[f"model.{d['modality']}"] = "does not load"
+    ready = all(v == "ok" for v in checks.values())
+    return jsonify({"ready": ready, "checks": checks}), 200 if ready else 503
 
 
 @bp.get("/health")

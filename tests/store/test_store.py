@@ -324,3 +324,29 @@ def test_audit_rows_record_who_did_what_to_which_run_newest_first(store):
     assert start["detail"] == {"backbone": "tiny_cnn", "when": "2024-01-02 00:00:00"}  # stored as JSON text
     assert start["time"].endswith("+00:00")
     assert [a["action"] for a in store.audit_log(limit=1)] == ["run.cancel"]
+
+
+def test_the_database_its_wal_files_and_run_folders_are_private_whatever_the_umask(tmp_path):
+    """They hold password hashes, checkpoints and logs: 0600 files and 0700 folders even under umask 000."""
+    import os
+    import stat
+
+    from busi_web.store import run_files as art
+    from busi_web.training.run_log import RunLog
+
+    old = os.umask(0)
+    try:
+        store = JobStore(tmp_path / "inst" / "busi.db", tmp_path / "inst" / "runs")
+        run = store.create_run("tiny_cnn", "phantom", {})
+        store.add_user("ana", "clinician", "a-long-password-1")  # writes through the WAL
+        run_dir = Path(run["run_dir"])
+        art.write_json(run_dir / art.METRICS_JSON, {"a": 1})
+        RunLog(run_dir / art.LOG_TXT)("a line")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    db = tmp_path / "inst" / "busi.db"
+    for path in (db, db.with_name("busi.db-wal"), db.with_name("busi.db-shm"), run_dir / art.METRICS_JSON,
+                 run_dir / art.LOG_TXT):
+        assert path.exists() and mode(path) == 0o600, (path, oct(mode(path)))
+    assert mode(tmp_path / "inst" / "runs") == 0o700 and mode(run_dir) == 0o700

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 
 from tests.helpers import finished_run, image_bytes, make_user_client, upload
 
-PUBLIC = {"auth.login", "static"}
+PUBLIC = {"auth.login", "static", "health.healthz", "health.readyz"}
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 # Endpoints that must exist and be covered by the walks below (so a walk can never pass by finding nothing).
 KNOWN = {"diagnose.predict", "train.start_run", "train.cancel_run", "models.promote_run", "runs_api.list_runs",
@@ -210,3 +211,24 @@ def test_sixteen_bit_and_palette_images_are_accepted(diagnose):
     r = diagnose.post("/api/predict", data=upload((deep.getvalue(), "deep.tif"), (pal.getvalue(), "pal.png")))
     assert r.status_code == 200, r.get_json()
     assert [x["width"] for x in r.get_json()["results"]] == [64, 32]
+
+
+def test_the_monitoring_probes_are_anonymous_and_reveal_nothing(app, client):
+    from tests.helpers import finished_run
+
+    store = app.extensions["busi_web"].store
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.get_json() == {"status": "ok"}
+    r = client.get("/readyz")  # no default model yet: not ready for diagnoses
+    assert r.status_code == 503 and r.get_json() == {"ready": False, "checks": {"store": "ok",
+                                                                               "default_models": "none set"}}
+    run = finished_run(store, promote=True)
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.get_json() == {"ready": True, "checks": {"store": "ok",
+                                                                              "model.ultrasound": "ok"}}
+    (Path(run["run_dir"]) / "best_model.pt").write_bytes(b"not a checkpoint")
+    app.extensions["busi_web"].predictors.clear()
+    r = client.get("/readyz")
+    body = r.get_data(as_text=True)
+    assert r.status_code == 503 and r.get_json()["checks"]["model.ultrasound"] == "does not load"
+    assert run["run_dir"] not in body and "best_model" not in body and "Traceback" not in body
