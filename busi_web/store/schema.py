@@ -69,3 +69,9 @@ def m002_modalities_defaults_acceptance(db: Database) -> None:
 def m003_disabled_users(db: Database) -> None:
     """An admin can disable an account (kept for the audit trail) instead of deleting it."""
     db["users"].add_column("disabled", int, not_null_default=0)
+
+
+@MIGRATIONS()
+def m004_session_versions(db: Database) -> None:
+    """A counter per user that every session carries: raising it ends all of that user's sessions."""
+    db["users"].add_column("session_version", int, not_null_default=0)

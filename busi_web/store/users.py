@@ -82,8 +82,8 @@ class UsersMixin(AuditMixin):
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone() is None:
                 raise UserError(f"there is no user {name!r}")
-            db.execute("UPDATE users SET password_hash = ?, must_change_password = 0 WHERE name = ?",
-                       [generate_password_hash(password), name])
+            db.execute("UPDATE users SET password_hash = ?, must_change_password = 0, "
+                       "session_version = session_version + 1 WHERE name = ?", [generate_password_hash(password), name])
         self.audit("user.password", user=name)
 
     def delete_user(self, name: str) -> None:
@@ -114,7 +114,8 @@ class UsersMixin(AuditMixin):
             user = self._existing(name)
             if user["role"] == "admin" and role != "admin" and not self._other_enabled_admins(name):
                 raise UserError(f"{name} is the last enabled admin; make another admin first", 409)
-            db.execute("UPDATE users SET role = ? WHERE id = ?", [role, user["id"]])
+            db.execute("UPDATE users SET role = ?, session_version = session_version + 1 WHERE id = ?",
+                       [role, user["id"]])
             self.audit("user.role", user=by, target=name, role=role, previous=user["role"])
         return self._existing(name)
 
@@ -127,9 +128,16 @@ class UsersMixin(AuditMixin):
                 raise UserError("you cannot disable your own account; ask another admin", 409)
             if disabled and user["role"] == "admin" and not self._other_enabled_admins(name):
                 raise UserError(f"{name} is the last enabled admin; make another admin first", 409)
-            db.execute("UPDATE users SET disabled = ? WHERE id = ?", [int(bool(disabled)), user["id"]])
+            db.execute("UPDATE users SET disabled = ?, session_version = session_version + 1 WHERE id = ?",
+                       [int(bool(disabled)), user["id"]])
             self.audit("user.disable" if disabled else "user.enable", user=by, target=name)
         return self._existing(name)
+
+    def end_sessions(self, name: str) -> None:
+        """End every session of ``name`` (a session carries the version it was opened with; this raises it).
+        A password change, a reset, a role change and disabling do it too."""
+        with self.transaction() as db:
+            db.execute("UPDATE users SET session_version = session_version + 1 WHERE name = ?", [name])
 
     def invite_user(self, name: str, role: str, *, by: str | None) -> str:
         """Create an account with a one-time password (returned once), to be changed at the first login."""
@@ -147,7 +155,8 @@ class UsersMixin(AuditMixin):
         password = secrets.token_urlsafe(12)
         with self.transaction() as db:
             user = self._existing(name)
-            db.execute("UPDATE users SET password_hash = ?, must_change_password = 1 WHERE id = ?",
+            db.execute("UPDATE users SET password_hash = ?, must_change_password = 1, "
+                       "session_version = session_version + 1 WHERE id = ?",
                        [generate_password_hash(password), user["id"]])
             self.audit("user.password.reset", user=by, target=name)
         return password

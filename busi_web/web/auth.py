@@ -55,13 +55,15 @@ class User(UserMixin):
         self.name: str = row["name"]
         self.role: str = row["role"]
         self.must_change_password = bool(row.get("must_change_password"))
+        self.session_version = int(row.get("session_version") or 0)
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 
     def get_id(self) -> str:
-        return str(self.id)
+        """What the session keeps: the id and the session version (a raised version ends the session)."""
+        return f"{self.id}:{self.session_version}"
 
     def __repr__(self) -> str:
         return f"<User {self.name} ({self.role})>"
@@ -83,10 +85,13 @@ def _store():
 @login_manager.user_loader
 def _load_user(user_id: str) -> User | None:
     try:
-        row = _store().get_user_by_id(int(user_id))
+        uid, _, version = str(user_id).partition(":")
+        row = _store().get_user_by_id(int(uid))
+        version_ok = row is not None and int(version or -1) == int(row.get("session_version") or 0)
     except (TypeError, ValueError):
         return None
-    return User(row) if row and not row.get("disabled") else None  # disabling ends every session at once
+    # A session of an older version (logout elsewhere, a password or role change) or of a disabled user is over.
+    return User(row) if row and version_ok and not row.get("disabled") else None
 
 
 def _bearer_token() -> str | None:
@@ -205,10 +210,12 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    """Log out (POST with the CSRF token, so another site cannot log a user out)."""
+    """Log out (POST with the CSRF token, so another site cannot log a user out): every session of the user
+    ends, on every device, and a cookie saved before no longer works."""
     name = current_user.name
     logout_user()
     if name:
+        _store().end_sessions(name)  # every session of this user ends, on every device
         _store().audit("logout", user=name)
     flash("You are logged out.", "info")
     return redirect(url_for("auth.login"))
@@ -233,6 +240,8 @@ def password():
                 error, status = str(exc), 400
             else:
                 forget_admin_password_file(current_app.instance_path, current_user.name)
+                # Every other session of this user ended with the change; this one goes on, renewed.
+                login_user(User(store.get_user(current_user.name)))
                 flash("Your password was changed.", "info")
                 return redirect(next_url)
     return render_template("auth/password.html", error=error, next=next_url), status

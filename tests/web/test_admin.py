@@ -58,7 +58,9 @@ def test_disabling_ends_the_sessions_and_tokens_at_once_and_enabling_restores_lo
 def test_role_change_and_password_reset(app, store, admin_client, clinician_client):
     r = admin_client.patch(f"/api/users/{CLINICIAN[0]}", json={"role": "admin"})
     assert r.status_code == 200 and r.get_json()["user"]["role"] == "admin"
-    assert clinician_client.get("/api/plugins").status_code == 200  # an admin now
+    assert clinician_client.get("/api/plugins").status_code == 401  # a role change ends the user's sessions
+    again = app.test_client()
+    assert login(again, *CLINICIAN).status_code == 302 and again.get("/api/plugins").status_code == 200
     r = admin_client.post(f"/api/users/{CLINICIAN[0]}/reset-password")
     password = r.get_json()["one_time_password"]
     assert r.status_code == 200 and len(password) >= 12

@@ -164,3 +164,43 @@ def test_socketio_refuses_anonymous_clients_and_accepts_users(app, store):
         assert user.is_connected()
     finally:
         user.disconnect()
+
+
+def test_old_session_cookies_stop_working_after_logout_password_and_role_changes(app):
+    """A session cookie saved earlier (another device, a stolen copy) is replayed after each event: 401."""
+    from tests.helpers import make_user_client
+
+    store = app.extensions["busi_web"].store
+    admin = make_user_client(app, "boss", "boss-password-1", "admin")
+
+    def replay(cookie: str) -> int:
+        other = app.test_client()
+        other.set_cookie("session", cookie)
+        return other.get("/api/me").status_code
+
+    def saved(client) -> str:
+        return client.get_cookie("session").value
+
+    # Logout ends every session of the user, not only the one that logged out.
+    first, second = (make_user_client(app, "ana", "ana-password-1", "clinician") for _ in range(2))
+    old = saved(first)
+    assert replay(old) == 200
+    second.post("/logout")
+    assert replay(old) == 401 and first.get("/api/me").status_code == 401
+    # A password change ends the others; the session that changed it goes on.
+    changer, bystander = (make_user_client(app, "ana", "ana-password-1", "clinician") for _ in range(2))
+    r = changer.post("/account/password", data={"current_password": "ana-password-1",
+                                                "new_password": "ana-password-2", "confirm_password": "ana-password-2"})
+    assert r.status_code == 302
+    assert changer.get("/api/me").status_code == 200 and bystander.get("/api/me").status_code == 401
+    # A role change and disabling, by an admin, end the user's sessions.
+    user = make_user_client(app, "ana", "ana-password-2", "clinician")
+    old = saved(user)
+    assert admin.patch("/api/users/ana", json={"role": "admin"}).status_code == 200
+    assert replay(old) == 401
+    user = make_user_client(app, "ana", "ana-password-2", "clinician")
+    old = saved(user)
+    assert admin.patch("/api/users/ana", json={"disabled": True}).status_code == 200
+    assert admin.patch("/api/users/ana", json={"disabled": False}).status_code == 200
+    assert replay(old) == 401  # enabling again does not bring old sessions back
+    assert store.get_user("ana")["session_version"] >= 5
