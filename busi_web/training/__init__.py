@@ -7,7 +7,8 @@ Owns the job runner (one trainer process at a time, cancel, recovery:
 data feeding (:mod:`~busi_web.training.feeding`), the training parameters and
 the checks before a run exists (:mod:`~busi_web.training.params`), training
 aids (:mod:`~busi_web.training.aids`, :mod:`~busi_web.training.mixup`),
-resuming (:mod:`~busi_web.training.resume`), and what follows a finished run:
+resuming (:mod:`~busi_web.training.resume`), the temperature and the
+out-of-distribution reference fitted at the end (:mod:`~busi_web.training.trust`), and what follows a finished run:
 its acceptance score, auto-promotion through the gate and its model card
 (:mod:`~busi_web.training.finish`).
 

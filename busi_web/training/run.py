@@ -19,10 +19,8 @@ from busi_web.data.splits import Split, split_dataset
 from busi_web.evaluation.metrics import classification_metrics, classification_report_text
 from busi_web.evaluation.plots import confusion_plot_png, history_plot_png, reliability_plot_png
 from busi_web.explain.base import default_target_layer, resolve_layer
-from busi_web.model.calibration import calibration_summary, fit_temperature
 from busi_web.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from busi_web.model.device import hardware, resolve_device
-from busi_web.model.ood import OodReference, loader_features
 from busi_web.plugins import PluginRegistry
 from busi_web.store import run_files as art
 from busi_web.training.aids import LesionGuide
@@ -38,6 +36,7 @@ from busi_web.training.feeding import (
 from busi_web.training.loop import Engine, TrainingDiverged, build_optimizer, build_scheduler
 from busi_web.training.params import lesion_layer_names, validate_train_params
 from busi_web.training.resume import epoch_seed, load_state, rng_state, save_state, seed_everything, set_rng_state
+from busi_web.training.trust import checkpoint_extras, fit_trust
 
 
 class StopRequested(Exception):
@@ -404,38 +403,24 @@ class TrainingRun:
 
     def _calibrate_and_reference(self, meta: CheckpointMeta, test_probs: np.ndarray, test_y: np.ndarray
                                  ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Fit the temperature on the validation part and the out-of-distribution reference on the training
-        part (threshold on validation); save both into ``best_model.pt``. The test part only reports."""
+        """Fit the temperature and the out-of-distribution reference (:mod:`busi_web.training.trust`); save both
+        into ``best_model.pt`` and draw the test part's reliability diagram."""
         eng = self.engine
         assert eng is not None
-        val_y, val_probs, _ = eng.predict(self.loaders["val"])
-        temperature = fit_temperature(val_probs, val_y)
-        calibration = {"method": "temperature scaling, fitted on the validation part",
-                       "temperature": temperature,
-                       "val": calibration_summary(val_probs, val_y, temperature),
-                       "test": calibration_summary(test_probs, test_y, temperature)}
-        art.write_atomic(self.dir / art.RELIABILITY_PNG, reliability_plot_png(
-            calibration["test"], f"run {self.run_id}: reliability on the test part"))
-        model = eng.eval_model
-        layer = meta.target_layer or default_target_layer(model, "")
         train_eval = make_loader(TransformedImages(self.source, self.split.train, self.dataset.labels,
                                                    eval_transform(self.cfg)),
                                  self.loaders["val"].batch_size, train=False, workers=self.workers, device=eng.device)
         train_eval.worker_init_fn = _ignore_signals
-        module = resolve_layer(model, layer)
-        reference = OodReference.fit(layer, loader_features(model, module, train_eval, eng.device),
-                                     loader_features(model, module, self.loaders["val"], eng.device))
-        test_scores = reference.scores(loader_features(model, module, self.loaders["test"], eng.device))
-        ood = {"layer": layer, "threshold": reference.threshold, "quantile": reference.quantile,
-               "components": int(len(reference.variances)),
-               "test_flagged_share": float((test_scores > reference.threshold).mean()) if len(test_scores) else None}
-        meta.extra.update(temperature=temperature, ood=reference.to_meta(),
-                          calibration={"temperature": temperature, "ece_val_before": calibration["val"]["ece_before"],
-                                       "ece_val_after": calibration["val"]["ece_after"],
-                                       "ece_test_before": calibration["test"]["ece_before"],
-                                       "ece_test_after": calibration["test"]["ece_after"]})
-        save_checkpoint(self.dir / art.BEST_PT, model, meta, registry=self.registry)
-        self.log(f"calibration: temperature {temperature:.3f} (validation); test ECE "
+        val_y, val_probs, _ = eng.predict(self.loaders["val"])
+        layer = meta.target_layer or default_target_layer(eng.eval_model, "")
+        calibration, reference, ood = fit_trust(
+            eng.eval_model, layer, eng.device, {"train": train_eval, **self.loaders}, (val_y, val_probs),
+            (test_y, test_probs))
+        art.write_atomic(self.dir / art.RELIABILITY_PNG, reliability_plot_png(
+            calibration["test"], f"run {self.run_id}: reliability on the test part"))
+        meta.extra.update(checkpoint_extras(calibration, reference))
+        save_checkpoint(self.dir / art.BEST_PT, eng.eval_model, meta, registry=self.registry)
+        self.log(f"calibration: temperature {calibration['temperature']:.3f} (validation); test ECE "
                  f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}; "
                  f"out-of-distribution threshold {reference.threshold:.3f} on {layer} "
                  f"({100 * (ood['test_flagged_share'] or 0):.1f}% of the test part above it)")
