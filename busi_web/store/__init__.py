@@ -11,6 +11,7 @@ training, diagnosis, the web or the command line.
 
 from busi_web.store.db import utc_now
 from busi_web.store.jobstore import JobStore
-from busi_web.store.runs import MAX_ID, STATES, TERMINAL, TRANSITIONS, IllegalTransition, RunNotFound
+from busi_web.store.runs import MAX_ID, RESUMABLE, STATES, TERMINAL, TRANSITIONS, IllegalTransition, RunNotFound
 
-__all__ = ["JobStore", "RunNotFound", "IllegalTransition", "STATES", "TERMINAL", "TRANSITIONS", "MAX_ID", "utc_now"]
+__all__ = ["JobStore", "RunNotFound", "IllegalTransition", "STATES", "TERMINAL", "RESUMABLE", "TRANSITIONS", "MAX_ID",
+           "utc_now"]

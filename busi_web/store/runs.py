@@ -14,6 +14,8 @@ from busi_web.store.db import private_dir, utc_now
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 TERMINAL = frozenset({"finished", "failed", "cancelled"})
+# The states a run can be resumed from (its trainer continues from last.pt when the run has one).
+RESUMABLE = frozenset({"interrupted", "cancelled"})
 # Which state may follow which. Resuming puts an interrupted or cancelled run back in the queue; a finished or
 # failed run is final (start a new run instead).
 TRANSITIONS: dict[str, frozenset[str]] = {

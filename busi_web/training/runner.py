@@ -3,8 +3,11 @@
 The SQLite store is the source of truth: a run is claimed (queued -> running)
 in the store before its process starts, the trainer process records its own
 progress and final state, and this runner only launches, signals and reaps.
-If the web process restarts, :meth:`JobRunner.recover` marks runs whose
-trainer process is gone as interrupted; they can be resumed from ``last.pt``.
+A trainer that dies without recording an outcome (a crash, ``kill -9``, the
+OOM killer) leaves its run ``interrupted``, whether this runner started it
+(seen when it is reaped) or not (a trainer of an earlier server or of the
+command line: :meth:`JobRunner.recover` finds it, at start and on every
+turn of the loop). Interrupted and cancelled runs resume from ``last.pt``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from busi_web.store import IllegalTransition, JobStore
+from busi_web.store import RESUMABLE, IllegalTransition, JobStore
 
 log = logging.getLogger(__name__)
 
 TRAINER_MODULE = "busi_web.training.trainer"
+# The error of a run whose trainer died; its last output is in the admin-only trainer_stderr.txt.
+INTERRUPTED = ("the trainer process stopped unexpectedly; resume continues from the last saved epoch (an "
+               "administrator finds its last output in trainer_stderr.txt)")
 
 
 def pid_is_trainer(pid: int | None) -> bool:
@@ -99,24 +105,27 @@ class JobRunner:
         return self.store.get_run(run_id)
 
     def resume(self, run_id: int) -> dict[str, Any]:
-        """Put an interrupted run back in the queue; the trainer continues from ``last.pt``."""
+        """Put an interrupted or cancelled run back in the queue; the trainer continues from ``last.pt``."""
         run = self.store.get_run(run_id)
-        if run["status"] != "interrupted":
-            raise IllegalTransition(f"run {run_id} is {run['status']}; only interrupted runs can be resumed")
+        if run["status"] not in RESUMABLE:
+            raise IllegalTransition(f"run {run_id} is {run['status']}; only interrupted or cancelled runs can be "
+                                    "resumed (start a new run instead)")
         run = self.store.transition(run_id, "queued", error=None, pid=None, cancel_requested=0)
         self.submit(run_id)
         return run
 
-    def recover(self) -> list[int]:
-        """Mark runs recorded as running whose trainer process is gone as interrupted."""
+    def recover(self, *, launched_only: bool = False) -> list[int]:
+        """Mark runs recorded as running whose trainer process is gone as interrupted.
+
+        ``launched_only`` skips runs without a pid (claimed, their process about to start): the loop's
+        periodic check must not race another process's launch; the check at start takes them too.
+        """
         lost = []
         for run in self.store.list_runs(status="running"):
-            if run["id"] in self._procs or pid_is_trainer(run.get("pid")):
+            if run["id"] in self._procs or pid_is_trainer(run.get("pid")) or (launched_only and not run.get("pid")):
                 continue
             try:
-                self.store.transition(run["id"], "interrupted",
-                                      error="the trainer process stopped unexpectedly; resume continues from "
-                                            "the last saved epoch")
+                self.store.transition(run["id"], "interrupted", error=INTERRUPTED)
                 lost.append(run["id"])
             except IllegalTransition:  # it finished between our read and write
                 continue
@@ -133,6 +142,7 @@ class JobRunner:
         while not self._stopping:
             try:
                 self._reap()
+                self.recover(launched_only=True)
                 if not self._procs:
                     self._start_next()
             except Exception:  # never let the runner thread die
@@ -170,12 +180,12 @@ class JobRunner:
             del self._procs[run_id]
             run = self.store.get_run(run_id)
             if run["status"] == "running":
-                # The trainer died without recording an outcome (crash, OOM kill, SIGKILL).
+                # The trainer died without recording an outcome (crash, OOM kill, SIGKILL): resumable.
                 if run.get("cancel_requested"):
                     self.store.transition(run_id, "cancelled", error="cancelled (the trainer was stopped)")
                 else:
-                    tail = _tail(Path(run["run_dir"]) / "trainer_stderr.txt")
-                    self.store.transition(run_id, "failed", error=f"the trainer exited with code {code}. {tail}")
+                    log.warning("run %s: the trainer died (%s); the run is interrupted", run_id, exit_reason(code))
+                    self.store.transition(run_id, "interrupted", error=f"{INTERRUPTED} ({exit_reason(code)})")
 
     def _force_kill_later(self, run_id: int, pid: int) -> None:
         deadline = time.monotonic() + self.cancel_timeout
@@ -200,9 +210,11 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def _tail(path: Path, limit: int = 600) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return ""
-    return ("last output: " + text[-limit:]) if text else ""
+def exit_reason(code: int) -> str:
+    """A trainer's exit status in words: ``killed by SIGKILL`` or ``exit code 3``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

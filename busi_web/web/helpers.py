@@ -26,7 +26,7 @@ from busi_web.evaluation.card import build_card, is_demo
 from busi_web.plugins import PluginFailure
 from busi_web.services import services_of
 from busi_web.specs import Param
-from busi_web.store import MAX_ID, STATES, TERMINAL, RunNotFound
+from busi_web.store import MAX_ID, RESUMABLE, STATES, TERMINAL, RunNotFound
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def run_view(run: dict[str, Any], defaults: dict[int, str] | None = None) -> dic
     view["dataset_params"] = params.get("dataset") or {}
     view["terminal"] = run["status"] in TERMINAL
     view["can_cancel"] = run["status"] in ("queued", "running", "interrupted")
-    view["can_resume"] = run["status"] == "interrupted"  # the runner resumes interrupted runs only
+    view["can_resume"] = run["status"] in RESUMABLE
     view["can_promote"] = run["status"] == "finished" and not view["active"]
     view["demo"] = is_demo(services_of().registry, run["dataset"])
     return view

@@ -105,7 +105,7 @@ def test_recover_marks_runs_whose_trainer_is_gone_as_interrupted_and_resume_requ
     assert store.get_run(done["id"])["status"] == "finished"
     assert runner.recover() == []  # nothing is interrupted twice
 
-    with pytest.raises(ValueError, match="only interrupted runs"):
+    with pytest.raises(ValueError, match="only interrupted or cancelled runs"):
         runner.resume(done["id"])
     assert runner.cancel(recycled["id"])["status"] == "cancelled"
     assert runner.cancel(never_started["id"])["status"] == "cancelled"
