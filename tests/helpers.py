@@ -60,10 +60,10 @@ def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeo
                           timeout=timeout, cwd=cwd or ROOT)
 
 
-ADMIN = ("admin", "admin-pass-1")
+ADMIN = ("admin", "amber-otter-42")
 
 
-CLINICIAN = ("clin", "clin-pass-1")
+CLINICIAN = ("clin", "velvet-cactus-17")
 
 
 def login(client, name: str, password: str, *, next_url: str | None = None):

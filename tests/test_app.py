@@ -58,7 +58,7 @@ def test_a_bug_gives_a_500_with_an_error_id_not_a_traceback(app, caplog):
     def boom():
         raise RuntimeError("secret internals")
 
-    r = make_user_client(app, "boom", "boom-pass-1", "clinician").get("/api/boom")
+    r = make_user_client(app, "boom", "maple-lantern-58", "clinician").get("/api/boom")
     assert r.status_code == 500
     body = r.get_json()
     assert "secret internals" not in r.get_data(as_text=True) and len(body["error_id"]) == 12
@@ -104,7 +104,7 @@ def test_serve_runs_gunicorn_gthread_and_lists_plugins(tmp_path):
     from busi_web.store import JobStore
 
     store = JobStore(tmp_path / "inst" / "busi.db", tmp_path / "inst" / "runs")
-    store.add_user("admin", "admin", "admin-pass-1")
+    store.add_user("admin", "admin", "amber-otter-42")
     auth = {"Authorization": "Bearer " + store.create_token("admin")}
 
     def get(path: str, timeout: float):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from flask.cli import with_appcontext
 from busi_web.cli.common import services, user_errors
 from busi_web.config import ADMIN_PASSWORD_FILE, forget_admin_password_file
 from busi_web.errors import UserError
-from busi_web.store.users import MIN_PASSWORD, ROLES
+from busi_web.store.passwords import RULES, one_time_password
+from busi_web.store.users import ROLES
 
 FIRST_ADMIN = "admin"
 
@@ -38,7 +38,7 @@ def _read_password(from_stdin: bool, prompt: str = "Password") -> str:
         if not password:
             raise click.ClickException("no password on stdin; pipe it in, e.g. `printf %s \"$PW\" | busi-web ...`")
         return password
-    return click.prompt(f"{prompt} (at least {MIN_PASSWORD} characters)", hide_input=True,
+    return click.prompt(f"{prompt} ({RULES})", hide_input=True,
                         confirmation_prompt=True)
 
 
@@ -154,6 +154,16 @@ def users_reset(name: str) -> None:
     click.echo(f"(one-time password of {name}; they must change it when they log in)", err=True)
 
 
+@users_group.command("expire")
+@click.argument("name")
+@with_appcontext
+@user_errors
+def users_expire(name: str) -> None:
+    """Make user NAME choose a new password at their next login (their sessions end now)."""
+    _store().require_new_password(name, by="cli")
+    click.echo(f"{name} must choose a new password at their next login")
+
+
 @click.group("tokens")
 def tokens_group() -> None:
     """Manage API tokens (sent as `Authorization: Bearer <token>`)."""
@@ -212,7 +222,7 @@ def create_first_admin(app: Flask) -> str | None:
     store = services().store
     if store.count_users() > 0:
         return None
-    password = secrets.token_urlsafe(12)
+    password = one_time_password()
     store.add_user(FIRST_ADMIN, "admin", password, must_change_password=True)
     path = Path(app.instance_path) / ADMIN_PASSWORD_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

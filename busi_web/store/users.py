@@ -16,9 +16,9 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from busi_web.errors import UserError
 from busi_web.store.audit import AuditMixin
 from busi_web.store.db import utc_now
+from busi_web.store.passwords import one_time_password, require_strong
 
 ROLES = ("admin", "clinician")
-MIN_PASSWORD = 8
 
 
 def _token_hash(token: str) -> str:
@@ -36,8 +36,7 @@ class UsersMixin(AuditMixin):
             raise UserError("a user name is 1-64 characters with no spaces")
         if role not in ROLES:
             raise UserError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-        if len(password or "") < MIN_PASSWORD:
-            raise UserError(f"the password must have at least {MIN_PASSWORD} characters")
+        require_strong(password, name)
         try:
             with self.transaction() as db:
                 db["users"].insert({"name": name, "role": role, "password_hash": generate_password_hash(password),
@@ -77,8 +76,9 @@ class UsersMixin(AuditMixin):
         return user
 
     def set_password(self, name: str, password: str) -> None:
-        if len(password or "") < MIN_PASSWORD:
-            raise UserError(f"the password must have at least {MIN_PASSWORD} characters")
+        """Set ``name``'s own password (it must follow :mod:`~busi_web.store.passwords`' rules); every session of
+        theirs ends, and a required change is done."""
+        require_strong(password, name)
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone() is None:
                 raise UserError(f"there is no user {name!r}")
@@ -141,7 +141,7 @@ class UsersMixin(AuditMixin):
 
     def invite_user(self, name: str, role: str, *, by: str | None) -> str:
         """Create an account with a one-time password (returned once), to be changed at the first login."""
-        password = secrets.token_urlsafe(12)
+        password = one_time_password()
         self.add_user(name, role, password, must_change_password=True, by=by)
         return password
 
@@ -152,7 +152,7 @@ class UsersMixin(AuditMixin):
 
     def reset_password(self, name: str, *, by: str | None) -> str:
         """Give ``name`` a new one-time password (returned once): they must change it when they next log in."""
-        password = secrets.token_urlsafe(12)
+        password = one_time_password()
         with self.transaction() as db:
             user = self._existing(name)
             db.execute("UPDATE users SET password_hash = ?, must_change_password = 1, "
@@ -160,6 +160,16 @@ class UsersMixin(AuditMixin):
                        [generate_password_hash(password), user["id"]])
             self.audit("user.password.reset", user=by, target=name)
         return password
+
+    def require_new_password(self, name: str, *, by: str | None) -> dict[str, Any]:
+        """Make ``name`` choose a new password at their next login (their sessions end now; the current password
+        still opens the change-password page, and nothing else)."""
+        with self.transaction() as db:
+            user = self._existing(name)
+            db.execute("UPDATE users SET must_change_password = 1, session_version = session_version + 1 "
+                       "WHERE id = ?", [user["id"]])
+            self.audit("user.password.require_change", user=by, target=name)
+        return self.public_user(name)
 
     # -- API tokens -----------------------------------------------------------------------------------------
     def create_token(self, name: str, label: str = "") -> str:

@@ -1,7 +1,8 @@
 """Admin pages: user accounts and the audit log, with their JSON API (admins only).
 
 * ``GET /admin/users`` (page), ``GET /api/users``; ``POST /api/users`` ``{"name", "role"}`` creates an
-  account with a one-time password (answered once); ``PATCH /api/users/<name>`` ``{"role"?, "disabled"?}``;
+  account with a one-time password (answered once); ``PATCH /api/users/<name>`` ``{"role"?, "disabled"?,
+  "must_change_password": true?}`` (the last: a new password at the next login);
   ``POST /api/users/<name>/reset-password`` gives a new one-time password.
 * ``GET /admin/audit`` (page), ``GET /api/audit`` and ``GET /api/audit.csv``: the audit log, newest first,
   filtered by ``user``, ``run_id`` (the model), ``action``, ``since`` and ``until`` (dates or ISO 8601 times);
@@ -57,18 +58,24 @@ def add_user():
 @bp.patch("/api/users/<name>")
 @admin_required
 def change_user(name: str):
-    """Change a role and/or disable or enable the account."""
-    body = json_body('{"role": "admin"} or {"disabled": true}')
+    """Change a role, disable or enable the account, and/or require a new password at the next login."""
+    body = json_body('{"role": "admin"}, {"disabled": true} or {"must_change_password": true}')
     store = services_of().store
-    role, disabled = body_str(body, "role"), body.get("disabled")
-    if role is None and disabled is None:
-        raise UserError("say what to change: role and/or disabled", 400)
-    if disabled is not None and not isinstance(disabled, bool):
-        raise UserError("disabled must be true or false", 400, {"disabled": "true or false"})
+    role, disabled, expire = body_str(body, "role"), body.get("disabled"), body.get("must_change_password")
+    if role is None and disabled is None and expire is None:
+        raise UserError("say what to change: role, disabled and/or must_change_password", 400)
+    for field, value in (("disabled", disabled), ("must_change_password", expire)):
+        if value is not None and not isinstance(value, bool):
+            raise UserError(f"{field} must be true or false", 400, {field: "true or false"})
+    if expire is False:
+        raise UserError("must_change_password can only be set (true): the user clears it by choosing a password",
+                        400, {"must_change_password": "true"})
     if role is not None:
         store.set_role(name, role, by=current_user.name)
     if disabled is not None:
         store.set_disabled(name, disabled, by=current_user.name)
+    if expire:
+        store.require_new_password(name, by=current_user.name)
     return jsonify({"user": store.public_user(name)})
 
 

@@ -30,6 +30,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from busi_web.config import forget_admin_password_file
 from busi_web.errors import UserError
 from busi_web.services import services_of
+from busi_web.store.passwords import MIN_LENGTH, RULES
 from busi_web.web.helpers import wants_json
 from busi_web.web.live import socketio
 
@@ -233,6 +234,8 @@ def password():
             error, status = "the current password is wrong", 400
         elif new != (request.form.get("confirm_password") or ""):
             error, status = "the two new passwords differ; type the same one twice", 400
+        elif new == request.form.get("current_password"):
+            error, status = "the new password must differ from the current one", 400
         else:
             try:
                 store.set_password(current_user.name, new)
@@ -244,4 +247,5 @@ def password():
                 login_user(User(store.get_user(current_user.name)))
                 flash("Your password was changed.", "info")
                 return redirect(next_url)
-    return render_template("auth/password.html", error=error, next=next_url), status
+    return render_template("auth/password.html", error=error, next=next_url, rules=RULES,
+                           min_length=MIN_LENGTH), status

@@ -1,5 +1,6 @@
-/* busi-web Users page: add an account, change a role, disable or enable it, reset its password. A one-time
- * password is shown once, on the page, after the action; everything else reloads the page from the server. */
+/* busi-web Users page: add an account, change a role, disable or enable it, reset its password or require a new
+ * one at the next login. A one-time password is shown once, on the page, after the action; everything else
+ * reloads the page from the server. */
 (function () {
   "use strict";
   const busi = window.busi;
@@ -60,6 +61,9 @@
       if (!window.confirm(`Give ${name} a new one-time password? Their current password stops working.`)) return;
       const answer = await act(() => busi.api(`${path}/reset-password`, { method: "POST" }));
       if (answer) showPassword(name, answer.one_time_password);
+    } else if (button.dataset.act === "expire") {
+      if (!window.confirm(`Make ${name} choose a new password at the next login? Their sessions end now.`)) return;
+      if (await act(() => busi.api(path, { method: "PATCH", json: { must_change_password: true } }))) reload();
     } else {
       const disabled = button.dataset.act === "disable";
       if (disabled && !window.confirm(`Disable ${name}? Their sessions and API tokens stop working at once.`)) return;

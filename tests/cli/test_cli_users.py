@@ -26,26 +26,26 @@ def store(app):
 
 
 def test_users_add_with_prompt_or_stdin_list_and_login(cli, store, app):
-    r = cli("users", "add", "ana", "--role", "clinician", input="pass-word-1\npass-word-1\n")
+    r = cli("users", "add", "ana", "--role", "clinician", input="hollow-pepper-12\nhollow-pepper-12\n")
     assert r.exit_code == 0 and "created clinician ana" in r.output
-    r = cli("users", "add", "root", "--role", "admin", "--password-stdin", input="admin-pass-9\n")
+    r = cli("users", "add", "root", "--role", "admin", "--password-stdin", input="amber-otter-99\n")
     assert r.exit_code == 0, r.output
-    assert store.check_password("root", "admin-pass-9")["role"] == "admin"
-    assert store.check_password("ana", "pass-word-1")["role"] == "clinician"
+    assert store.check_password("root", "amber-otter-99")["role"] == "admin"
+    assert store.check_password("ana", "hollow-pepper-12")["role"] == "clinician"
     listed = cli("users", "list").output
     assert re.search(r"^ana\s+clinician", listed, re.M) and re.search(r"^root\s+admin", listed, re.M)
     as_json = json.loads(cli("users", "list", "--json").output)
     assert {u["name"] for u in as_json} == {"ana", "root"} and all("password_hash" not in u for u in as_json)
     client = app.test_client()
-    assert client.post("/login", data={"username": "ana", "password": "pass-word-1"}).status_code == 302
+    assert client.post("/login", data={"username": "ana", "password": "hollow-pepper-12"}).status_code == 302
 
 
 @pytest.mark.parametrize("args, stdin, message", [
-    (["users", "add", "x", "--role", "nurse", "--password-stdin"], "pass-word-1\n", "Invalid value for '--role'"),
-    (["users", "add", "x", "--role", "admin", "--password-stdin"], "short\n", "at least 8 characters"),
+    (["users", "add", "x", "--role", "nurse", "--password-stdin"], "hollow-pepper-12\n", "Invalid value for '--role'"),
+    (["users", "add", "x", "--role", "admin", "--password-stdin"], "short\n", "at least 12 characters"),
     (["users", "add", "x", "--role", "admin", "--password-stdin"], "", "no password on stdin"),
-    (["users", "add", "two words", "--role", "admin", "--password-stdin"], "pass-word-1\n", "no spaces"),
-    (["users", "passwd", "ghost", "--password-stdin"], "pass-word-1\n", "there is no user 'ghost'"),
+    (["users", "add", "two words", "--role", "admin", "--password-stdin"], "hollow-pepper-12\n", "no spaces"),
+    (["users", "passwd", "ghost", "--password-stdin"], "hollow-pepper-12\n", "there is no user 'ghost'"),
     (["users", "delete", "ghost", "--yes"], None, "there is no user 'ghost'"),
     (["tokens", "create", "ghost"], None, "there is no user 'ghost'"),
     (["tokens", "revoke", "42"], None, "there is no API token 42"),
@@ -56,14 +56,14 @@ def test_bad_user_commands_fail_with_a_message(cli, args, stdin, message):
 
 
 def test_duplicate_user_passwd_and_delete_rules(cli, store):
-    cli("users", "add", "boss", "--role", "admin", "--password-stdin", input="boss-pass-1\n")
-    r = cli("users", "add", "boss", "--role", "clinician", "--password-stdin", input="other-pass-1\n")
+    cli("users", "add", "boss", "--role", "admin", "--password-stdin", input="copper-violet-33\n")
+    r = cli("users", "add", "boss", "--role", "clinician", "--password-stdin", input="tawny-glacier-61\n")
     assert r.exit_code != 0 and "exists already" in r.output
-    r = cli("users", "passwd", "boss", "--password-stdin", input="boss-pass-2\n")
-    assert r.exit_code == 0 and store.check_password("boss", "boss-pass-2")
+    r = cli("users", "passwd", "boss", "--password-stdin", input="copper-violet-34\n")
+    assert r.exit_code == 0 and store.check_password("boss", "copper-violet-34")
     r = cli("users", "delete", "boss", "--yes")
     assert r.exit_code != 0 and "last admin" in r.output
-    cli("users", "add", "ana", "--role", "clinician", "--password-stdin", input="pass-word-1\n")
+    cli("users", "add", "ana", "--role", "clinician", "--password-stdin", input="hollow-pepper-12\n")
     r = cli("users", "delete", "ana", input="n\n")
     assert r.exit_code != 0 and store.get_user("ana") is not None  # declined at the prompt
     r = cli("users", "delete", "ana", "--yes")
@@ -71,7 +71,7 @@ def test_duplicate_user_passwd_and_delete_rules(cli, store):
 
 
 def test_tokens_create_list_revoke_and_use(cli, store, app):
-    cli("users", "add", "bot", "--role", "clinician", "--password-stdin", input="bot-pass-12\n")
+    cli("users", "add", "bot", "--role", "clinician", "--password-stdin", input="silver-meadow-26\n")
     r = cli("tokens", "create", "bot", "--label", "pacs bridge")
     token = r.stdout.strip().splitlines()[0]
     assert r.exit_code == 0 and token.startswith("bw_") and "cannot be shown again" in r.stderr
@@ -110,12 +110,12 @@ def test_init_creates_the_first_admin_once_with_a_one_time_password(tmp_path):
 
 
 def test_users_role_disable_enable_reset_and_the_audit_command(cli, store):
-    store.add_user("root", "admin", "admin-pass-9")
-    store.add_user("ana", "clinician", "pass-word-1")
+    store.add_user("root", "admin", "amber-otter-99")
+    store.add_user("ana", "clinician", "hollow-pepper-12")
     r = cli("users", "role", "ana", "admin")
     assert r.exit_code == 0 and "ana is now a admin" in r.output and store.get_user("ana")["role"] == "admin"
-    assert cli("users", "disable", "ana").exit_code == 0 and store.check_password("ana", "pass-word-1") is None
-    assert cli("users", "enable", "ana").exit_code == 0 and store.check_password("ana", "pass-word-1")
+    assert cli("users", "disable", "ana").exit_code == 0 and store.check_password("ana", "hollow-pepper-12") is None
+    assert cli("users", "enable", "ana").exit_code == 0 and store.check_password("ana", "hollow-pepper-12")
     r = cli("users", "role", "root", "clinician")
     assert r.exit_code == 0  # ana is an enabled admin too
     r = cli("users", "role", "ana", "clinician")

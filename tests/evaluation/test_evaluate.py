@@ -203,7 +203,7 @@ def test_run_page_shows_the_report_and_serves_its_pngs(trained):
     before = report_folders(run)
     assert invoke(trained, "--run", str(run["id"]), "--explainers", "gradcam").returncode == 0
     folder = new_report(run, before)
-    client = make_user_client(trained["app"], "doc", "doc-pass-1", "clinician")
+    client = make_user_client(trained["app"], "doc", "orchid-tunnel-64", "clinician")
     page = client.get(f"/runs/{run['id']}").get_data(as_text=True)
     assert 'id="run-evaluations"' in page and folder.name in page
     assert "Heatmap localisation" in page and "Shortcut check" in page

@@ -71,7 +71,7 @@ def test_it_trains_with_lesion_guidance_and_explains_with_plain_maps(example, ap
     from busi_web import create_app
 
     app = create_app(app_config)
-    admin = make_user_client(app, "admin", "admin-pass-1", "admin")
+    admin = make_user_client(app, "admin", "amber-otter-42", "admin")
     data = csv_folder(tmp_path / "listed")
     # Lesion guidance teaches the backbone's declared target layer ("features"), not a guessed "layer4".
     r = admin.post("/api/runs", json={"backbone": "mobilenet_v3_small", "dataset": "csvlist", "data_dir": str(data),

@@ -273,7 +273,7 @@ def test_mammography_model_diagnoses_a_clicked_region_of_a_full_mammogram(app, t
     run_dir = Path(done["run_dir"])
     assert (run_dir / "split.json").is_file() and "mdb001#0" in (run_dir / "split.json").read_text()
     store.set_default(run["id"], by="test", reason="a test model")
-    client = make_user_client(app, "clin", "clin-pass-1", "clinician")
+    client = make_user_client(app, "clin", "velvet-cactus-17", "clinician")
 
     info = client.get("/api/models/active").get_json()
     assert info["roi"] is True and info["roi_size"] == 32 and info["modality"] == "mammography"

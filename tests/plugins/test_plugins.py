@@ -114,7 +114,7 @@ def test_cli_and_api_and_start_page_show_plugins(third_party, app_config):
 
     from busi_web import create_app
 
-    client = make_user_client(create_app(app_config), "admin", "admin-pass-1", "admin")
+    client = make_user_client(create_app(app_config), "admin", "amber-otter-42", "admin")
     api = client.get("/api/plugins")
     assert api.status_code == 200
     names = {p["name"]: p["status"] for p in api.get_json()["plugins"]}

@@ -63,7 +63,7 @@ def test_plain_maps_get_probabilities_and_the_usual_scaling(tmp_path):
     app = make_app(tmp_path / "instance", PlainMaps())
     store = app.extensions["busi_web"].store
     finished_run(store, promote=True)
-    client = make_user_client(app, "clin", "clin-pass-1", "clinician")
+    client = make_user_client(app, "clin", "velvet-cactus-17", "clinician")
     r = client.post("/api/predict", data=upload((image_bytes(hw=(40, 40)), "a.png"), explainer="corner"))
     assert r.status_code == 200, r.get_json()
     result = r.get_json()["results"][0]
@@ -79,7 +79,7 @@ def test_an_explainer_that_raises_is_named_in_the_answer_and_skipped_by_evaluate
     app = make_app(tmp_path / "instance", Crashing())
     services = app.extensions["busi_web"]
     run = finished_run(services.store, promote=True)
-    client = make_user_client(app, "clin", "clin-pass-1", "clinician")
+    client = make_user_client(app, "clin", "velvet-cactus-17", "clinician")
     r = client.post("/api/predict", data=upload((image_bytes(hw=(40, 40)), "a.png"), explainer="crashing"))
     assert r.status_code == 500
     body = r.get_json()
@@ -108,7 +108,7 @@ class SevenOutputs:
 
 def test_a_backbone_with_the_wrong_number_of_outputs_is_refused_before_the_run_exists(tmp_path):
     app = make_app(tmp_path / "instance", SevenOutputs())
-    admin = make_user_client(app, "admin", "admin-pass-1", "admin")
+    admin = make_user_client(app, "admin", "amber-otter-42", "admin")
     r = admin.post("/api/runs", json={"backbone": "seven", "dataset": "phantom",
                                       "train": {"epochs": 1, "input_size": 32, "resize": 36},
                                       "dataset_params": {"size": 40, "per_class": 4}})

@@ -108,7 +108,7 @@ def test_store_uploads_keeps_the_files_privately(app_config, instance_path):
 
     app = create_app({**app_config, "STORE_UPLOADS": True})
     finished_run(app.extensions["busi_web"].store, promote=True)
-    client = make_user_client(app, "doc", "doc-pass-1", "clinician")
+    client = make_user_client(app, "doc", "orchid-tunnel-64", "clinician")
     r = client.post("/api/predict", data=upload((image_bytes(), "../../scan 1.png")))
     assert r.status_code == 200
     stored = list((instance_path / "uploads").rglob("*"))

@@ -42,7 +42,7 @@ def connect(app):
     sockets = []
 
     def make(name: str = "clin"):
-        http = make_user_client(app, name, f"{name}-pass-1", "clinician")
+        http = make_user_client(app, name, "velvet-cactus-17", "clinician")
         sock = socketio.test_client(app, flask_test_client=http)
         assert sock.is_connected()
         sockets.append(sock)
@@ -157,7 +157,7 @@ def test_concurrent_writes_and_joins_lose_and_repeat_nothing(app_config):
     writer.start()
     try:
         while writing.is_set() and len(pages) < 6:
-            http = make_user_client(app, f"u{len(pages)}", "user-pass-1", "clinician")
+            http = make_user_client(app, f"u{len(pages)}", "russet-falcon-48", "clinician")
             sock = socketio.test_client(app, flask_test_client=http)
             pages.append(Listener(http, sock, run_id).open())
             pusher_of(app).tick()  # a tick from here too, racing the pusher's thread

@@ -63,7 +63,7 @@ def test_every_route_except_login_and_static_needs_a_session(csrf_app):
 
 
 def test_admin_only_actions_give_403_to_a_clinician(app):
-    clinician = make_user_client(app, "clin", "clin-pass-1", "clinician")
+    clinician = make_user_client(app, "clin", "velvet-cactus-17", "clinician")
     admin_views = {endpoint for endpoint, view in app.view_functions.items() if getattr(view, "admin_only", False)}
     assert admin_views >= ADMIN_API
     admin_pages = [rule for rule in app.url_map.iter_rules() if rule.rule in ADMIN_PAGES]
@@ -83,11 +83,11 @@ def test_admin_only_actions_give_403_to_a_clinician(app):
 
 def test_csrf_is_required_on_every_state_changing_request(csrf_app):
     store = csrf_app.extensions["busi_web"].store
-    store.add_user("boss", "admin", "boss-pass-1")
+    store.add_user("boss", "admin", "copper-violet-33")
     checked = set()
     for rule, method in routes(csrf_app, STATE_CHANGING):
         path = concrete(rule)
-        client = make_user_client(csrf_app, "boss", "boss-pass-1", "admin")
+        client = make_user_client(csrf_app, "boss", "copper-violet-33", "admin")
         r = client.open(path, method=method, data={"x": "1"})
         assert r.status_code == 400 and "CSRF" in r.get_data(as_text=True), (method, path, r.status_code)
         token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/account/password").get_data(
@@ -97,7 +97,7 @@ def test_csrf_is_required_on_every_state_changing_request(csrf_app):
         checked.add(rule.endpoint)
     assert {"diagnose.predict", "train.start_run", "auth.logout", "auth.login"} <= checked
     # Logging in needs the token too (no login CSRF).
-    r = csrf_app.test_client().post("/login", data={"username": "boss", "password": "boss-pass-1"})
+    r = csrf_app.test_client().post("/login", data={"username": "boss", "password": "copper-violet-33"})
     assert r.status_code == 400 and "CSRF" in r.get_data(as_text=True)
 
 
@@ -119,7 +119,7 @@ class _Forms(HTMLParser):
 
 
 def test_every_html_form_carries_the_csrf_token_and_pages_have_the_meta_tag(csrf_app):
-    admin = make_user_client(csrf_app, "boss", "boss-pass-1", "admin")
+    admin = make_user_client(csrf_app, "boss", "copper-violet-33", "admin")
     pages = 0
     for rule, _method in routes(csrf_app, {"GET"}):
         if rule.arguments or rule.rule.startswith(("/api/", "/static")) or rule.endpoint == "auth.login":
@@ -153,7 +153,7 @@ def _truncated(fmt: str) -> bytes:
 def diagnose(app):
     """A clinician client and a served model (uploads are checked whether or not a model exists)."""
     finished_run(app.extensions["busi_web"].store, promote=True)
-    return make_user_client(app, "clin", "clin-pass-1", "clinician")
+    return make_user_client(app, "clin", "velvet-cactus-17", "clinician")
 
 
 @pytest.mark.parametrize("data, name, status, words", [
@@ -191,7 +191,7 @@ def test_request_size_and_pixel_limits_follow_the_settings(app_config):
 
     app = create_app({**app_config, "MAX_UPLOAD_MB": 0.05, "MAX_IMAGE_PIXELS": 10_000})
     finished_run(app.extensions["busi_web"].store, promote=True)
-    client = make_user_client(app, "clin", "clin-pass-1", "clinician")
+    client = make_user_client(app, "clin", "velvet-cactus-17", "clinician")
     noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
     big = io.BytesIO()
     Image.fromarray(noise).save(big, "PNG")  # ~120 kB of incompressible pixels

@@ -1,0 +1,64 @@
+"""The password rules: long enough, not a common password, not the user name, hard to guess.
+
+The common passwords are the 30,000 of zxcvbn's bundled frequency list (from
+leaked password dumps), and zxcvbn also estimates how many guesses a password
+takes (its score 0-4, with the user name as a known input). Both are local:
+nothing is looked up on a network.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from functools import lru_cache
+
+from busi_web.errors import UserError
+
+MIN_LENGTH = 12
+# zxcvbn's score: 3 is "safely unguessable" (about 10^8 guesses or more), 4 "very unguessable".
+MIN_SCORE = 3
+RULES = (f"at least {MIN_LENGTH} characters, not a common password, not containing the user name, and not "
+         "easy to guess (e.g. three or four unrelated words)")
+
+
+@lru_cache(maxsize=1)
+def common_passwords() -> frozenset[str]:
+    """The bundled list of common passwords (lower case)."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(p.lower() for p in FREQUENCY_LISTS["passwords"])
+
+
+def password_problem(password: str, name: str | None = None) -> str | None:
+    """What is wrong with ``password`` for user ``name`` (a sentence), or ``None`` when it may be used."""
+    password = password or ""
+    if len(password) < MIN_LENGTH:
+        return f"the password must have at least {MIN_LENGTH} characters (it has {len(password)})"
+    lowered = password.lower()
+    core = lowered.strip(string.digits + string.punctuation + " ")
+    if lowered in common_passwords() or (core and core in common_passwords()):
+        return "that is one of the most common passwords; choose another"
+    if name and len(name) >= 3 and name.lower() in lowered:
+        return "the password must not contain the user name"
+    from zxcvbn import zxcvbn  # a few ms per check; imported here, not at every start
+
+    verdict = zxcvbn(password[:100], user_inputs=[name] if name else [])
+    if verdict["score"] < MIN_SCORE:
+        hint = verdict["feedback"].get("warning") or "it follows a pattern that is easy to guess"
+        return f"the password is too easy to guess ({hint.rstrip('.')}); try three or four unrelated words"
+    return None
+
+
+def require_strong(password: str, name: str | None = None) -> None:
+    """Raise a 400 :class:`UserError` (field ``password``) when ``password`` breaks the rules."""
+    problem = password_problem(password, name)
+    if problem is not None:
+        raise UserError(problem, 400, {"password": RULES})
+
+
+def one_time_password() -> str:
+    """A random password that passes the rules (for invitations, resets and the first admin)."""
+    while True:
+        password = secrets.token_urlsafe(12)
+        if password_problem(password) is None:
+            return password
