@@ -32,6 +32,10 @@ DEFAULTS: dict[str, Any] = {
     "LIVE_POLL_SECONDS": 0.25,  # how often the live pusher reads new metric rows
     "CANCEL_TIMEOUT_SECONDS": 30,  # graceful cancel, then SIGKILL
     "DEFAULT_EXPLAINER": "gradcam",
+    # Failed logins allowed per account and per client address before a 429 (Flask-Limiter's notation).
+    "LOGIN_LIMIT_ACCOUNT": "5 per minute;20 per hour",
+    "LOGIN_LIMIT_ADDRESS": "30 per minute;200 per hour",
+    "RATELIMIT_STORAGE_URI": "memory://",  # where the counters live: redis://host:6379 for several workers
 }
 
 

@@ -16,14 +16,16 @@ from busi_web.web import admin, diagnose, home, models, runs, runs_api, system, 
 from busi_web.web.auth import init_auth
 from busi_web.web.helpers import register_error_handlers
 from busi_web.web.live import init_live
+from busi_web.web.throttle import init_throttle
 
 BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, models.bp, admin.bp, system.bp, system.probes)
 
 
 def init_web(app: Flask) -> None:
-    """Install error answers, login and CSRF, every blueprint and the Socket.IO channel on ``app``."""
+    """Install error answers, login, login throttling and CSRF, every blueprint and the Socket.IO channel on ``app``."""
     register_error_handlers(app)
     init_auth(app)
+    init_throttle(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     app.context_processor(lambda: {"notice": NOTICE})  # the decision-support notice, on every page

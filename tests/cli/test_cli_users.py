@@ -131,3 +131,11 @@ def test_users_role_disable_enable_reset_and_the_audit_command(cli, store):
         "user.enable", "user.disable"]
     r = cli("audit", "--since", "last week")
     assert r.exit_code == 1 and "since must be a date" in r.output
+
+
+def test_users_expire_requires_a_new_password_at_the_next_login(cli, store):
+    cli("users", "add", "ana", "--role", "clinician", "--password-stdin", input="hollow-pepper-12\n")
+    r = cli("users", "expire", "ana")
+    assert r.exit_code == 0 and "must choose a new password" in r.output
+    assert store.get_user("ana")["must_change_password"] == 1
+    assert cli("users", "expire", "ghost").exit_code != 0
