@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
     "LOGIN_LIMIT_ACCOUNT": "5 per minute;20 per hour",
     "LOGIN_LIMIT_ADDRESS": "30 per minute;200 per hour",
     "RATELIMIT_STORAGE_URI": "memory://",  # where the counters live: redis://host:6379 for several workers
+    "PUBLIC_URL": None,  # the site's URL as users reach it (https://busi.example.org); Socket.IO accepts only it
+    "PROXY_FIX": 0,  # how many reverse proxies to trust for X-Forwarded-For/-Proto/-Host/-Prefix
+    "SESSION_COOKIE_SECURE": False,  # Secure cookies always (they are Secure anyway on requests over TLS)
+    "CONTENT_SECURITY_POLICY": None,  # None: the built-in policy (busi_web/web/hardening.py)
 }
 
 

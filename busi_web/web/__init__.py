@@ -14,6 +14,7 @@ from flask import Flask
 from busi_web.evaluation.card import NOTICE
 from busi_web.web import admin, diagnose, home, models, runs, runs_api, system, train
 from busi_web.web.auth import init_auth
+from busi_web.web.hardening import init_hardening
 from busi_web.web.helpers import register_error_handlers
 from busi_web.web.live import init_live
 from busi_web.web.throttle import init_throttle
@@ -22,7 +23,8 @@ BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, models.bp, a
 
 
 def init_web(app: Flask) -> None:
-    """Install error answers, login, login throttling and CSRF, every blueprint and the Socket.IO channel on ``app``."""
+    """Install error answers, login, login throttling and CSRF, every blueprint, the Socket.IO channel, and the
+    security headers, Secure cookies and proxy settings on ``app``."""
     register_error_handlers(app)
     init_auth(app)
     init_throttle(app)
@@ -30,3 +32,4 @@ def init_web(app: Flask) -> None:
         app.register_blueprint(blueprint)
     app.context_processor(lambda: {"notice": NOTICE})  # the decision-support notice, on every page
     init_live(app)
+    init_hardening(app)  # last: ProxyFix wraps everything, Socket.IO included

@@ -33,6 +33,7 @@ from flask_socketio import SocketIO, join_room, leave_room
 from busi_web.services import services_of
 from busi_web.specs import Param
 from busi_web.store import MAX_ID, RunNotFound
+from busi_web.web.hardening import origin_checker
 from busi_web.web.helpers import RUN_ID
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,10 @@ class LivePusher:
 
 
 def init_live(app: Flask) -> None:
-    """Give ``app`` its pusher and attach the Socket.IO server (threading mode, same-origin only)."""
+    """Give ``app`` its pusher and attach the Socket.IO server (threading mode; connections only from the site's
+    own origin, see :func:`~busi_web.web.hardening.origin_checker`)."""
     app.extensions["busi_live"] = LivePusher(services_of(app).store, app.config["LIVE_POLL_SECONDS"])
-    socketio.init_app(app, async_mode="threading", cors_allowed_origins=[])
+    socketio.init_app(app, async_mode="threading", cors_allowed_origins=origin_checker(app.config))
 
 
 def pusher_of(app: Flask) -> LivePusher:

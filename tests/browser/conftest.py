@@ -44,14 +44,19 @@ def browser(chromium_path):
 
 @pytest.fixture
 def new_page(browser, request):
-    """A fresh browser context per test (no shared login); a screenshot is saved when the test ends."""
+    """A fresh browser context per test (no shared login); a screenshot is saved when the test ends, and the test
+    fails when the page broke the content security policy (an inline script or style, a foreign source)."""
     contexts = []
+    violations: list[str] = []
 
     def make():
         ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
         ctx.set_default_timeout(30_000)
         contexts.append(ctx)
-        return ctx.new_page()
+        page = ctx.new_page()
+        page.on("console", lambda msg: violations.append(f"{page.url}: {msg.text}")
+                if "Content Security Policy" in msg.text else None)
+        return page
 
     yield make
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -59,5 +64,6 @@ def new_page(browser, request):
         for j, p in enumerate(ctx.pages):
             p.screenshot(path=str(SHOTS / f"{request.node.name}_end_{i}{j}.png"), full_page=True)
         ctx.close()
+    assert not violations, "the content security policy was broken:\n" + "\n".join(violations)
 
 
