@@ -93,7 +93,10 @@ def _failure_message(exc: Exception, job: Any, run_log: Callable[[str], None]) -
         message = str(exc)
     else:
         message = f"{type(exc).__name__}: {exc}"
-    run_log(f"FAILED: {message}\n{traceback.format_exc().rstrip()}")
+    run_log(f"FAILED: {message}")
+    # The traceback is for administrators: the trainer's stderr (trainer_stderr.txt), not the run's log that
+    # every user can read.
+    log.info("run failed:\n%s", traceback.format_exc().rstrip())
     return message
 
 

@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from datetime import datetime
 from typing import Any
 
 from flask import Flask, jsonify, render_template, request
+from flask_login import current_user
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from busi_web.errors import UserError
@@ -30,8 +32,13 @@ from busi_web.store import MAX_ID, RESUMABLE, STATES, TERMINAL, RunNotFound
 
 log = logging.getLogger(__name__)
 
-# Files a clinician may not download (model weights); admins may.
-ADMIN_ONLY_SUFFIXES = (".pt", ".pth")
+# Files a clinician may not download (model weights, the trainer's raw output); admins may.
+ADMIN_ONLY_SUFFIXES = (".pt", ".pth", "trainer_stderr.txt")
+# Text files of a run folder served to clinicians with server paths hidden (see hide_paths).
+TEXT_SUFFIXES = (".json", ".txt", ".md", ".csv")
+# An absolute server path of two or more parts (not a URL path of this site): its last part is kept.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?!api/|runs/|static/|models/|admin/)(?:[^\s\"'<>,;:()/]+/)+"
+                           r"([^\s\"'<>,;:()/]*)")
 # A run number as a request argument (the store's ids run from 1 to MAX_ID).
 RUN_ID = Param("run_id", "int", None, minimum=1, maximum=MAX_ID)
 
@@ -167,19 +174,40 @@ def default_ids() -> dict[int, str]:
     return services_of().store.default_ids()
 
 
+def hide_paths(value: Any) -> Any:
+    """``value`` (text, or lists and dicts of it) with every absolute server path cut to ``…/<last part>``."""
+    if isinstance(value, str):
+        return ABSOLUTE_PATH.sub(lambda m: "…/" + m.group(1), value)
+    if isinstance(value, dict):
+        return {k: hide_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [hide_paths(v) for v in value]
+    return value
+
+
+def for_viewer(value: Any) -> Any:
+    """``value`` as the current user may see it: whole for an admin, with server paths hidden for anyone else."""
+    return value if getattr(current_user, "is_admin", False) else hide_paths(value)
+
+
 def run_json(run: dict[str, Any], defaults: dict[int, str] | None = None) -> dict[str, Any]:
     """A run as the API shows it: the store row plus ``duration_s``, ``default_of`` (the modality it is the
-    default of, or ``None``) and ``active`` (whether it is a default at all)."""
+    default of, or ``None``) and ``active`` (whether it is a default at all). A clinician gets no server paths:
+    no ``run_dir``, ``data_dir`` or ``pid``, and paths in the parameters and the error cut to their last part."""
     if defaults is None:
         defaults = default_ids()
     default_of = defaults.get(run["id"])
-    return {**run, "duration_s": _duration(run), "default_of": default_of, "active": default_of is not None}
+    out = {**run, "duration_s": _duration(run), "default_of": default_of, "active": default_of is not None}
+    if not getattr(current_user, "is_admin", False):
+        out.update(run_dir=None, data_dir=None, pid=None)
+        out = hide_paths(out)
+    return out
 
 
 def run_view(run: dict[str, Any], defaults: dict[int, str] | None = None) -> dict[str, Any]:
     """What the templates show of a run: the API's run dict plus params by group, flags for the buttons."""
     view = run_json(run, defaults)
-    params = run.get("params") if isinstance(run.get("params"), dict) else {}
+    params = view.get("params") if isinstance(view.get("params"), dict) else {}
     view["train_params"] = params.get("train") or {}
     view["backbone_params"] = params.get("backbone") or {}
     view["dataset_params"] = params.get("dataset") or {}
@@ -210,4 +238,5 @@ def card_for(run_id: int, is_admin: bool) -> dict[str, Any]:
     card = build_card(services.store, services.registry, run_id)
     if not is_admin:
         card["data"]["data_dir"] = None
+        card = hide_paths(card)
     return card

@@ -34,7 +34,7 @@ from busi_web.services import services_of
 from busi_web.specs import Param
 from busi_web.store import MAX_ID, RunNotFound
 from busi_web.web.hardening import origin_checker
-from busi_web.web.helpers import RUN_ID
+from busi_web.web.helpers import RUN_ID, hide_paths
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,10 @@ class LivePusher:
         self._thread = None
 
     def status_of(self, run_id: int) -> dict[str, Any]:
+        """What a room hears of a run's state; one message goes to everyone, so server paths are hidden (the run's
+        API answer has them whole for admins)."""
         run = self.store.get_run(run_id)
-        return {"run_id": run_id, **{k: run.get(k) for k in STATUS_FIELDS}}
+        return hide_paths({"run_id": run_id, **{k: run.get(k) for k in STATUS_FIELDS}})
 
     def join(self, sid: str, run_id: int, after_id: int) -> None:
         with self.lock:

@@ -27,7 +27,7 @@ from busi_web.services import services_of
 from busi_web.specs import Param
 from busi_web.store.acceptance import check_modality
 from busi_web.web.auth import admin_required, current_user
-from busi_web.web.helpers import RUN_ID, body_arg, body_str, card_for, json_body, run_json
+from busi_web.web.helpers import RUN_ID, body_arg, body_str, card_for, for_viewer, json_body, run_json
 
 bp = Blueprint("models", __name__)
 
@@ -45,7 +45,7 @@ def models_overview() -> dict[str, Any]:
                                                                            "gate_failures")},
                            "card": card_for(m["id"], current_user.is_admin)}
                           for m in overview["models"]]
-    return overview
+    return for_viewer(overview)  # the acceptance sets' folders, for admins only
 
 
 @bp.get("/models")
@@ -54,7 +54,8 @@ def page():
     overview = models_overview()
     return render_template("pages/models.html", page="models", **overview,
                            datasets=[s.to_dict() for s in services_of().registry.datasets.values()],
-                           data_dirs=current_app.config.get("DATA_DIRS") or {}, is_admin=current_user.is_admin)
+                           data_dirs=(current_app.config.get("DATA_DIRS") or {}) if current_user.is_admin else {},
+                           is_admin=current_user.is_admin)
 
 
 @bp.get("/api/models")

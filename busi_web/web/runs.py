@@ -14,7 +14,7 @@ from busi_web.services import services_of
 from busi_web.store import STATES
 from busi_web.store import run_files as files
 from busi_web.web.auth import current_user
-from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, RUN_ID, card_for, default_ids, run_view, status_filter
+from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, RUN_ID, card_for, default_ids, for_viewer, run_view, status_filter
 
 bp = Blueprint("runs", __name__)
 
@@ -45,8 +45,9 @@ def read_text(path: Path, limit: int = MAX_TEXT_CHARS) -> str | None:
 
 
 def run_files(run: dict[str, Any]) -> dict[str, Any]:
-    """Artifacts (weights only for admins), the classification report, the full log, test metrics, the model
-    card of a finished run and the evaluation reports (``busi-web evaluate``), newest first."""
+    """Of the stored run row ``run``: artifacts (weights and the trainer's stderr only for admins), the
+    classification report, the full log, test metrics, the model card of a finished run and the evaluation
+    reports (``busi-web evaluate``), newest first."""
     names = files.artifact_names(run.get("run_dir"))
     if not current_user.is_admin:
         names = [n for n in names if not n.endswith(ADMIN_ONLY_SUFFIXES)]
@@ -64,7 +65,7 @@ def run_files(run: dict[str, Any]) -> dict[str, Any]:
     card = card_for(run["id"], current_user.is_admin) if run["status"] == "finished" else None
     return {"artifacts": names, "metrics": metrics, "matrix": matrix, "evaluations": evaluations, "card": card,
             "report": read_text(run_dir / files.REPORT_TXT) if run.get("run_dir") else None,
-            "log": read_text(run_dir / files.LOG_TXT) if run.get("run_dir") else None}
+            "log": for_viewer(read_text(run_dir / files.LOG_TXT)) if run.get("run_dir") else None}
 
 
 @bp.get("/runs")
@@ -91,8 +92,8 @@ def run_detail(run_id: int):
 
     ``?partial=details`` answers only the details section (the page swaps it in when the run ends).
     """
-    run = run_view(services_of().store.get_run(run_id))
-    found = run_files(run)
+    stored = services_of().store.get_run(run_id)
+    run, found = run_view(stored), run_files(stored)
     if request.args.get("partial") == "details":
         return render_template("pages/_run_details.html", run=run, **found)
     return render_template("pages/run.html", page="runs", run=run, **found)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, jsonify, request, send_file
+from flask import Blueprint, Response, jsonify, request, send_file
 
 from busi_web.errors import UserError
 from busi_web.evaluation.evaluate import evaluation_files
@@ -15,7 +15,16 @@ from busi_web.services import services_of
 from busi_web.store import MAX_ID
 from busi_web.store import run_files as files
 from busi_web.web.auth import current_user
-from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, default_ids, int_arg, run_json, status_filter
+from busi_web.web.helpers import (
+    ADMIN_ONLY_SUFFIXES,
+    TEXT_SUFFIXES,
+    default_ids,
+    for_viewer,
+    hide_paths,
+    int_arg,
+    run_json,
+    status_filter,
+)
 
 bp = Blueprint("runs_api", __name__, url_prefix="/api")
 
@@ -33,9 +42,11 @@ def list_runs():
 @bp.get("/runs/<int:run_id>")
 def run_detail(run_id: int):
     """One run with its artifact names and, once it finished, its test metrics."""
-    run = run_json(services_of().store.get_run(run_id))
-    run["artifacts"] = files.artifact_names(run.get("run_dir"))
-    run["test_metrics"] = files.read_json(run.get("run_dir"), files.METRICS_JSON)
+    stored = services_of().store.get_run(run_id)
+    run = run_json(stored)
+    names = files.artifact_names(stored.get("run_dir"))
+    run["artifacts"] = names if current_user.is_admin else [n for n in names if not n.endswith(ADMIN_ONLY_SUFFIXES)]
+    run["test_metrics"] = for_viewer(files.read_json(stored.get("run_dir"), files.METRICS_JSON))
     return jsonify(run)
 
 
@@ -63,6 +74,13 @@ def run_artifact(run_id: int, name: str):
     if name not in names:
         raise UserError(f"run {run_id} has no artifact {name!r}; it has: {', '.join(names) or 'none yet'}", 404)
     if name.endswith(ADMIN_ONLY_SUFFIXES) and not current_user.is_admin:
-        raise UserError("model checkpoints can only be downloaded by an administrator", 403)
+        raise UserError("model checkpoints and the trainer's output can only be downloaded by an administrator",
+                        403)
     inline = request.args.get("download") in (None, "", "0", "false")
-    return send_file(Path(run["run_dir"]) / name, as_attachment=not inline, download_name=name, max_age=0)
+    path = Path(run["run_dir"]) / name
+    if not current_user.is_admin and name.endswith(TEXT_SUFFIXES):  # the same text, with server paths hidden
+        text = hide_paths(path.read_text(encoding="utf-8", errors="replace"))
+        mimetype = "application/json" if name.endswith(".json") else "text/plain"
+        disposition = "inline" if inline else f'attachment; filename="{Path(name).name}"'
+        return Response(text, mimetype=mimetype, headers={"Content-Disposition": disposition})
+    return send_file(path, as_attachment=not inline, download_name=name, max_age=0)

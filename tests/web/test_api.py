@@ -131,7 +131,9 @@ def test_runs_list_detail_metrics_and_artifacts(store, clinician_client, admin_c
 
     detail = clinician_client.get(f"/api/runs/{done['id']}").get_json()
     assert detail["status"] == "finished" and detail["test_metrics"] == {"test": {"macro_f1": 0.5}}
-    assert {"best_model.pt", "metrics.json", "training_log.txt"} <= set(detail["artifacts"])
+    assert {"metrics.json", "training_log.txt"} <= set(detail["artifacts"])
+    assert "best_model.pt" not in detail["artifacts"]  # weights: listed and served to admins only
+    assert "best_model.pt" in admin_client.get(f"/api/runs/{done['id']}").get_json()["artifacts"]
     assert detail["duration_s"] is not None and detail["active"] is False
     assert clinician_client.get("/api/runs/999").status_code == 404
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -232,3 +233,39 @@ def test_the_monitoring_probes_are_anonymous_and_reveal_nothing(app, client):
     body = r.get_data(as_text=True)
     assert r.status_code == 503 and r.get_json()["checks"]["model.ultrasound"] == "does not load"
     assert run["run_dir"] not in body and "best_model" not in body and "Traceback" not in body
+
+
+def test_clinicians_see_no_server_paths_and_no_trainer_stderr(app, clinician_client, admin_client):
+    """Every place a run shows up: the API, its page, its files, the Models page and the model card."""
+    store = app.extensions["busi_web"].store
+    run = finished_run(store, promote=True)
+    folder = Path(run["run_dir"])
+    secret_dir = "/srv/hospital/images/busi"
+    store.update_run(run["id"], data_dir=secret_dir, error=f"could not read {secret_dir}/benign (1).png",
+                     params={**run["params"], "backbone": {"pretrained_path": "/opt/weights/resnet50.pth"}})
+    (folder / "trainer_stderr.txt").write_text(f'Traceback: File "{folder}/x.py"\n')
+    (folder / "training_log.txt").write_text(f"data from {secret_dir}\nFAILED: no file {secret_dir}/a.png\n")
+    (folder / "params.json").write_text(json.dumps({"data_dir": secret_dir}))
+    rid = run["id"]
+    pages = {path: clinician_client.get(path) for path in (
+        "/api/runs", f"/api/runs/{rid}", f"/runs/{rid}", "/runs", f"/api/runs/{rid}/artifacts/params.json",
+        f"/api/runs/{rid}/artifacts/training_log.txt", "/models", "/api/models", f"/api/runs/{rid}/card",
+        f"/api/runs/{rid}/card.md", "/api/models/active", f"/runs/compare?ids={rid},{rid + 0}", "/")}
+    for path, r in pages.items():
+        text = r.get_data(as_text=True)
+        assert r.status_code in (200, 400), (path, r.status_code)
+        for secret in (str(folder), str(folder.parent), secret_dir, "/opt/weights", "/srv/"):
+            assert secret not in text, (path, secret)
+    shown = pages[f"/api/runs/{rid}"].get_json()
+    assert shown["error"] == "could not read …/benign (1).png"  # what, not where
+    assert shown["params"]["backbone"]["pretrained_path"] == "…/resnet50.pth" and shown["run_dir"] is None
+    assert "training_log.txt" in pages[f"/api/runs/{rid}"].get_json()["artifacts"]
+    assert "trainer_stderr.txt" not in pages[f"/api/runs/{rid}"].get_json()["artifacts"]
+    stderr = clinician_client.get(f"/api/runs/{rid}/artifacts/trainer_stderr.txt")
+    assert stderr.status_code == 403 and "administrator" in stderr.get_json()["error"]
+    # Admins see it all.
+    whole = admin_client.get(f"/api/runs/{rid}").get_json()
+    assert whole["run_dir"] == str(folder) and whole["data_dir"] == secret_dir
+    assert "trainer_stderr.txt" in whole["artifacts"]
+    assert admin_client.get(f"/api/runs/{rid}/artifacts/trainer_stderr.txt").status_code == 200
+    assert secret_dir in admin_client.get(f"/api/runs/{rid}/artifacts/params.json").get_data(as_text=True)
