@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "PROXY_FIX": 0,  # how many reverse proxies to trust for X-Forwarded-For/-Proto/-Host/-Prefix
     "SESSION_COOKIE_SECURE": False,  # Secure cookies always (they are Secure anyway on requests over TLS)
     "CONTENT_SECURITY_POLICY": None,  # None: the built-in policy (busi_web/web/hardening.py)
+    "METRICS_TOKEN": None,  # a bearer token that opens GET /metrics (and nothing else) to a Prometheus server
 }
 
 

@@ -17,6 +17,7 @@ from busi_web.web.auth import init_auth
 from busi_web.web.hardening import init_hardening
 from busi_web.web.helpers import register_error_handlers
 from busi_web.web.live import init_live
+from busi_web.web.metrics import init_metrics
 from busi_web.web.throttle import init_throttle
 
 BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, models.bp, admin.bp, system.bp, system.probes)
@@ -26,6 +27,7 @@ def init_web(app: Flask) -> None:
     """Install error answers, login, login throttling and CSRF, every blueprint, the Socket.IO channel, and the
     security headers, Secure cookies and proxy settings on ``app``."""
     register_error_handlers(app)
+    init_metrics(app)  # first: its timer starts before the login guard runs
     init_auth(app)
     init_throttle(app)
     for blueprint in BLUEPRINTS:

@@ -33,11 +33,13 @@ from busi_web.services import services_of
 from busi_web.store.passwords import MIN_LENGTH, RULES
 from busi_web.web.helpers import wants_json
 from busi_web.web.live import socketio
+from busi_web.web.metrics import metrics_token_ok
 
 __all__ = ["init_auth", "admin_required", "current_user", "User", "bp", "csrf", "login_manager",
            "PUBLIC_ENDPOINTS", "safe_next"]
 
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "health.healthz", "health.readyz"})
+# The metrics decide themselves (an admin, or the METRICS_TOKEN): a scraper gets a 401, not the login page.
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "health.healthz", "health.readyz", "metrics.scrape"})
 # What a user who still has a one-time password may reach (besides the public endpoints).
 CHANGE_PASSWORD_ALLOWED = frozenset({"auth.password", "auth.logout", "system.me"})
 
@@ -115,6 +117,9 @@ def _guard():
     """Authenticate the request (token or session), then refuse anonymous users and check CSRF."""
     g.api_token = False
     token = _bearer_token()
+    if token is not None and request.endpoint == "metrics.scrape" and metrics_token_ok(token):
+        g.metrics_token = True  # Prometheus' own token: it opens the metrics and nothing else
+        return None
     if token is not None:
         row = _store().user_for_token(token)
         if row is None:

@@ -43,6 +43,7 @@ from busi_web.store import RunNotFound
 from busi_web.store.acceptance import check_modality
 from busi_web.web.auth import current_user
 from busi_web.web.helpers import RUN_ID, arg, defaults_info
+from busi_web.web.metrics import count_diagnoses
 
 bp = Blueprint("diagnose", __name__)
 
@@ -245,6 +246,7 @@ def predict():
         preds = services.batcher.predict(predictor, images, opts["explainer"], targets, opts["explainer_params"])
     except ValueError as exc:  # e.g. an image the preprocessing cannot take; the message says why
         raise UserError(str(exc), 400) from None
+    count_diagnoses(served, model["modality"], len(preds))
     # What the audit keeps of the model beside its run id: enough to know later what answered, and how good.
     audited_model = {"name": model["name"], "training_data": model["training_data"]["dataset"],
                      "acceptance": model["acceptance"],
