@@ -61,6 +61,7 @@ def make_model(inst: Path, args) -> int:
     from busi_web.model.checkpoint import CheckpointMeta, save_checkpoint
     from busi_web.plugins import load_plugins
     from busi_web.store import JobStore
+    from busi_web.store.passwords import one_time_password
     from busi_web.training.params import prepare_run_params
     from busi_web.training.trainer import run_training
 
@@ -88,7 +89,7 @@ def make_model(inst: Path, args) -> int:
         print(f"trained {args.backbone} for {args.train_epochs} epochs in {time.perf_counter() - t0:.0f} s "
               f"(test macro-F1 {done.get('test_macro_f1') or 0:.2f})")
     store.set_default(run["id"], by="benchmark", reason="the model this benchmark serves")
-    store.add_user("bench", "clinician", "bench-password")
+    store.add_user("bench", "clinician", one_time_password())
     return run["id"]
 
 
@@ -134,10 +135,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(inst: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
+def start_server(inst: Path, port: int, threads: int, log: Path, extra_env: dict[str, str] | None = None
+                 ) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}
     env.update(BUSI_WEB_INSTANCE_PATH=str(inst), BUSI_WEB_AUTO_FIRST_RUN="false", BUSI_WEB_DEVICE="cpu",
-               HOST="127.0.0.1", PORT=str(port), THREADS=str(threads), LOG_LEVEL="warning")
+               HOST="127.0.0.1", PORT=str(port), THREADS=str(threads), LOG_LEVEL="warning", **(extra_env or {}))
     conf = ROOT / "busi_web" / "gunicorn_conf.py"
     return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(conf), "--chdir", str(ROOT),
                              "--access-logfile", "/dev/null", "wsgi:app"], env=env, stdout=log.open("wb"),

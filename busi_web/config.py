@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "DATA_DIRS": {},  # dataset name -> default data folder
     "MAX_UPLOAD_MB": 20,  # request body limit for uploads
     "MAX_IMAGE_PIXELS": 40_000_000,  # larger images are refused (decompression-bomb guard)
+    "MAX_IMAGE_SIDE": 1024,  # uploads are decoded no larger than this on their longer side (0: as they are)
+    "DECODE_BUDGET_PIXELS": None,  # pixels decoded at the same time (None: MAX_IMAGE_PIXELS; 0: no limit)
     "ALLOWED_PLUGINS": None,  # None: every installed plugin; else a list of entry-point or distribution names
     "STORE_UPLOADS": False,  # keep uploaded images under <instance>/uploads
     "DEVICE": "auto",  # auto | cpu | cuda | cuda:N, for the predictor and the trainer

@@ -23,3 +23,33 @@ control_socket_disable = not os.environ.get("CONTROL_SOCKET")
 if os.environ.get("CONTROL_SOCKET"):
     control_socket = os.environ["CONTROL_SOCKET"]
 
+
+# glibc's malloc, tuned for a worker whose threads handle large images: big blocks (>= 1 MiB: decoded images,
+# heatmaps, activations) are always mmapped, so they go back to the system when freed instead of staying in
+# one of many per-thread arenas (16 threads x a 100 MB decode each kept 2 GB resident), and at most
+# MALLOC_ARENA_MAX arenas are made. benchmarks/memory.py shows the difference.
+MALLOC_MMAP_THRESHOLD = int(os.environ.get("MALLOC_MMAP_THRESHOLD", str(1 << 20)))
+MALLOC_ARENA_MAX = int(os.environ.get("MALLOC_ARENA_MAX_WORKER", "4"))
+
+
+def post_fork(server, worker):  # gunicorn hook, in the worker process before it serves
+    tune_malloc(MALLOC_MMAP_THRESHOLD, MALLOC_ARENA_MAX)
+
+
+def tune_malloc(mmap_threshold: int, arena_max: int) -> bool:
+    """Set glibc's M_MMAP_THRESHOLD and M_ARENA_MAX (0: leave it); False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold, m_arena_max = -3, -8  # from glibc's malloc.h
+    done = True
+    if mmap_threshold:
+        done &= bool(mallopt(m_mmap_threshold, int(mmap_threshold)))
+    if arena_max:
+        done &= bool(mallopt(m_arena_max, int(arena_max)))
+    return done

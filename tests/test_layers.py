@@ -18,7 +18,7 @@ PACKAGE = ROOT / "busi_web"
 LAYERS = [
     {"busi_web.errors", "busi_web.config"},  # the one user-error type; settings
     {"busi_web.hookspecs", "busi_web.specs"},  # the plugin contract
-    {"busi_web.plugins", "busi_web.store"},
+    {"busi_web.plugins", "busi_web.store", "busi_web.directory"},
     {"busi_web.data", "busi_web.explain"},
     {"busi_web.model"},
     {"busi_web.evaluation"},

@@ -67,8 +67,12 @@ def _number(form: Mapping[str, str], name: str, limit: int, what: str) -> float:
 
 
 def roi_crops(predictor: Any, registry: PluginRegistry, images: list[np.ndarray],
-              form: Mapping[str, str]) -> list[RoiCrop] | None:
+              form: Mapping[str, str], scale: float = 1.0) -> list[RoiCrop] | None:
     """The crops to diagnose, or ``None`` when the model takes whole images.
+
+    The form's coordinates are pixels of the uploaded file; ``scale`` is how the decoded image relates to it
+    (below 1 when it was shrunk on decoding): the crop is cut from the decoded image, and the answer's
+    centre and box are in the uploaded file's pixels again.
 
     Raises :class:`~busi_web.errors.UserError` (400) for a region sent to a
     whole-image model, a crop model without a region, several images with one
@@ -90,11 +94,13 @@ def roi_crops(predictor: Any, registry: PluginRegistry, images: list[np.ndarray]
         raise UserError(f"one region of interest was given for {len(images)} images; send one mammogram at a time",
                         400, {"image": "one mammogram"})
     image = images[0]
-    h, w = image.shape[:2]
+    h, w = (round(side / scale) for side in image.shape[:2])  # the uploaded file's size
     x = int(_number(form, "roi_x", w, "column"))
     y = int(_number(form, "roi_y", h, "row"))
     radius = None
     if (form.get("roi_radius") or "").strip():
-        radius = _number(form, "roi_radius", max(h, w) + 1, "radius")
-    crop, box = cropper(image, x, y, predictor.dataset_params, radius=radius)
-    return [RoiCrop(np.ascontiguousarray(crop), x, y, tuple(int(v) for v in box))]  # type: ignore[arg-type]
+        radius = _number(form, "roi_radius", max(h, w) + 1, "radius") * scale
+    inside = (min(int(x * scale), image.shape[1] - 1), min(int(y * scale), image.shape[0] - 1))
+    crop, box = cropper(image, *inside, predictor.dataset_params, radius=radius)
+    box = tuple(round(int(v) / scale) for v in box)
+    return [RoiCrop(np.ascontiguousarray(crop), x, y, box)]  # type: ignore[arg-type]

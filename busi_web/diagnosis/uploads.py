@@ -10,17 +10,27 @@ naming the file and the fix, never a 500:
   (the decompression-bomb guard, checked from the header *before* decoding):
   413.
 
+Memory stays bounded: an image is decoded no larger than ``MAX_IMAGE_SIDE``
+on its longer side (JPEG in draft mode, others shrunk as soon as decoded),
+and no more than ``DECODE_BUDGET_PIXELS`` are decoded at the same time.
+
 Accepted formats: PNG, JPEG, BMP and TIFF (first page).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
+import cv2
 import numpy as np
 from flask import Flask
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -33,6 +43,9 @@ from busi_web.errors import UserError
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "DIB": "BMP", "TIFF": "TIFF"}
 ACCEPTED = "PNG, JPEG, BMP or TIFF"
 MIN_SIDE = 8  # smaller images cannot be resized meaningfully for the network
+# Modes Pillow's reduce() takes; others (palette, 1-bit, 16-bit) are converted first.
+REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"})
+BUDGET = "busi_web.decode_budget"
 
 
 @dataclass
@@ -44,6 +57,7 @@ class Upload:
     format: str
     size_bytes: int
     stored_path: str | None = None
+    scale: float = 1.0  # pixels of ``image`` per pixel of the uploaded file (below 1 when it was shrunk)
 
 
 def display_name(file: FileStorage, index: int = 0) -> str:
@@ -68,18 +82,89 @@ def _to_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
-def decode_image(data: bytes, name: str, max_pixels: int, max_bytes: int | None = None) -> tuple[np.ndarray, str]:
-    """Check and decode the bytes of one uploaded image; raises :class:`UserError` (400/413) naming ``name``."""
-    if not data:
+class PixelBudget:
+    """How many pixels may be decoded at the same time (``DECODE_BUDGET_PIXELS``): a decode waits until the
+    pixels already being decoded leave room for its own. One image over the whole budget decodes alone.
+
+    Sixteen 36-Mpx uploads at once then decode one or two at a time instead of holding sixteen full-size
+    bitmaps together; small images, far under the budget, never wait for each other.
+    """
+
+    def __init__(self, pixels: int):
+        self.pixels = int(pixels)
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int):
+        if self.pixels <= 0:  # no budget: nothing waits
+            yield
+            return
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + pixels <= self.pixels)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+UNLIMITED = PixelBudget(0)
+
+
+class _Borrowed:
+    """A file handed to Pillow that Pillow may not close (the request still owns it: it may be stored next)."""
+
+    def __init__(self, file: BinaryIO):
+        self._file = file
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+    def close(self) -> None:
+        """Pillow closes the files it reads; this one stays open for its owner."""
+
+
+def _bomb(name: str, max_pixels: int) -> UserError:
+    return UserError(f"{name} has more pixels than the limit of {max_pixels:,} (MAX_IMAGE_PIXELS); downscale the "
+                     "image before uploading", 413)
+
+
+def _reduced(im: Image.Image, max_side: int) -> Image.Image:
+    """``im`` shrunk by a whole factor (a cheap box filter) while it stays over ``max_side``, before any copy."""
+    factor = max(im.size) // max_side if max_side else 1
+    if factor >= 2 and im.mode in REDUCIBLE:
+        return im.reduce(factor)
+    return im
+
+
+def decode_image(source: bytes | BinaryIO, name: str, max_pixels: int, max_bytes: int | None = None, *,
+                 max_side: int = 0, budget: PixelBudget = UNLIMITED) -> tuple[np.ndarray, str, float]:
+    """Check and decode one uploaded image; raises :class:`UserError` (400/413) naming ``name``.
+
+    ``source`` is the bytes or a readable binary file. The pixel limit is checked from the header, before any
+    pixel is decoded. With ``max_side`` the image comes back no larger than that on its longer side: a JPEG
+    is decoded at a reduced scale (draft mode), any other image is shrunk as soon as it is decoded, and the
+    decoding itself waits for room in ``budget``. Returns the array, the format and the scale (returned
+    pixels per uploaded pixel, 1.0 when it was not shrunk).
+    """
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    stream.seek(0, io.SEEK_END)
+    size = stream.tell()
+    stream.seek(0)
+    if not size:
         raise UserError(f"{name} is empty (0 bytes); choose the image file again (it may not have finished "
                         "copying)", 400)
-    if max_bytes is not None and len(data) > max_bytes:
-        raise UserError(f"{name} is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB upload limit; "
+    if max_bytes is not None and size > max_bytes:
+        raise UserError(f"{name} is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB upload limit; "
                         "send a smaller image (an administrator can raise MAX_UPLOAD_MB)", 413)
+    configure_pillow(max_pixels)
     try:
-        im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise UserError(f"{name} is too large to decode safely ({exc}); downscale it", 413) from None
+        im = Image.open(_Borrowed(stream))
+    except Image.DecompressionBombError:
+        raise _bomb(name, max_pixels) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise UserError(f"{name} is not an image that can be read; upload a {ACCEPTED} file", 400) from None
     with im:
@@ -97,42 +182,81 @@ def decode_image(data: bytes, name: str, max_pixels: int, max_bytes: int | None 
                             f"{MIN_SIDE}x{MIN_SIDE} pixels", 400)
         try:
             im.seek(0)  # multi-page TIFF: the first page
-            im.load()
-            arr = _to_array(im)
-        except Image.DecompressionBombError as exc:
-            raise UserError(f"{name} is too large to decode safely ({exc}); downscale it", 413) from None
+            if max_side and max(width, height) > max_side and fmt == "JPEG":
+                shrink = max_side / max(width, height)  # the decoder skips detail at 1/2, 1/4 or 1/8 scale
+                im.draft(im.mode if im.mode in ("L", "RGB") else "RGB",
+                         (max(1, round(width * shrink)), max(1, round(height * shrink))))
+            with budget.hold(im.size[0] * im.size[1]):
+                im.load()
+                arr = _to_array(_reduced(im, max_side))
+                im.close()  # the full-size bitmap goes before the next decode may start
+        except Image.DecompressionBombError:
+            raise _bomb(name, max_pixels) from None
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
             raise UserError(f"{name} is truncated or corrupt ({exc}); upload the complete {fmt} file again",
                             400) from None
-    return arr, fmt
+    if max_side and max(arr.shape[:2]) > max_side:
+        arr = fit_side(arr, max_side)
+    return arr, fmt, arr.shape[1] / width
+
+
+def fit_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` shrunk (area interpolation) so that its longer side is at most ``max_side``; as it is when so."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def read_uploads(app: Flask, files: list[FileStorage], user: str | None = None) -> list[Upload]:
-    """Decode every uploaded file (all are checked before any is used); store them only if ``STORE_UPLOADS``."""
+    """Decode every uploaded file (all are checked before any is used); store them only if ``STORE_UPLOADS``.
+
+    The files are read from werkzeug's spooled temporary files, never copied whole into memory; each is
+    shrunk to ``MAX_IMAGE_SIDE`` as it is decoded, within the app's decode budget.
+    """
     if not files:
         raise UserError("no image was sent; attach one or more files under the form field 'image'", 400)
     max_pixels = int(app.config["MAX_IMAGE_PIXELS"])
     max_bytes = int(app.config["MAX_CONTENT_LENGTH"])
+    max_side = int(app.config.get("MAX_IMAGE_SIDE") or 0)
+    budget = decode_budget(app)
     out = []
     for i, file in enumerate(files):
         name = display_name(file, i)
-        data = file.read()
-        image, fmt = decode_image(data, name, max_pixels, max_bytes)
-        out.append(Upload(name, image, fmt, len(data)))
+        image, fmt, scale = decode_image(file.stream, name, max_pixels, max_bytes, max_side=max_side, budget=budget)
+        file.stream.seek(0, io.SEEK_END)
+        out.append(Upload(name, image, fmt, file.stream.tell(), scale=scale))
         if app.config.get("STORE_UPLOADS"):
-            out[-1].stored_path = str(store_upload(app, data, name, user))
+            out[-1].stored_path = str(store_upload(app, file.stream, name, user))
     return out
 
 
-def store_upload(app: Flask, data: bytes, name: str, user: str | None = None) -> Path:
-    """Keep the bytes under ``<instance>/uploads/<YYYY-MM-DD>/`` with a unique name; returns the path."""
+def decode_budget(app: Flask) -> PixelBudget:
+    """The app's :class:`PixelBudget` (``DECODE_BUDGET_PIXELS``, default ``MAX_IMAGE_PIXELS``; 0: none)."""
+    budget = app.extensions.get(BUDGET)
+    if budget is None:
+        configured = app.config.get("DECODE_BUDGET_PIXELS")
+        pixels = int(app.config["MAX_IMAGE_PIXELS"] if configured is None else configured)
+        budget = app.extensions.setdefault(BUDGET, PixelBudget(pixels))
+    return budget
+
+
+def store_upload(app: Flask, data: bytes | BinaryIO, name: str, user: str | None = None) -> Path:
+    """Keep the bytes (or the whole file) under ``<instance>/uploads/<YYYY-MM-DD>/`` with a unique name;
+    returns the path."""
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     folder = Path(app.instance_path) / "uploads" / day
     folder.mkdir(parents=True, exist_ok=True)
     safe = secure_filename(name) or "upload"
     path = folder / f"{uuid.uuid4().hex[:12]}_{secure_filename(user or '') + '_' if user else ''}{safe}"
-    path.write_bytes(data)
-    path.chmod(0o600)  # patient images: readable by the service account only
+    # Patient images: readable by the service account only, from the moment the file exists.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        if isinstance(data, (bytes, bytearray)):
+            out.write(data)
+        else:
+            data.seek(0)
+            shutil.copyfileobj(data, out)
     return path
 
 

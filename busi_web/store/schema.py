@@ -75,3 +75,9 @@ def m003_disabled_users(db: Database) -> None:
 def m004_session_versions(db: Database) -> None:
     """A counter per user that every session carries: raising it ends all of that user's sessions."""
     db["users"].add_column("session_version", int, not_null_default=0)
+
+
+@MIGRATIONS()
+def m005_account_source(db: Database) -> None:
+    """Where an account's password lives: ``local`` (here, hashed) or ``directory`` (LDAP; none kept here)."""
+    db["users"].add_column("source", str, not_null_default="local")

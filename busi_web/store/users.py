@@ -19,6 +19,7 @@ from busi_web.store.db import utc_now
 from busi_web.store.passwords import one_time_password, require_strong
 
 ROLES = ("admin", "clinician")
+DIRECTORY = "directory"  # users.source of accounts whose password the directory checks (LDAP)
 
 
 def _token_hash(token: str) -> str:
@@ -68,17 +69,50 @@ class UsersMixin(AuditMixin):
         """The user when ``password`` is theirs and the account is enabled, else None (the same answer for an
         unknown name)."""
         user = self.get_user(name or "")
-        if user is None:
+        if user is None or user.get("source") == DIRECTORY:
             check_password_hash(generate_password_hash("x"), password or "")  # similar time either way
             return None
         if not check_password_hash(user["password_hash"], password or "") or user.get("disabled"):
             return None
         return user
 
+    def directory_login(self, name: str, role: str) -> dict[str, Any] | None:
+        """The account of a user the directory has just authenticated, created or given the directory's role
+        (a role change ends their other sessions); ``None`` when an admin disabled it here. Raises a 409 when
+        ``name`` is a local account (a directory user never takes over a local one)."""
+        user = self.get_user(name)
+        if user is not None and user.get("source") != DIRECTORY:
+            raise UserError(f"{name} is a local account here: log in with its local password (the directory "
+                            "does not manage it)", 409)
+        if user is None:
+            try:
+                with self.transaction() as db:  # no password is kept: only the directory can say it
+                    db["users"].insert({"name": name, "role": role, "source": DIRECTORY, "created_at": utc_now(),
+                                        "password_hash": generate_password_hash(secrets.token_hex(32))})
+            except sqlite3.IntegrityError:  # created by a parallel login of the same user
+                pass
+            else:
+                self.audit("user.add", user=name, target=name, role=role, source=DIRECTORY)
+            user = self.get_user(name)
+        elif user["role"] != role:
+            with self.transaction() as db:
+                db.execute("UPDATE users SET role = ?, session_version = session_version + 1 WHERE id = ?",
+                           [role, user["id"]])
+            self.audit("user.role", user=None, target=name, role=role, previous=user["role"], source=DIRECTORY)
+            user = self.get_user(name)
+        return None if user.get("disabled") else user
+
+    def _refuse_directory(self, name: str, what: str) -> None:
+        """Refuse ``what`` for a directory account (its password lives in the directory)."""
+        user = self.get_user(name)
+        if user is not None and user.get("source") == DIRECTORY:
+            raise UserError(f"{name}'s password is managed by the hospital directory; {what} there", 409)
+
     def set_password(self, name: str, password: str) -> None:
         """Set ``name``'s own password (it must follow :mod:`~busi_web.store.passwords`' rules); every session of
         theirs ends, and a required change is done."""
         require_strong(password, name)
+        self._refuse_directory(name, "change it")
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone() is None:
                 raise UserError(f"there is no user {name!r}")
@@ -112,6 +146,9 @@ class UsersMixin(AuditMixin):
             raise UserError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}", 400, {"role": "unknown"})
         with self.transaction() as db:
             user = self._existing(name)
+            if user.get("source") == DIRECTORY:
+                raise UserError(f"{name}'s role comes from the hospital directory's groups; change the groups "
+                                "there (it applies at their next login)", 409)
             if user["role"] == "admin" and role != "admin" and not self._other_enabled_admins(name):
                 raise UserError(f"{name} is the last enabled admin; make another admin first", 409)
             db.execute("UPDATE users SET role = ?, session_version = session_version + 1 WHERE id = ?",
@@ -153,6 +190,7 @@ class UsersMixin(AuditMixin):
     def reset_password(self, name: str, *, by: str | None) -> str:
         """Give ``name`` a new one-time password (returned once): they must change it when they next log in."""
         password = one_time_password()
+        self._refuse_directory(name, "reset it")
         with self.transaction() as db:
             user = self._existing(name)
             db.execute("UPDATE users SET password_hash = ?, must_change_password = 1, "
@@ -164,6 +202,7 @@ class UsersMixin(AuditMixin):
     def require_new_password(self, name: str, *, by: str | None) -> dict[str, Any]:
         """Make ``name`` choose a new password at their next login (their sessions end now; the current password
         still opens the change-password page, and nothing else)."""
+        self._refuse_directory(name, "ask IT to expire it")
         with self.transaction() as db:
             user = self._existing(name)
             db.execute("UPDATE users SET must_change_password = 1, session_version = session_version + 1 "

@@ -28,9 +28,11 @@ from flask_login import AnonymousUserMixin, LoginManager, UserMixin, current_use
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from busi_web.config import forget_admin_password_file
+from busi_web.directory import directory_from_config
 from busi_web.errors import UserError
 from busi_web.services import services_of
 from busi_web.store.passwords import MIN_LENGTH, RULES
+from busi_web.store.users import DIRECTORY
 from busi_web.web.helpers import wants_json
 from busi_web.web.live import socketio
 from busi_web.web.metrics import metrics_token_ok
@@ -42,6 +44,7 @@ __all__ = ["init_auth", "admin_required", "current_user", "User", "bp", "csrf", 
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "health.healthz", "health.readyz", "metrics.scrape"})
 # What a user who still has a one-time password may reach (besides the public endpoints).
 CHANGE_PASSWORD_ALLOWED = frozenset({"auth.password", "auth.logout", "system.me"})
+DIRECTORY_EXTENSION = "busi_web.directory"
 
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
@@ -59,6 +62,7 @@ class User(UserMixin):
         self.role: str = row["role"]
         self.must_change_password = bool(row.get("must_change_password"))
         self.session_version = int(row.get("session_version") or 0)
+        self.source: str = row.get("source") or "local"  # "directory": the password lives in the LDAP directory
 
     @property
     def is_admin(self) -> bool:
@@ -158,6 +162,7 @@ def init_auth(app: Flask) -> None:
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # valid for the session: long-open pages keep working
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:  # Flask's default is None: no cross-site cookies
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.extensions[DIRECTORY_EXTENSION] = directory_from_config(app.config)  # None without LDAP_URL
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
@@ -199,11 +204,15 @@ def login():
     username = ""
     if request.method == "POST":
         username = (request.form.get("username") or "").strip()
-        row = _store().check_password(username, request.form.get("password") or "")
-        if row is None:
+        try:
+            row = _authenticate(username, request.form.get("password") or "")
+        except UserError as exc:  # the directory is down (503), or the user is in none of its groups (403)
+            _store().audit("login.refused", user=username[:64] or None, ip=request.remote_addr, reason=str(exc))
+            row, error, status = None, str(exc), exc.status
+        if row is None and error is None:
             _store().audit("login.failed", user=username[:64] or None, ip=request.remote_addr)
             error, status = "wrong user name or password", 401
-        else:
+        elif row is not None:
             user = User(row)
             login_user(user)
             _store().audit("login", user=user.name, ip=request.remote_addr)
@@ -212,6 +221,21 @@ def login():
                 return redirect(url_for("auth.password", next=next_url))
             return redirect(next_url)
     return render_template("auth/login.html", error=error, username=username, next=next_url), status
+
+
+def _authenticate(username: str, password: str) -> dict[str, Any] | None:
+    """The user row when the password is right: a local account's own, else the directory's (when one is set
+    and the name is not a local account). Raises the directory's 503 or 403."""
+    store = _store()
+    row = store.check_password(username, password)
+    directory = current_app.extensions.get(DIRECTORY_EXTENSION)
+    if row is not None or directory is None:
+        return row
+    existing = store.get_user(username)
+    if existing is not None and existing.get("source") != DIRECTORY:
+        return None  # a local account's name: only its local password opens it
+    found = directory.authenticate(username, password)
+    return None if found is None else store.directory_login(found.name, found.role)
 
 
 @bp.post("/logout")
@@ -232,7 +256,9 @@ def password():
     """Change one's own password (the current one is asked again)."""
     next_url = safe_next(request.values.get("next"))
     error, status = None, 200
-    if request.method == "POST":
+    if current_user.source == DIRECTORY:
+        error, status = "your password is managed by the hospital directory; change it there", 400
+    elif request.method == "POST":
         store = _store()
         new = request.form.get("new_password") or ""
         if store.check_password(current_user.name, request.form.get("current_password") or "") is None:

@@ -200,6 +200,7 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
     out = {"filename": upload.filename, "label": pred.label, "index": pred.index,
            "probabilities": pred.probabilities, "target": pred.target_label, "target_index": pred.target,
            "explainer": pred.explainer, "width": int(image.shape[1]), "height": int(image.shape[0]),
+           "scale": 1.0 if roi is not None else upload.scale,
            "original_png": _b64(fast_png(image)) if "original" in opts["images"] else None,
            "overlay_png": None, "heatmap_png": None,
            "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict(),
@@ -239,7 +240,8 @@ def predict():
                         "or leave the model to the modality's default", 400, {"run_id": f"not a {modality} model"})
     model = _provenance(served)
     opts = _options(predictor.classes)
-    rois = roi_crops(predictor, services.registry, [u.image for u in uploads], request.form)
+    rois = roi_crops(predictor, services.registry, [u.image for u in uploads], request.form,
+                     uploads[0].scale if len(uploads) == 1 else 1.0)
     images = [u.image for u in uploads] if rois is None else [r.image for r in rois]
     targets = None if opts["target"] is None else [opts["target"]] * len(uploads)
     try:
