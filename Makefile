@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 THREADS ?= 16
 
-.PHONY: run init test quick chromium lint bench-explain bench-train bench-serve bench-quality bench-mias bench-ood clean
+.PHONY: run init test quick chromium slapd lint bench-explain bench-train bench-serve bench-quality bench-mias bench-ood bench-memory clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,14 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: $(VENV)/.installed-test chromium
+# Directory-login tests start Debian's slapd on 127.0.0.1 with a throwaway directory (the package's own
+# instance is never started: policy-rc.d or no init system in CI; the tests run their own).
+slapd:
+	@command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq slapd >/dev/null; }
+
+test: $(VENV)/.installed-test chromium slapd
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick loop while working: everything but the slow and the browser tests.
@@ -55,6 +62,8 @@ bench-mias: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/mias.py
 bench-ood: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/ood_calibration.py
+bench-memory: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
