@@ -100,9 +100,10 @@ class Directory:
         self.settings = settings
 
     def _server(self):
+        # ldap3 and ssl load only when a directory is configured (most instances have none)
         import ssl
 
-        from ldap3 import Server, Tls
+        from ldap3 import Server, Tls  # with ssl, above
 
         s = self.settings
         tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=s.ca_file) if s.ca_file else None
@@ -115,8 +116,9 @@ class Directory:
 
     def _connect(self, dn: str | None, password: str | None):
         """A bound connection (``dn`` ``None``: anonymous); ``None`` when the directory refuses the credentials."""
+        # ldap3 loads only when a directory is configured
         from ldap3 import Connection
-        from ldap3.core.exceptions import LDAPBindError, LDAPException, LDAPSocketOpenError
+        from ldap3.core.exceptions import LDAPBindError, LDAPException, LDAPSocketOpenError  # with Connection, above
 
         s = self.settings
         conn = Connection(self._server(), user=dn, password=password, receive_timeout=self._seconds,
@@ -144,8 +146,9 @@ class Directory:
         Raises :class:`DirectoryUnavailable` (503) when the directory cannot be reached or does not answer,
         and a 403 :class:`UserError` for a user in neither busi-web group.
         """
+        # ldap3 loads only when a directory is configured
         from ldap3.core.exceptions import LDAPException
-        from ldap3.utils.conv import escape_filter_chars
+        from ldap3.utils.conv import escape_filter_chars  # with ldap3, above
 
         s = self.settings
         if not username or not password:  # an LDAP "unauthenticated bind" would succeed without a password
@@ -179,8 +182,9 @@ class Directory:
         return DirectoryUser(username, dn, ADMIN if ADMIN in member_of else CLINICIAN, display)
 
     def _is_member(self, conn, group: str, dn: str, uid: str) -> bool:
+        # ldap3 loads only when a directory is configured
         from ldap3 import BASE
-        from ldap3.utils.conv import escape_filter_chars
+        from ldap3.utils.conv import escape_filter_chars  # with BASE, above
 
         who = f"(|(member={escape_filter_chars(dn)})(uniqueMember={escape_filter_chars(dn)})" \
               f"(memberUid={escape_filter_chars(uid)}))"

@@ -52,9 +52,15 @@ class AuditMixin(StoreBase):
     # -- audit --------------------------------------------------------------------------------------------------
     def audit(self, action: str, user: str | None = None, run_id: int | None = None, **detail: Any) -> None:
         """Append one audit row: who did what, when, to which run."""
+        self.audit_many(action, user=user, run_id=run_id, rows=[detail])
+
+    def audit_many(self, action: str, *, user: str | None, run_id: int | None,
+                   rows: Sequence[dict[str, Any]]) -> None:
+        """Append one row per detail in ``rows`` (e.g. each image of a diagnosis), in one transaction."""
+        now = utc_now()
         with self.transaction() as db:
-            db["audit"].insert({"time": utc_now(), "user": user, "action": action, "run_id": run_id,
-                                "detail": json.dumps(detail, sort_keys=True, default=str)})
+            db["audit"].insert_all([{"time": now, "user": user, "action": action, "run_id": run_id,
+                                     "detail": json.dumps(detail, sort_keys=True, default=str)} for detail in rows])
 
     def audit_log(self, action: str | Sequence[str] | None = None, limit: int = 100, *, user: str | None = None,
                   run_id: int | None = None, since: str | None = None, until: str | None = None,

@@ -43,7 +43,7 @@ from busi_web.store import RunNotFound
 from busi_web.store.acceptance import check_modality
 from busi_web.web.auth import current_user
 from busi_web.web.helpers import RUN_ID, arg, defaults_info
-from busi_web.web.metrics import count_diagnoses
+from busi_web.web.metrics import count_diagnoses, stage
 
 bp = Blueprint("diagnose", __name__)
 
@@ -228,7 +228,8 @@ def predict():
     app = current_app._get_current_object()
     services = services_of(app)
     # Uploads are checked first: a bad file is a 400/413 whether or not a model exists.
-    uploads = read_uploads(app, [f for f in request.files.getlist("image") if f.filename], current_user.name)
+    with stage("decode"):
+        uploads = read_uploads(app, [f for f in request.files.getlist("image") if f.filename], current_user.name)
     run_id, modality = arg("run_id", RUN_ID), _modality()
     try:
         served = serving_run(services.store, run_id, modality)
@@ -238,14 +239,17 @@ def predict():
     if modality is not None and predictor.checkpoint_meta.modality != modality:
         raise UserError(f"run {served} is a {predictor.checkpoint_meta.modality} model; choose a {modality} model "
                         "or leave the model to the modality's default", 400, {"run_id": f"not a {modality} model"})
-    model = _provenance(served)
+    with stage("provenance"):
+        model = _provenance(served)
     opts = _options(predictor.classes)
     rois = roi_crops(predictor, services.registry, [u.image for u in uploads], request.form,
                      uploads[0].scale if len(uploads) == 1 else 1.0)
     images = [u.image for u in uploads] if rois is None else [r.image for r in rois]
     targets = None if opts["target"] is None else [opts["target"]] * len(uploads)
     try:
-        preds = services.batcher.predict(predictor, images, opts["explainer"], targets, opts["explainer_params"])
+        with stage("model"):  # preparing the tensors, then waiting for the shared pass
+            preds = services.batcher.predict(predictor, images, opts["explainer"], targets,
+                                             opts["explainer_params"])
     except ValueError as exc:  # e.g. an image the preprocessing cannot take; the message says why
         raise UserError(str(exc), 400) from None
     count_diagnoses(served, model["modality"], len(preds))
@@ -253,19 +257,21 @@ def predict():
     audited_model = {"name": model["name"], "training_data": model["training_data"]["dataset"],
                      "acceptance": model["acceptance"],
                      "temperature": (model["calibration"] or {}).get("temperature")}
-    results = []
-    for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True)):
-        roi = None if rois is None else rois[k]
-        results.append(_result(upload, pred, opts, predictor, roi))
-        services.store.audit("diagnose", user=current_user.name, run_id=served, filename=upload.filename,
-                             label=pred.label, probabilities=pred.probabilities, explainer=pred.explainer,
-                             target=pred.target_label, stored=upload.stored_path, modality=model["modality"],
-                             demo=model["demo"], ood=pred.ood, model=audited_model,
-                             **({} if roi is None else {"roi": roi.to_dict()}))
+    with stage("render"):
+        results = [_result(upload, pred, opts, predictor, None if rois is None else rois[k])
+                   for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))]
+    with stage("audit"):  # one transaction for the request's rows
+        services.store.audit_many("diagnose", user=current_user.name, run_id=served, rows=[
+            {"filename": upload.filename, "label": pred.label, "probabilities": pred.probabilities,
+             "explainer": pred.explainer, "target": pred.target_label, "stored": upload.stored_path,
+             "modality": model["modality"], "demo": model["demo"], "ood": pred.ood, "model": audited_model,
+             **({} if rois is None else {"roi": rois[k].to_dict()})}
+            for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))])
     legend = None if opts["explainer"] is None else {
         "colormap": opts["colormap"], "stops": legend_stops(opts["colormap"]),
         "meaning": "relative evidence for the explained class, scaled per image from lowest (left) to highest "
                    "(right); not a probability. Outside a dashed frame: not seen by the model."}
-    return jsonify({"run_id": served, "classes": predictor.classes, "model": model, "notice": NOTICE,
-                    "legend": legend, "results": results})
+    with stage("respond"):
+        return jsonify({"run_id": served, "classes": predictor.classes, "model": model, "notice": NOTICE,
+                        "legend": legend, "results": results})
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, current_app, request
 from flask.sessions import SecureCookieSessionInterface
@@ -64,8 +65,6 @@ def _csp() -> str:
 
 def public_origins(config: Mapping[str, Any]) -> list[str]:
     """The origins of ``PUBLIC_URL`` (``scheme://host[:port]``, no path), or ``[]`` when it is not set."""
-    from urllib.parse import urlsplit
-
     urls = config.get("PUBLIC_URL") or []
     if isinstance(urls, str):
         urls = [u for u in urls.replace(",", " ").split() if u]

@@ -9,8 +9,11 @@ What is measured:
 * ``busi_web_diagnoses_total{run_id, modality}``: images diagnosed, per model;
 * ``busi_web_runs{status}``: runs per state (``queued`` is the queue length),
   and ``busi_web_trainer_running``: 1 while a trainer process holds the device;
-* ``busi_web_predict_batches_total`` and ``busi_web_predict_images_total``:
-  the micro-batcher's work;
+* ``busi_web_predict_batches_total``, ``busi_web_predict_images_total`` and
+  ``busi_web_predict_busy_seconds_total``: the micro-batcher's work;
+* ``busi_web_diagnosis_stage_seconds_total{stage, clock}``: where a diagnosis
+  request's time goes (decode, provenance, model, render, audit, respond), as
+  the request thread's CPU and as wall time (``benchmarks/serve.py`` prints it);
 * ``busi_web_device_info{device, name}``: where the models run (CPU or GPU),
   with ``busi_web_cpu_count`` and, on a GPU, the memory it holds;
 * the process's own memory, CPU time and open files (``process_*``).
@@ -26,9 +29,11 @@ from __future__ import annotations
 import hmac
 import os
 import time
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
+from flask_login import current_user
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
@@ -54,6 +59,9 @@ class AppMetrics:
                                  ["method", "route"], buckets=BUCKETS, registry=self.registry)
         self.diagnoses = Counter("busi_web_diagnoses", "Images diagnosed, per model", ["run_id", "modality"],
                                  registry=self.registry)
+        self.stages = Counter("busi_web_diagnosis_stage_seconds", "Time the diagnosis requests spent per stage: "
+                              "clock=cpu is the request thread's own CPU, clock=wall the time it took",
+                              ["stage", "clock"], registry=self.registry)
         ProcessCollector(registry=self.registry)
         self.registry.register(self)
 
@@ -69,6 +77,8 @@ class AppMetrics:
         batcher = services.batcher
         yield CounterMetricFamily("busi_web_predict_batches", "Batches the micro-batcher ran", value=batcher.batches)
         yield CounterMetricFamily("busi_web_predict_images", "Images the micro-batcher ran", value=batcher.images)
+        yield CounterMetricFamily("busi_web_predict_busy_seconds", "Time the micro-batcher spent in passes",
+                                  value=batcher.busy_s)
         yield from _device_metrics(self.app.config.get("DEVICE") or "auto")
 
     def describe(self):
@@ -76,9 +86,10 @@ class AppMetrics:
 
 
 def _device_metrics(setting: str):
+    # torch is loaded by then (the models are); importing it here keeps the metrics module light to import
     import torch
 
-    from busi_web.model.device import resolve_device
+    from busi_web.model.device import resolve_device  # with torch, above
 
     device = resolve_device(setting)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -114,6 +125,18 @@ def count_diagnoses(run_id: int, modality: str, images: int) -> None:
     metrics_of().diagnoses.labels(str(run_id), modality).inc(images)
 
 
+@contextmanager
+def stage(name: str):
+    """Time a stage of a diagnosis request (decode, model, render, audit, ...) on both clocks."""
+    cpu, wall = time.thread_time(), time.perf_counter()
+    try:
+        yield
+    finally:
+        counter = metrics_of().stages
+        counter.labels(name, "cpu").inc(time.thread_time() - cpu)
+        counter.labels(name, "wall").inc(time.perf_counter() - wall)
+
+
 def metrics_token_ok(token: str) -> bool:
     """Whether ``token`` is the configured ``METRICS_TOKEN`` (compared in constant time)."""
     expected = current_app.config.get("METRICS_TOKEN")
@@ -123,8 +146,6 @@ def metrics_token_ok(token: str) -> bool:
 @bp.get("/metrics")
 def scrape():
     """The metrics in Prometheus' text format: an admin, or the bearer ``METRICS_TOKEN``."""
-    from flask_login import current_user
-
     if not g.get("metrics_token") and not getattr(current_user, "is_admin", False):
         # Plain text, like the metrics themselves: what a scraper's log shows.
         if not current_user.is_authenticated:

@@ -16,7 +16,8 @@ from busi_web.errors import UserError
 from busi_web.store import STATES, TERMINAL, TRANSITIONS, IllegalTransition, JobStore, RunNotFound
 from busi_web.store.models import GateRefused
 
-MIGRATED = ["m001_initial", "m002_modalities_defaults_acceptance", "m003_disabled_users", "m004_session_versions"]
+MIGRATED = ["m001_initial", "m002_modalities_defaults_acceptance", "m003_disabled_users", "m004_session_versions",
+            "m005_account_source"]
 
 # A legal path from a new (queued) run to each state.
 PATH_TO = {"queued": [], "running": ["running"], "finished": ["running", "finished"], "failed": ["failed"],
