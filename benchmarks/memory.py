@@ -77,6 +77,15 @@ def big_png(side: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
+def diagnose_once(conn: http.client.HTTPConnection, headers: dict, body: tuple[bytes, str]) -> str | None:
+    """POST one diagnosis on ``conn``: ``None`` when it was answered with a 200, else what went wrong."""
+    try:
+        status, data = request(conn, "POST", "/api/predict", {**headers, "Content-Type": body[1]}, body[0])
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if status == 200 else f"HTTP {status}: {data[:200]!r}"
+
+
 def burst(port: int, headers: dict, body: tuple[bytes, str], clients: int) -> list[str]:
     """``clients`` threads post the same body at once; returns the errors."""
     errors: list[str] = []
@@ -85,12 +94,9 @@ def burst(port: int, headers: dict, body: tuple[bytes, str], clients: int) -> li
     def one() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         start.wait()
-        try:
-            status, data = request(conn, "POST", "/api/predict", {**headers, "Content-Type": body[1]}, body[0])
-            if status != 200:
-                errors.append(f"HTTP {status}: {data[:200]!r}")
-        except (OSError, http.client.HTTPException) as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
+        error = diagnose_once(conn, headers, body)
+        if error:
+            errors.append(error)
 
     threads = [threading.Thread(target=one) for _ in range(clients)]
     for t in threads:
@@ -115,14 +121,10 @@ def stream(port: int, headers: dict, bodies: list[tuple[bytes, str]], total: int
                     return
                 i = counter["sent"]
                 counter["sent"] += 1
-            body, ctype = bodies[i % len(bodies)]
-            try:
-                status, data = request(conn, "POST", "/api/predict", {**headers, "Content-Type": ctype}, body)
-                if status != 200:
-                    errors.append(f"HTTP {status}: {data[:200]!r}")
-            except (OSError, http.client.HTTPException) as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            error = diagnose_once(conn, headers, bodies[i % len(bodies)])
+            if error:
+                errors.append(error)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)  # a fresh connection
             with lock:
                 counter["done"] += 1
                 mark = counter["done"] >= at and not counter["marked"]

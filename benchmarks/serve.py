@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=256, help="side of the phantom PNGs sent")
     ap.add_argument("--input-size", type=int, default=224, help="the model's input side")
     ap.add_argument("--batch", type=int, default=16, help="batch size of the in-process baseline")
+    ap.add_argument("--batch-wait-ms", type=float, default=0, help="the server's BATCH_WAIT_MS")
+    ap.add_argument("--batch-max", type=int, default=32, help="the server's BATCH_MAX_IMAGES")
     ap.add_argument("--baseline-seconds", type=float, default=5.0)
     ap.add_argument("--train-epochs", type=int, default=2)
     ap.add_argument("--untrained", action="store_true", help="save an untrained model instead of training one")
@@ -330,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         headers = {"Authorization": f"Bearer {token}"}
         port = free_port()
         log = Path(tmp) / "gunicorn.log"
-        proc = start_server(inst, port, args.threads, log, {"BUSI_WEB_METRICS_TOKEN": METRICS_TOKEN})
+        proc = start_server(inst, port, args.threads, log, {
+            "BUSI_WEB_METRICS_TOKEN": METRICS_TOKEN, "BUSI_WEB_BATCH_WAIT_MS": str(args.batch_wait_ms),
+            "BUSI_WEB_BATCH_MAX_IMAGES": str(args.batch_max)})
         try:
             wait_up(port, headers, proc)
             warm = load(port, headers, bodies, args.clients, 2.0)  # model load, thread start, caches

@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "LIVE_POLL_SECONDS": 0.25,  # how often the live pusher reads new metric rows
     "CANCEL_TIMEOUT_SECONDS": 30,  # graceful cancel, then SIGKILL
     "DEFAULT_EXPLAINER": "gradcam",
+    "BATCH_MAX_IMAGES": 32,  # images in one shared pass of the model at most
+    "BATCH_WAIT_MS": 0,  # how long a pass waits for more requests to share it (0: it starts at once)
     # Failed logins allowed per account and per client address before a 429 (Flask-Limiter's notation).
     "LOGIN_LIMIT_ACCOUNT": "5 per minute;20 per hour",
     "LOGIN_LIMIT_ADDRESS": "30 per minute;200 per hour",

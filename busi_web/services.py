@@ -163,7 +163,9 @@ def make_services(config: Mapping[str, Any], registry: PluginRegistry) -> Servic
     runner = JobRunner(store, cancel_timeout=float(config["CANCEL_TIMEOUT_SECONDS"]),
                        allowed_plugins=registry.allowed_list())
     return Services(registry=registry, store=store, runner=runner,
-                    predictors=PredictorCache(registry, device=config["DEVICE"]), batcher=MicroBatcher())
+                    predictors=PredictorCache(registry, device=config["DEVICE"]),
+                    batcher=MicroBatcher(max_batch=int(config["BATCH_MAX_IMAGES"]),
+                                         max_wait_s=float(config["BATCH_WAIT_MS"]) / 1000))
 
 
 def services_of(app: Flask | None = None) -> Services:

@@ -34,6 +34,22 @@ def app(app_config):
 
 
 @pytest.fixture
+def make_app(app_config, tmp_path):
+    """``make(**settings)``: apps with extra settings, each on a fresh instance with the admin account."""
+    from busi_web import create_app
+
+    made = []
+
+    def make(**settings):
+        made.append(1)
+        app = create_app({**app_config, "INSTANCE_PATH": str(tmp_path / f"instance{len(made)}"), **settings})
+        app.extensions["busi_web"].store.add_user(ADMIN[0], "admin", ADMIN[1])
+        return app
+
+    return make
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

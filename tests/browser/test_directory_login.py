@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import LDAP_PEOPLE, browser_login, served, slapd
+from tests.helpers import browser_login, served
+from tests.ldap_server import LDAP_PEOPLE, slapd
 
 pytestmark = pytest.mark.browser
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.helpers import ADMIN, LDAP_ADMINS, LDAP_CLINICIANS, LDAP_PEOPLE, free_port, login, slapd
+from tests.helpers import ADMIN, free_port, login
+from tests.ldap_server import LDAP_ADMINS, LDAP_CLINICIANS, LDAP_PEOPLE, slapd
 
 pytestmark = pytest.mark.slow
 
@@ -17,21 +18,6 @@ pytestmark = pytest.mark.slow
 def directory(tmp_path_factory):
     with slapd(tmp_path_factory.mktemp("ldap")) as server:
         yield server
-
-
-@pytest.fixture
-def make_app(app_config, tmp_path):
-    from busi_web import create_app
-
-    made = []
-
-    def make(**settings):
-        made.append(1)
-        app = create_app({**app_config, "INSTANCE_PATH": str(tmp_path / f"instance{len(made)}"), **settings})
-        app.extensions["busi_web"].store.add_user(ADMIN[0], "admin", ADMIN[1])
-        return app
-
-    return make
 
 
 def person(name: str) -> tuple[str, str]:

@@ -11,22 +11,6 @@ from tests.helpers import ADMIN, ROOT, login
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 
 
-@pytest.fixture
-def make_app(app_config, tmp_path):
-    """Apps on fresh instances, each with the admin account."""
-    from busi_web import create_app
-
-    made = []
-
-    def make(**config):
-        made.append(1)
-        app = create_app({**app_config, "INSTANCE_PATH": str(tmp_path / f"instance{len(made)}"), **config})
-        app.extensions["busi_web"].store.add_user(*ADMIN[:1], "admin", ADMIN[1])
-        return app
-
-    return make
-
-
 def test_every_answer_carries_the_security_headers(app, admin_client):
     answers = {"page": admin_client.get("/"), "api": admin_client.get("/api/runs"),
                "error": admin_client.get("/api/runs/999"), "login": app.test_client().get("/login"),
