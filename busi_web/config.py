@@ -48,6 +48,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# Numeric settings checked at start (a wrong value stops the start with the key's name, not at the first use).
+WHOLE_NUMBERS = {"MAX_IMAGE_PIXELS": int, "MAX_IMAGE_SIDE": int, "DECODE_BUDGET_PIXELS": int, "PROXY_FIX": int,
+                 "BATCH_MAX_IMAGES": int, "BATCH_WAIT_MS": float}
+
+
 def _parse_env_value(raw: str) -> Any:
     try:
         return json.loads(raw)
@@ -80,6 +85,17 @@ def finalise(config: dict[str, Any], instance_path: str) -> None:
     if mb <= 0:
         raise ValueError("MAX_UPLOAD_MB must be positive")
     config["MAX_CONTENT_LENGTH"] = int(mb * 1024 * 1024)
+    for key, kind in WHOLE_NUMBERS.items():
+        value = config.get(key)
+        if value is None and key == "DECODE_BUDGET_PIXELS":
+            continue  # None: the default, MAX_IMAGE_PIXELS
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, 0 or more, got {value!r}") from None
+        if number < 0:
+            raise ValueError(f"{key} must be 0 or more, got {value!r}")
+        config[key] = number
     allowed = config.get("ALLOWED_PLUGINS")
     if isinstance(allowed, str):
         config["ALLOWED_PLUGINS"] = [a.strip() for a in allowed.split(",") if a.strip()]

@@ -32,9 +32,15 @@ def test_config_precedence_instance_file_then_env_then_argument(instance_path, m
     assert Path(app.config["DATABASE"]).exists()
 
 
-def test_bad_config_value_names_the_key(instance_path):
-    with pytest.raises(ValueError, match="MAX_UPLOAD_MB must be a number"):
-        create_app({"INSTANCE_PATH": str(instance_path), "MAX_UPLOAD_MB": "lots"})
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("MAX_UPLOAD_MB", "lots", "MAX_UPLOAD_MB must be a number"),
+    ("PROXY_FIX", "yes", "PROXY_FIX must be a number"),
+    ("MAX_IMAGE_SIDE", -5, "MAX_IMAGE_SIDE must be 0 or more"),
+    ("BATCH_WAIT_MS", [], "BATCH_WAIT_MS must be a number"),
+])
+def test_bad_config_value_names_the_key(instance_path, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        create_app({"INSTANCE_PATH": str(instance_path), key: value})
 
 
 def test_socketio_runs_in_threading_mode_and_eventlet_is_absent(app):

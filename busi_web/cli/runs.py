@@ -61,8 +61,12 @@ def train_command(backbone: str, dataset: str, data_dir: str | None, epochs: int
     root = resolve_data_dir(dataset, data_dir)
     run_params = prepare_run_params(svc.registry, backbone, dataset, train=train, backbone_params=bb,
                                     dataset_params=ds, data_dir=root)
-    run = svc.store.create_run(backbone, dataset, run_params, name=name, data_dir=root, created_by="cli",
-                               modality=svc.registry.dataset(dataset).modality)
+    # Created and claimed at once: a queued run would be a serving process's runner's to take (it would start a
+    # second trainer on it), as resume does below.
+    with svc.store.transaction():
+        run = svc.store.create_run(backbone, dataset, run_params, name=name, data_dir=root, created_by="cli",
+                                   modality=svc.registry.dataset(dataset).modality)
+        run = svc.store.transition(run["id"], "running", pid=os.getpid())
     click.echo(f"run {run['id']}: {run['run_dir']}")
     _train_in_foreground(run["id"])
 
