@@ -86,6 +86,15 @@ def diagnose_once(conn: http.client.HTTPConnection, headers: dict, body: tuple[b
     return None if status == 200 else f"HTTP {status}: {data[:200]!r}"
 
 
+def in_threads(target, n: int) -> None:
+    """Run ``target`` in ``n`` threads at once and wait for them all."""
+    threads = [threading.Thread(target=target) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def burst(port: int, headers: dict, body: tuple[bytes, str], clients: int) -> list[str]:
     """``clients`` threads post the same body at once; returns the errors."""
     errors: list[str] = []
@@ -98,11 +107,7 @@ def burst(port: int, headers: dict, body: tuple[bytes, str], clients: int) -> li
         if error:
             errors.append(error)
 
-    threads = [threading.Thread(target=one) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(one, clients)
     return errors
 
 
@@ -132,11 +137,7 @@ def stream(port: int, headers: dict, bodies: list[tuple[bytes, str]], total: int
             if mark:
                 on_mark()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(client, clients)
     return errors
 
 
