@@ -12,7 +12,8 @@ import shutil
 
 import pytest
 
-from tests.helpers import SHOTS, served
+from tests.helpers import SHOTS
+from tests.servers import served
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import browser_login, served
-from tests.ldap_server import LDAP_PEOPLE, slapd
+from tests.helpers import browser_login
+from tests.servers import LDAP_PEOPLE, served, slapd
 
 pytestmark = pytest.mark.browser
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.helpers import ADMIN, free_port, login
-from tests.ldap_server import LDAP_ADMINS, LDAP_CLINICIANS, LDAP_PEOPLE, slapd
+from tests.helpers import ADMIN, login
+from tests.servers import LDAP_ADMINS, LDAP_CLINICIANS, LDAP_PEOPLE, free_port, slapd
 
 pytestmark = pytest.mark.slow
 

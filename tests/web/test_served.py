@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_RUN, served, wait_for
+from tests.helpers import TINY_RUN, wait_for
+from tests.servers import served
 
 pytestmark = pytest.mark.slow
 

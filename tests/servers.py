@@ -1,13 +1,78 @@
-"""A throwaway OpenLDAP directory (Debian's slapd) on 127.0.0.1, for the directory-login tests."""
+"""The real servers tests start on 127.0.0.1: gunicorn (``busi-web serve``) on a fresh instance, and a throwaway
+OpenLDAP directory (Debian's slapd) for the directory-login tests."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import free_port, wait_for
+from busi_web.store import JobStore
+from tests.helpers import ADMIN, CLINICIAN, Server, wait_for
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served(home: Path, env: dict[str, str] | None = None, threads: int = 8):
+    """A real gunicorn (``busi-web serve``) on a free port of 127.0.0.1 with a fresh instance under ``home``, an
+    admin (with an API token) and a clinician; ``env`` adds settings. Its trainers die with it."""
+    import signal
+
+    instance = home / "instance"
+    store = JobStore(instance / "busi.db", instance / "runs")
+    store.add_user(ADMIN[0], "admin", ADMIN[1])
+    store.add_user(CLINICIAN[0], "clinician", CLINICIAN[1])
+    token = store.create_token(ADMIN[0], "tests")
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}
+    full_env.update({"BUSI_WEB_INSTANCE_PATH": str(instance), "BUSI_WEB_AUTO_FIRST_RUN": "false",
+                     "BUSI_WEB_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1",
+                     **(env or {})})
+    log = home / "server.log"
+    exe = Path(sys.executable).with_name("busi-web")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--threads", str(threads)], env=full_env,
+                                cwd=home, stdout=out, stderr=subprocess.STDOUT)
+    srv = Server(f"http://127.0.0.1:{port}", token, instance, proc, log)
+    try:
+        wait_for(lambda: _answers(srv, proc, log), timeout=120, what="gunicorn to answer", interval=0.3)
+        yield srv
+    finally:
+        for run in store.list_runs(status="running"):  # trainers this server started must not outlive it
+            if run.get("pid"):
+                try:
+                    os.killpg(run["pid"], signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _answers(srv: Server, proc: subprocess.Popen, log: Path) -> bool:
+    import urllib.error
+
+    if proc.poll() is not None:
+        raise AssertionError("gunicorn exited:\n" + log.read_text()[-3000:])
+    try:
+        srv.api("/api/health")
+        return True
+    except (OSError, urllib.error.URLError):
+        return False
+
+
 
 LDAP_BASE = "dc=busi,dc=test"
 LDAP_SERVICE = (f"cn=service,{LDAP_BASE}", "service-secret-7")
