@@ -29,6 +29,7 @@ from busi_web.plugins import PluginFailure
 from busi_web.services import services_of
 from busi_web.specs import Param
 from busi_web.store import MAX_ID, RESUMABLE, STATES, TERMINAL, RunNotFound
+from busi_web.store import run_files as files
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,14 @@ def hide_paths(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [hide_paths(v) for v in value]
     return value
+
+
+def visible_artifacts(run_dir: str | None) -> list[str]:
+    """The files of a run folder the current user may see: all for an admin, no weights or trainer output
+    for anyone else."""
+    names = files.artifact_names(run_dir)
+    return names if getattr(current_user, "is_admin", False) else [n for n in names
+                                                                    if not n.endswith(ADMIN_ONLY_SUFFIXES)]
 
 
 def for_viewer(value: Any) -> Any:

@@ -45,7 +45,9 @@ def models_overview() -> dict[str, Any]:
                                                                            "gate_failures")},
                            "card": card_for(m["id"], current_user.is_admin)}
                           for m in overview["models"]]
-    return for_viewer(overview)  # the acceptance sets' folders, for admins only
+    # The runs and cards are shown as the user may see them already; the acceptance sets' folders too.
+    overview["modalities"] = for_viewer(overview["modalities"])
+    return overview
 
 
 @bp.get("/models")

@@ -14,7 +14,7 @@ from busi_web.services import services_of
 from busi_web.store import STATES
 from busi_web.store import run_files as files
 from busi_web.web.auth import current_user
-from busi_web.web.helpers import ADMIN_ONLY_SUFFIXES, RUN_ID, card_for, default_ids, for_viewer, run_view, status_filter
+from busi_web.web.helpers import RUN_ID, card_for, default_ids, for_viewer, run_view, status_filter, visible_artifacts
 
 bp = Blueprint("runs", __name__)
 
@@ -48,9 +48,7 @@ def run_files(run: dict[str, Any]) -> dict[str, Any]:
     """Of the stored run row ``run``: artifacts (weights and the trainer's stderr only for admins), the
     classification report, the full log, test metrics, the model card of a finished run and the evaluation
     reports (``busi-web evaluate``), newest first."""
-    names = files.artifact_names(run.get("run_dir"))
-    if not current_user.is_admin:
-        names = [n for n in names if not n.endswith(ADMIN_ONLY_SUFFIXES)]
+    names = visible_artifacts(run.get("run_dir"))
     run_dir = Path(run["run_dir"] or "")
     metrics = files.read_json(run.get("run_dir"), files.METRICS_JSON)
     matrix = None

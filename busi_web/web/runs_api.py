@@ -24,6 +24,7 @@ from busi_web.web.helpers import (
     int_arg,
     run_json,
     status_filter,
+    visible_artifacts,
 )
 
 bp = Blueprint("runs_api", __name__, url_prefix="/api")
@@ -44,8 +45,7 @@ def run_detail(run_id: int):
     """One run with its artifact names and, once it finished, its test metrics."""
     stored = services_of().store.get_run(run_id)
     run = run_json(stored)
-    names = files.artifact_names(stored.get("run_dir"))
-    run["artifacts"] = names if current_user.is_admin else [n for n in names if not n.endswith(ADMIN_ONLY_SUFFIXES)]
+    run["artifacts"] = visible_artifacts(stored.get("run_dir"))
     run["test_metrics"] = for_viewer(files.read_json(stored.get("run_dir"), files.METRICS_JSON))
     return jsonify(run)
 
