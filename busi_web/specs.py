@@ -202,13 +202,24 @@ class BackboneSpec(Spec):
     extractor (e.g. ``"layer4"``): the layer the explainers map and lesion
     guidance teaches. A model whose layer depends on its parameters may set
     a ``target_layer`` attribute of its own, which then wins.
+
+    ``segments`` declares that the model also outlines the lesion. Its model
+    then has a method ``segment(x, masks=None)`` returning ``(logits (B,
+    num_classes), lesion_logits (B, 1, h, w))``, the lesion map at the input's
+    size or a fraction of it (``forward(x)`` still returns the logits alone),
+    and an attribute ``lesion_layer``, the dotted path of the module whose
+    output is the lesion map, and ``lesion_threshold``, the probability above
+    which a pixel is inside the outline. While training, ``masks`` is
+    ``(masks (B, H, W) in [0, 1], has_mask (B,))`` or ``None``; the trainer
+    adds Dice + BCE on the lesion map (weighted by the run's ``lesion_loss``).
     """
 
     target_layer: str = ""
+    segments: bool = False
     kind: str = field(default="backbone", init=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "target_layer": self.target_layer}
+        return {**super().to_dict(), "target_layer": self.target_layer, "segments": self.segments}
 
 
 @dataclass

@@ -49,7 +49,8 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
         overlay_path = out / f"{Path(image_path).stem}_{explainer}.png"
         overlay_path.write_bytes(pred.overlay_png(alpha=alpha))
         results.append({"image": image_path, "label": pred.label, "probabilities": pred.probabilities,
-                        "overlay": str(overlay_path), "caution": pred.caution, "ood": pred.ood})
+                        "overlay": str(overlay_path), "caution": pred.caution, "ood": pred.ood,
+                        "lesion": pred.lesion_info()})
     if as_json:
         click.echo(json.dumps({"model": model, "notice": NOTICE, "results": results}, indent=2))
     else:
@@ -63,6 +64,8 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
                            f"threshold {r['ood']['threshold']:.2f}); do not rely on this result")
             if r["caution"]:
                 click.echo(f"  caution: {r['caution']}")
+            if r["lesion"]:
+                click.echo(f"  {r['lesion']['statement']}")
         click.echo(NOTICE)
 
 
@@ -84,7 +87,8 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
 @user_errors
 def evaluate_command(run_id: int, data_dir: str | None, dataset: str | None, part: str | None, explainers: str,
                      max_maps: tuple[str, ...], params: tuple[str, ...], device: str) -> None:
-    """Accuracy, macro-F1, AUC, confusion matrix, heatmap localisation and a shortcut check of run ID's model.
+    """Accuracy, macro-F1, AUC, confusion matrix, heatmap localisation and a shortcut check of run ID's model;
+    for a model that outlines lesions also Dice, IoU, its map's pointing game and false lesions on normal images.
 
     The report (report.md, report.json, PNGs) goes into the run's folder under
     evaluations/ and shows on the run's page. An explainer that fails is skipped, and the report says why.
@@ -104,6 +108,11 @@ def evaluate_command(run_id: int, data_dir: str | None, dataset: str | None, par
     c = report["classification"]
     auc = "n/a" if c["auc"] is None else f"{c['auc']:.4f}"
     click.echo(f"{c['n']} images: accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}, AUC {auc}")
+    seg = report.get("segmentation")
+    if seg and seg["n_lesion"]:
+        click.echo(f"outline    Dice {seg['dice']:.3f}  IoU {seg['iou']:.3f}  pointing {seg['pointing']:.3f}  "
+                   f"({seg['n_lesion']} lesions)" + (f"; false lesions {seg['false_lesion_rate']:.3f} of "
+                                                     f"{seg['n_normal']} normal images" if seg["n_normal"] else ""))
     for name, s in report["localisation"].items():
         if s["n"]:
             click.echo(f"{name:<10} pointing {s['pointing']:.3f}  energy {s['energy']:.3f}  IoU {s['iou']:.3f}  "

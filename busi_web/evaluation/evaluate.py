@@ -14,6 +14,10 @@ maps every image. The report gives
 * per explainer, on the images whose lesion mask is not empty: pointing
   game, energy pointing game and IoU at 0.5, each beside its chance
   baseline (:mod:`busi_web.evaluation.heatmap_quality`);
+* for a model that segments: Dice and IoU of its lesion outline and the
+  pointing game of its lesion map on lesion images, and the share of normal
+  images (empty masks) where it outlines a lesion anyway
+  (:mod:`busi_web.evaluation.segmentation`);
 * per explainer, the shortcut check: the maps' mass on burned-in caliper
   marks and text against the lesion (:mod:`busi_web.evaluation.shortcuts`).
 
@@ -43,6 +47,7 @@ from busi_web.errors import UserError
 from busi_web.evaluation.heatmap_quality import localisation
 from busi_web.evaluation.metrics import classification_metrics
 from busi_web.evaluation.report import write_report
+from busi_web.evaluation.segmentation import OutlineTally
 from busi_web.evaluation.shortcuts import ShortcutScore, detect_marks, shortcut_score, summarise_shortcuts
 from busi_web.model.calibration import apply_temperature, calibration_summary
 from busi_web.model.predictor import Predictor
@@ -171,6 +176,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
     shortcuts: dict[str, list[ShortcutScore]] = {n: [] for n in names}
     examples: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]] = {n: [] for n in names}
     skipped: dict[str, str] = {}
+    outlines = OutlineTally(predictor.lesion_threshold) if predictor.segments else None
     for start_i in range(0, len(indices), batch_size):
         chunk = indices[start_i:start_i + batch_size]
         try:
@@ -185,6 +191,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
             rows.append({"key": ds.samples[i].key, "true": meta.classes[to_model[ds.samples[i].label]],
                          "pred": pred.label, "probabilities": pred.probabilities,
                          "has_lesion": bool(mask is not None and mask.any())})
+            if outlines is not None and pred.lesion_map is not None:
+                outlines.add(ds.samples[i].key, pred.lesion_map, pred.lesion is not None, mask)
         marks = [detect_marks(img) for img in images]
         for name in names:
             pick = [k for k in range(len(chunk)) if start_i + k in mapped[name]]
@@ -220,11 +228,14 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
         "classification": classification,
         "calibration": calibration,
         "localisation": {n: _localisation_summary(loc[n]) for n in names},
+        "segmentation": None if outlines is None else outlines.summary(),
         "mapped_images": {n: len(mapped[n]) for n in names},
         "skipped": skipped,
         "shortcuts": {n: summarise_shortcuts(shortcuts[n]) for n in names},
         "predictions": rows,
         "localisation_per_image": loc,
+        "segmentation_per_image": None if outlines is None else {"lesions": outlines.lesions,
+                                                                  "normals": outlines.normals},
         "shortcuts_per_image": {n: [s.to_dict() for s in shortcuts[n]] for n in names},
     }
     folder = Path(out_dir) if out_dir else _new_folder(run_dir, dataset, part)

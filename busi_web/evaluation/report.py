@@ -59,6 +59,13 @@ def markdown(report: Mapping[str, Any], pngs: Sequence[str]) -> str:
     for name, s in report["localisation"].items():
         lines.append(f"| {name} | {s['n']} | {_f(s['pointing'])} | {_f(s['energy'])} | {_f(s['iou'])} | "
                      f"{_f(s['chance'])} |")
+    seg = report.get("segmentation")
+    if seg:
+        lines += ["", "## Lesion outline", "",
+                  f"The model's own lesion map, thresholded at {seg['threshold']:g}: on the {seg['n_lesion']} images "
+                  f"with a lesion, **Dice {_f(seg['dice'])}**, IoU {_f(seg['iou'])}, its peak inside the lesion "
+                  f"(pointing game) **{_f(seg['pointing'])}**, a lesion outlined at all {_f(seg['found'])}; on the "
+                  f"{seg['n_normal']} images without one, **false lesions {_f(seg['false_lesion_rate'])}**."]
     n_images = c["n"]
     capped = [f"{name} mapped {k} of {n_images} images" for name, k in (report.get("mapped_images") or {}).items()
               if k < n_images]

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +31,8 @@ from torch import nn
 
 from busi_web.data.preprocess import crop_pixels, eval_transform, paste_map, to_channels
 from busi_web.explain.base import classify, complete_explanation, default_target_layer, feature_map_grid
-from busi_web.explain.render import overlay, to_png
+from busi_web.explain.lesion import Lesion, describe_absent, find_lesion
+from busi_web.explain.render import draw_outline, fast_png, render_heatmap, to_png
 from busi_web.model.calibration import apply_temperature
 from busi_web.model.checkpoint import CheckpointMeta, load_checkpoint
 from busi_web.model.device import resolve_device
@@ -51,6 +53,8 @@ class Prediction:
     of its preprocessing. The heatmap is 0 outside it, and pictures leave that part unpainted.
     ``probabilities`` are calibrated when the model carries a temperature. ``ood`` is the out-of-distribution
     verdict (``score``, ``threshold``, ``out_of_distribution``), ``None`` for a model saved without a reference.
+    ``lesion_map`` (``float32 (H, W)`` in [0, 1], the image's size) and ``lesion`` (the outlined region, ``None``
+    when nothing passed ``lesion_threshold``) come from models that segment; ``lesion_map`` is ``None`` otherwise.
     """
 
     label: str
@@ -64,6 +68,22 @@ class Prediction:
     seconds: float = 0.0
     region: tuple[int, int, int, int] | None = None
     ood: dict[str, Any] | None = None
+    lesion_map: np.ndarray | None = field(default=None, repr=False)
+    lesion: Lesion | None = None
+    lesion_threshold: float = 0.5
+
+    def lesion_info(self, spacing_mm: tuple[float, float] | None = None) -> dict[str, Any] | None:
+        """The lesion finding as JSON (outline, measurements, descriptors, a plain statement), with mm when
+        ``spacing_mm`` (row, column mm per pixel of :attr:`image`) is given; ``None`` for a model that does not
+        segment."""
+        if self.lesion_map is None:
+            return None
+        if self.lesion is None:
+            return describe_absent(float(self.lesion_map.max()), self.lesion_threshold)
+        lesion = self.lesion
+        if spacing_mm is not None:
+            lesion = Lesion(**{**lesion.__dict__, "spacing_mm": (float(spacing_mm[0]), float(spacing_mm[1]))})
+        return lesion.to_dict()
 
     @property
     def caution(self) -> str | None:
@@ -78,11 +98,11 @@ class Prediction:
                 f"what would speak for {self.target_label}, stretched to full colour, not where a finding is")
 
     def overlay_png(self, alpha: float = 0.5, colormap: str = "jet") -> bytes:
-        """The heatmap blended over the original image, as PNG bytes."""
+        """The heatmap blended over the original image, with the lesion's outline when one was found, as PNG."""
         if self.heatmap is None or self.image is None:
             raise ValueError("this prediction has no heatmap; predict with an explainer (e.g. 'gradcam')")
-        return overlay(to_channels(self.image, 3), self.heatmap, alpha=alpha, colormap=colormap,
-                       region=self.region)
+        blended, _heat = render_heatmap(to_channels(self.image, 3), self.heatmap, alpha, colormap, self.region)
+        return fast_png(blended if self.lesion is None else draw_outline(blended, self.lesion.polygon()))
 
     def heatmap_png(self) -> bytes:
         """The heatmap alone as an 8-bit grayscale PNG."""
@@ -95,7 +115,23 @@ class Prediction:
         return {"label": self.label, "index": self.index, "probabilities": dict(self.probabilities),
                 "target": self.target, "target_label": self.target_label, "explainer": self.explainer,
                 "region": None if self.region is None else list(self.region), "caution": self.caution,
-                "ood": self.ood, "seconds": round(self.seconds, 4)}
+                "ood": self.ood, "lesion": self.lesion_info(), "seconds": round(self.seconds, 4)}
+
+
+@contextmanager
+def record_outputs(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Keep ``layer``'s outputs (detached, on the CPU) while the block runs; the caller owns the model."""
+    calls: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            calls.append(output.detach().cpu())
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 class Predictor:
@@ -118,6 +154,10 @@ class Predictor:
         self.temperature = float(temperature) if isinstance(temperature, (int, float)) and temperature > 0 else None
         ood = OodReference.from_meta(meta.extra.get("ood"))
         self.ood = ood if ood is not None and ood.layer in self._layers else None
+        # A segmenting model's lesion map is read from its lesion layer in the same forward pass.
+        lesion_layer = getattr(model, "lesion_layer", None) if callable(getattr(model, "segment", None)) else None
+        self.lesion_layer = lesion_layer if lesion_layer in self._layers else None
+        self.lesion_threshold = float(getattr(model, "lesion_threshold", 0.5))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, registry: PluginRegistry,
@@ -157,7 +197,8 @@ class Predictor:
         return {"classes": list(m.classes), "backbone": m.backbone, "backbone_version": m.backbone_version,
                 "backbone_params": dict(m.backbone_params), "run_id": m.run_id, "modality": m.modality,
                 "dataset": m.dataset, "input_size": m.input_size, "resize": m.resize, "in_channels": m.in_channels,
-                "target_layer": self.target_layer, "path": self.path, "device": str(self.device)}
+                "target_layer": self.target_layer, "segments": self.segments, "path": self.path,
+                "device": str(self.device)}
 
     # -- prediction --------------------------------------------------------
     def predict(self, image: np.ndarray, explainer: str | None = "gradcam", target: int | None = None,
@@ -199,11 +240,16 @@ class Predictor:
         target_t = self._targets(targets, len(images))
         layer = None if explainer is None else self._layer(target_layer)
         watched = self.model.get_submodule(self.ood.layer) if self.ood is not None else nn.Identity()
-        with self._lock, record_features(watched) as calls:
+        outlined = self.model.get_submodule(self.lesion_layer) if self.lesion_layer else nn.Identity()
+        with self._lock, record_features(watched) as calls, record_outputs(outlined) as lesion_calls:
             if explainer is None:
                 result = classify(self.model, batch)
             else:
                 result = self._explain(explainer, explainer_params or {}, batch, target_t, layer)
+        lesion_maps = None
+        if self.lesion_layer:
+            found = next((t for t in lesion_calls if t.shape[0] == len(images)), None)
+            lesion_maps = None if found is None else torch.sigmoid(found[:, 0].float())
         probs = result.probs.detach().float().cpu()
         if self.temperature is not None:
             probs = torch.from_numpy(apply_temperature(probs.numpy(), self.temperature))
@@ -218,15 +264,19 @@ class Predictor:
             p = probs[i]
             index = int(torch.argmax(p))
             tgt = int(explained[i]) if explained is not None and explainer is not None else None
-            heatmap = None
+            heatmap = lesion_map = None
             if maps is not None:
                 heatmap = np.clip(paste_map(maps[i], img.shape[:2], self.config), 0.0, 1.0).astype(np.float32)
+            if lesion_maps is not None:
+                lesion_map = np.clip(paste_map(lesion_maps[i], img.shape[:2], self.config), 0.0, 1.0)
             out.append(Prediction(
                 label=classes[index], index=index,
                 probabilities={c: float(p[k]) for k, c in enumerate(classes)},
                 target=tgt, target_label=classes[tgt] if tgt is not None else None, explainer=explainer,
                 heatmap=heatmap, image=img, seconds=seconds, region=crop_pixels(img.shape[:2], self.config),
-                ood=None if verdicts is None else verdicts[i]))
+                ood=None if verdicts is None else verdicts[i], lesion_map=lesion_map,
+                lesion=None if lesion_map is None else find_lesion(lesion_map, self.lesion_threshold),
+                lesion_threshold=self.lesion_threshold))
         return out
 
     def _explain(self, name: str, params: Mapping[str, Any], batch: torch.Tensor, targets: torch.Tensor | None,
@@ -246,6 +296,11 @@ class Predictor:
             raise
         except Exception as exc:  # noqa: BLE001 - a third party's code may raise anything
             raise PluginFailure(self.registry.owner_of("explainers", name), f"explainer {name!r}", exc) from exc
+
+    @property
+    def segments(self) -> bool:
+        """Whether this model outlines the lesion (its predictions carry ``lesion_map`` and ``lesion``)."""
+        return self.lesion_layer is not None
 
     def feature_maps(self, image: np.ndarray, layer: str | None = None, channels: int = 16) -> bytes:
         """A PNG grid of the ``channels`` most active feature maps of ``layer`` (default: the target layer)."""

@@ -1,8 +1,9 @@
-"""Training aids: a running average of the weights, and lesion guidance from the masks.
+"""Training aids: a running average of the weights, lesion guidance from the masks, and the outline's loss.
 
-Neither is part of the saved model's architecture: the average replaces the
-weights that are validated and saved, and lesion guidance only shapes the
-features during training (its heads are dropped).
+The first two are not part of the saved model's architecture: the average
+replaces the weights that are validated and saved, and lesion guidance only
+shapes the features during training (its heads are dropped). The third,
+:func:`segmentation_loss`, trains a segmenting backbone's own lesion map.
 """
 
 from __future__ import annotations
@@ -144,3 +145,24 @@ class LesionGuide:
                                                                        reduction="none").mean((1, 2, 3))
             total = total + (per_image * has).sum() / has.sum().clamp(min=1.0)
         return self.weight * total / len(self.heads)
+
+
+def segmentation_loss(lesion_logits: torch.Tensor, masks: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + binary cross-entropy of a lesion map ``(N, 1, h, w)`` against ``masks`` ``(N, H, W)``.
+
+    The masks are area-averaged to the map's size (soft targets at the
+    outline). Both terms are per image, averaged over the images that have a
+    mask: a normal image's empty mask teaches "no lesion anywhere" (its Dice
+    term, smoothed by 1, is 0 only for an empty map). Images without a mask
+    file add nothing.
+    """
+    has = has_mask.float()
+    if not bool(has.any()):
+        return lesion_logits.sum() * 0.0  # keeps the graph (and DDP-style hooks) whole
+    logits = lesion_logits.float()
+    target = nn.functional.adaptive_avg_pool2d(masks[:, None].float(), logits.shape[-2:])
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2, 3))
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum((1, 2, 3))
+    dice = 1.0 - (2.0 * inter + 1.0) / (prob.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1.0)
+    return ((bce + dice) * has).sum() / has.sum()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from busi_web.training.aids import LesionGuide, WeightAverage
+from busi_web.training.aids import LesionGuide, WeightAverage, segmentation_loss
 from busi_web.training.mixup import mix_batch
 
 
@@ -65,14 +65,21 @@ class Engine:
     :class:`LesionGuide`, moved to the device here; its head's parameters must
     be in ``optimizer``) batches of ``(x, y, mask, has_mask)`` add its loss.
     With ``mixup > 0`` every training batch (masks too) is blended first
-    (:func:`busi_web.training.mixup.mix_batch`).
+    (:func:`busi_web.training.mixup.mix_batch`). With ``segment_loss > 0`` the
+    model is a segmenting backbone (``BackboneSpec.segments``): batches carry
+    masks too, the model's ``segment(x, masks)`` gives its lesion map, and
+    :func:`~busi_web.training.aids.segmentation_loss` times ``segment_loss``
+    joins the loss.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                  device: torch.device, amp: bool = True, channels_last: bool = True, ema_decay: float = 0.0,
-                 guide: LesionGuide | None = None, mixup: float = 0.0):
+                 guide: LesionGuide | None = None, mixup: float = 0.0, segment_loss: float = 0.0):
         if mixup < 0:
             raise ValueError(f"the mixup strength must be 0 (off) or positive, got {mixup}")
+        if segment_loss < 0 or (segment_loss > 0 and not callable(getattr(model, "segment", None))):
+            raise ValueError("segment_loss needs a segmenting model (one with a segment method) and a weight >= 0")
+        self.segment_loss = float(segment_loss)
         cuda = device.type == "cuda"
         self.mixup = float(mixup)
         self.device = device
@@ -129,20 +136,24 @@ class Engine:
         for batch in batches:
             x, y = self._to_device(batch[0], batch[1])
             masks = None
-            if guide is not None:
+            if guide is not None or self.segment_loss > 0:
                 if len(batch) < 4:
-                    raise ValueError("lesion guidance needs batches of (image, label, mask, has_mask)")
+                    raise ValueError("lesion masks: the loss needs batches of (image, label, mask, has_mask)")
                 masks = (batch[2].to(self.device, non_blocking=True), batch[3].to(self.device, non_blocking=True))
             mix = mix_batch(self.mixup, x, masks) if self.mixup > 0 and x.shape[0] > 1 else None
             if mix is not None:
                 x, masks = mix.images, mix.masks
             with self._autocast():
-                logits = model(x)
+                if self.segment_loss > 0:
+                    logits, lesion = model.segment(x, masks)
+                else:
+                    logits = model(x)
                 loss = crit(logits, y)
                 if mix is not None:
                     loss = mix.share * loss + (1.0 - mix.share) * crit(logits, y[mix.partner])
                 if masks is not None:
-                    loss = loss + guide.loss(*masks)
+                    loss = loss + (self.segment_loss * segmentation_loss(lesion, *masks) if self.segment_loss > 0
+                                   else guide.loss(*masks))
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -156,7 +156,14 @@ class TrainingRun:
             loader.worker_init_fn = _ignore_signals
         weight = class_weights(train_labels, len(self.classes)) if p["balance"] == "weighted_loss" else None
         guide = None
-        if guided:
+        segments = bb_spec.segments
+        if segments:
+            self.log(f"{self.run['backbone']} outlines the lesion: " + (
+                f"Dice + BCE on its lesion map (weight {p['lesion_loss']:g}); "
+                f"{sum(source.mask(i) is not None for i in self.split.train)} of {len(self.split.train)} training "
+                "images have masks" if guided else "lesion_loss is 0, so its outline is not trained (the "
+                "classifier still is)"))
+        elif guided:
             names = lesion_layer_names(model, p["lesion_layers"], bb_spec.target_layer)
             sample = torch.zeros(1, ds.channels, p["input_size"], p["input_size"])
             guide = LesionGuide(model, [resolve_layer(model, n) for n in names], sample, p["lesion_loss"])
@@ -166,7 +173,8 @@ class TrainingRun:
         optimizer = build_optimizer(model, p, guide.parameters() if guide is not None else ())
         criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=p["label_smoothing"])
         self.engine = Engine(model, optimizer, criterion, device, amp=p["amp"], channels_last=p["channels_last"],
-                             ema_decay=p["ema"], guide=guide, mixup=p["mixup"])
+                             ema_decay=p["ema"], guide=guide, mixup=p["mixup"],
+                             segment_loss=p["lesion_loss"] if segments else 0.0)
         self.scheduler = build_scheduler(optimizer, p)
         if p["mixup"] > 0:
             self.log(f"mixup: every training image blended with another of its batch, shares from "

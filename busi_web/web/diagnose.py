@@ -6,16 +6,21 @@ default: ultrasound, or the only modality with a default) and ``run_id`` (a chos
 ``explainer`` (default ``DEFAULT_EXPLAINER``; ``none`` for no map), ``target`` (class name or index;
 default: each image's predicted class), ``alpha`` (0..1, default 0.5), ``colormap`` (default ``jet``),
 ``layer`` and ``channels`` (a feature-map grid of that layer; ``layer=default`` for the target layer),
-``images`` (which PNGs to return, comma-separated from ``original,overlay,heatmap``, default all three:
-a client that blends the heatmap itself, like the Diagnose page, asks for ``original,heatmap``), and
-``explainer_params`` (a JSON object of the explainer's parameters, e.g. ``{"batch_size": 8}`` for Score-CAM).
+``images`` (which PNGs to return, comma-separated from ``original,overlay,heatmap,outline``, default the
+first three: a client that blends the heatmap itself, like the Diagnose page, asks for ``original,heatmap``),
+``explainer_params`` (a JSON object of the explainer's parameters, e.g. ``{"batch_size": 8}`` for Score-CAM),
+and ``pixel_spacing`` (mm per pixel of the uploaded image, for lesion sizes in mm).
 For a model trained on crops of mammograms (its dataset has ``roi_crop``): one image plus ``roi_x`` and
 ``roi_y``, the centre of the region of interest in the image's pixels (optional ``roi_radius``); the
 result is of the crop (see :mod:`busi_web.diagnosis.roi`).
 
 Every answer carries ``model``: the provenance of the model that answered (name and id, modality,
 training data, acceptance metrics, calibration, whether it is a demo) and the decision-support notice; each
-result carries ``ood``, the out-of-distribution verdict, and the audit row records both.
+result carries ``ood``, the out-of-distribution verdict, and the audit row records both. A model that
+segments (``BackboneSpec.segments``) adds ``lesion`` to each result and its audit row: found or not, the
+outline in the answer's pixels, area and diameters (px, and mm with a pixel spacing), and the BI-RADS
+shape, orientation and margin each with the number behind it (:mod:`busi_web.explain.lesion`); its
+overlay draws the outline, and ``images=outline`` gives the original with the outline alone.
 
 ``GET /api/models/active?modality=`` describes the default model of a modality (classes, layers, modality),
 and ``GET /api/runs/<id>/model`` the same for any finished run.
@@ -35,7 +40,7 @@ from busi_web.diagnosis.roi import roi_crops, roi_info
 from busi_web.diagnosis.uploads import read_uploads
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
-from busi_web.explain.render import fast_png, legend_stops, palette, render_heatmap
+from busi_web.explain.render import draw_outline, fast_png, legend_stops, palette, render_heatmap
 from busi_web.model.predictor import Predictor
 from busi_web.services import services_of
 from busi_web.specs import Param
@@ -47,9 +52,13 @@ from busi_web.web.metrics import count_diagnoses, stage
 
 bp = Blueprint("diagnose", __name__)
 
-PNG_KINDS = ("original", "overlay", "heatmap")  # the pictures an answer can carry (form field ``images``)
+# The pictures an answer can carry (form field ``images``); "outline" only from a model that segments.
+PNG_KINDS = ("original", "overlay", "heatmap", "outline")
+ANSWERED_KINDS = ("original", "overlay", "heatmap")  # what an answer carries when ``images`` is not given
 ALPHA = Param("alpha", "float", 0.5, minimum=0.0, maximum=1.0)
 CHANNELS = Param("channels", "int", 16, minimum=1, maximum=256)
+PIXEL_SPACING = Param("pixel_spacing", "float", None, "mm per pixel of the uploaded image, for lesion sizes in mm",
+                      minimum=1e-4, maximum=10.0)
 
 
 @bp.get("/diagnose")
@@ -92,7 +101,7 @@ def _layers(model: nn.Module) -> list[str]:
 def _model_info(predictor: Predictor) -> dict[str, Any]:
     meta = predictor.meta
     return {"classes": predictor.classes, "backbone": meta["backbone"], "input_size": meta["input_size"],
-            "modality": meta.get("modality"), "target_layer": predictor.target_layer,
+            "modality": meta.get("modality"), "target_layer": predictor.target_layer, "segments": predictor.segments,
             "layers": _layers(predictor.model), **roi_info(predictor, services_of().registry)}
 
 
@@ -156,7 +165,7 @@ def _options(classes: list[str]) -> dict[str, Any]:
         palette(colormap)
     except ValueError as exc:  # the message lists the colormaps that exist
         raise UserError(str(exc), 400, {"colormap": str(exc)}) from None
-    wanted = [w.strip().lower() for w in (form.get("images") or ",".join(PNG_KINDS)).split(",") if w.strip()]
+    wanted = [w.strip().lower() for w in (form.get("images") or ",".join(ANSWERED_KINDS)).split(",") if w.strip()]
     unknown = [w for w in wanted if w not in PNG_KINDS]
     if unknown or not wanted:
         raise UserError(f"images must name some of {', '.join(PNG_KINDS)} (comma-separated), got "
@@ -165,7 +174,7 @@ def _options(classes: list[str]) -> dict[str, Any]:
             "target": _target(form.get("target"), classes), "colormap": colormap,
             "layer": None if layer in (None, "default") else layer,
             "channels": arg("channels", CHANNELS) if layer or form.get("channels") else None,
-            "images": set(wanted)}
+            "images": set(wanted), "pixel_spacing": arg("pixel_spacing", PIXEL_SPACING)}
 
 
 def _json_object(name: str) -> dict[str, Any]:
@@ -205,14 +214,21 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
            "overlay_png": None, "heatmap_png": None,
            "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict(),
            "analysed_region": None if pred.region is None else list(pred.region), "caution": pred.caution,
-           "ood": pred.ood}
+           "ood": pred.ood, "outline_png": None}
+    # A pixel of the answer's image is 1 / scale pixels of the upload; a crop keeps the upload's pixels.
+    spacing = opts["pixel_spacing"]
+    spacing = None if spacing is None else spacing / out["scale"]
+    out["lesion"] = pred.lesion_info(None if spacing is None else (spacing, spacing))
+    outline = out["lesion"]["outline"] if out["lesion"] and out["lesion"]["found"] else None
     try:
         if pred.heatmap is not None:
             blended, heat = render_heatmap(image, pred.heatmap, opts["alpha"], opts["colormap"], pred.region)
             if "overlay" in opts["images"]:
-                out["overlay_png"] = _b64(fast_png(blended))
+                out["overlay_png"] = _b64(fast_png(draw_outline(blended, outline) if outline else blended))
             if "heatmap" in opts["images"]:
                 out["heatmap_png"] = _b64(fast_png(heat))
+        if outline and "outline" in opts["images"]:
+            out["outline_png"] = _b64(fast_png(draw_outline(image, outline)))
         if opts["channels"] is not None:
             layer = opts["layer"] or predictor.target_layer
             out["feature_maps_png"] = _b64(predictor.feature_maps(image, layer, opts["channels"]))
@@ -265,6 +281,7 @@ def predict():
             {"filename": upload.filename, "label": pred.label, "probabilities": pred.probabilities,
              "explainer": pred.explainer, "target": pred.target_label, "stored": upload.stored_path,
              "modality": model["modality"], "demo": model["demo"], "ood": pred.ood, "model": audited_model,
+             "lesion": results[k]["lesion"],
              **({} if rois is None else {"roi": rois[k].to_dict()})}
             for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))])
     legend = None if opts["explainer"] is None else {

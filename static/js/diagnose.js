@@ -208,6 +208,7 @@
       fd.append("channels", channelsInput.value || "16");
     }
     fd.append("alpha", String(state.alpha));
+    if ($("pixel-spacing").value) fd.append("pixel_spacing", $("pixel-spacing").value);
     fd.append("images", "original,heatmap"); // the page blends the two itself (opacity slider, download)
     submit.disabled = true;
     busy.hidden = false;

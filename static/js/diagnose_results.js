@@ -2,6 +2,7 @@
  *
  * busi.diagnoseResults.render(result, {classes, alpha, legend}) -> <article>
  *   result is one item of POST /api/predict's "results" (label, probabilities, original_png, heatmap_png, ...).
+ * A segmenting model's lesion outline is drawn over the overlay, with its sizes and descriptors beside it.
  * The overlay is blended in the browser from the original and the colourised heatmap:
  *   overlay = (1 - alpha) * original + alpha * heatmap  (the server's formula), so the opacity slider needs
  *   no new request. The blended canvas can be downloaded as PNG.
@@ -35,8 +36,26 @@
     }));
   }
 
-  /* Draw original then heatmap at opacity alpha: exactly (1 - a) * original + a * heatmap per pixel. */
-  function blend(canvas, original, heatmap, alpha, region) {
+  /* The lesion's outline, a closed polygon of [x, y] image pixels: green over a dark halo. */
+  function drawOutline(ctx, points, width) {
+    if (!points || points.length < 2) return;
+    ctx.save();
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    points.forEach(([x, y], i) => (i ? ctx.lineTo(x + 0.5, y + 0.5) : ctx.moveTo(x + 0.5, y + 0.5)));
+    ctx.closePath();
+    ctx.strokeStyle = "#000";
+    ctx.lineWidth = width + 2;
+    ctx.stroke();
+    ctx.strokeStyle = "#00ff66";
+    ctx.lineWidth = width;
+    ctx.stroke();
+    ctx.restore();
+  }
+
+  /* Draw original then heatmap at opacity alpha: exactly (1 - a) * original + a * heatmap per pixel; then the
+     lesion's outline, when there is one. */
+  function blend(canvas, original, heatmap, alpha, region, outline) {
     const ctx = canvas.getContext("2d", { willReadFrequently: true });
     canvas.width = original.naturalWidth;
     canvas.height = original.naturalHeight;
@@ -56,6 +75,30 @@
       ctx.strokeRect(region[0] + w / 2, region[1] + w / 2, region[2] - region[0] - w, region[3] - region[1] - w);
       ctx.restore();
     }
+    drawOutline(ctx, outline, Math.max(1, Math.floor(Math.min(canvas.width, canvas.height) / 200)));
+  }
+
+  /* What the lesion map found: a plain statement, the sizes, and each BI-RADS descriptor with its number. */
+  function lesionBox(lesion) {
+    if (!lesion) return null;
+    if (!lesion.found) {
+      return el("div", { class: "lesion none", dataset: { found: "0" } }, el("p", {}, el("strong", {}, "Lesion: "), lesion.statement));
+    }
+    const m = lesion.measurements;
+    const mm = (v) => (v === null || v === undefined ? "" : ` (${busi.fmt(v, 1)} mm)`);
+    const d = lesion.descriptors;
+    const row = (name, value, detail) => el("tr", {}, el("th", { scope: "row" }, name), el("td", { dataset: { descriptor: name } }, value), el("td", { class: "muted" }, detail));
+    return el("div", { class: "lesion" + (lesion.low_confidence ? " low" : ""), dataset: { found: "1", shape: d.shape.value } },
+      el("p", {}, el("strong", {}, "Lesion: "), lesion.statement),
+      lesion.low_confidence ? el("p", { class: "flash warning", role: "note" }, "Low-confidence outline: check it against the image.") : null,
+      el("table", { class: "lesion-table" }, el("tbody", {},
+        row("long axis", `${busi.fmt(m.long_axis_px, 0)} px${mm(m.long_axis_mm)}`, "longest diameter"),
+        row("perpendicular", `${busi.fmt(m.short_axis_px, 0)} px${mm(m.short_axis_mm)}`, "longest extent across the long axis"),
+        row("area", `${busi.fmt(m.area_px, 0)} px²` + (m.area_mm2 === null ? "" : ` (${busi.fmt(m.area_mm2, 1)} mm²)`), ""),
+        row("shape", d.shape.value, `ellipse fit ${busi.fmt(d.shape.ellipse_fit, 2)}, axis ratio ${busi.fmt(d.shape.axis_ratio, 2)}, solidity ${busi.fmt(d.shape.solidity, 2)}`),
+        row("orientation", d.orientation.value, `depth / width ${busi.fmt(d.orientation.depth_width_ratio, 2)}`),
+        row("margin", d.margin.value, `roughness ${busi.fmt(d.margin.roughness, 3)}`))),
+      el("p", { class: "muted small" }, "Measured on the model's predicted outline, not a radiologist's reading."));
   }
 
   /* The colour scale: what the colours of the heatmap mean. */
@@ -110,11 +153,16 @@
     if (result.caution) {
       card.append(el("p", { class: "flash warning caution", role: "note" }, `Caution: ${result.caution}.`));
     }
+    const lesion = lesionBox(result.lesion);
+    if (lesion) card.append(lesion);
+    const outline = result.lesion && result.lesion.found ? result.lesion.outline : null;
     const originalImg = el("img", { class: "original", alt: `original ${result.filename}` });
-    if (!result.explainer) {  // no heatmap: the image once, nothing to blend or download
-      card.append(el("div", { class: "images" }, el("figure", {}, originalImg, el("figcaption", {}, "Image"))));
+    if (!result.explainer) {  // no heatmap: the image once (with the outline), nothing to blend or download
+      const shown = outline ? el("canvas", { class: "outlined", "aria-label": `lesion outline over ${result.filename}` }) : originalImg;
+      card.append(el("div", { class: "images" }, el("figure", {}, shown, el("figcaption", {}, outline ? "Image and lesion outline" : "Image"))));
       card.ready = loadImage(result.original_png).then((original) => {
         originalImg.src = original.src;
+        if (outline) blend(shown, original, null, 0, result.analysed_region, outline);
         card.dataset.ready = "1";
       }).catch((err) => card.append(el("p", { class: "flash error" }, err.message)));
       return card;
@@ -142,7 +190,7 @@
       result.heatmap_png ? loadImage(result.heatmap_png) : Promise.resolve(null)]).then(([original, heatmap]) => {
       originalImg.src = original.src;
       const redraw = () => {
-        blend(canvas, original, heatmap, slider.value / 100, result.analysed_region);
+        blend(canvas, original, heatmap, slider.value / 100, result.analysed_region, outline);
         download.href = canvas.toDataURL("image/png");
       };
       slider.addEventListener("input", redraw);
