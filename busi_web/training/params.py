@@ -65,7 +65,8 @@ TRAIN_PARAMS: tuple[Param, ...] = (
           "and validate, test and save it instead of the raw weights (0: off; 0.99 to 0.999 smooths noisy "
           "small-data training).", minimum=0.0, maximum=0.9999),
     Param("lesion_loss", "float", 0.0, "Lesion guidance: weight of an auxiliary loss that teaches the "
-          "explained layer's features where the lesion mask is (datasets with masks, such as BUSI; 0: off). "
+          "explained layer's features where the lesion mask is (datasets with masks, such as BUSI; 0: off); for a "
+          "backbone that outlines lesions (segmenting_resnet), the weight of Dice + BCE on its lesion map. "
           "Only training uses the masks; prediction needs none.", minimum=0.0, maximum=10.0),
     Param("lesion_layers", "str", "", "Lesion guidance on more layers: comma-separated module names (e.g. "
           "layer2,layer3 for the ResNets) whose finer feature maps also learn the lesion's outline, besides the "
@@ -196,6 +197,9 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
         raise UserError(f"backbone {backbone!r} cannot be built with these parameters: {exc}", 400,
                         {"backbone": str(exc)}) from None
     _check_output(model, backbone, len(ds.classes), ds.channels, train_values["input_size"])
+    if train_values["lesion_layers"] and bb_spec.segments:
+        raise InvalidParameters({"lesion_layers": f"backbone {backbone!r} learns its own lesion map (lesion_loss "
+                                                  "weighs it); leave lesion_layers empty"}, "training")
     if train_values["lesion_layers"]:
         _check_lesion_layers(model, train_values, ds.channels, bb_spec)
     return {"train": train_values, "backbone": bb_values, "dataset": ds_values}
@@ -224,6 +228,27 @@ def lesion_layer_names(model: Any, extra: str, declared: str = "") -> list[str]:
     names = [default_target_layer(model, declared)]
     names += [n.strip() for n in extra.split(",") if n.strip() and n.strip() not in names]
     return names
+
+
+def lesion_training(model: Any, spec: BackboneSpec, train_values: dict[str, Any], channels: int
+                    ) -> tuple[LesionGuide | None, float, str | None]:
+    """What the masks teach a run: ``(lesion guide, weight of the outline loss, a line for the log)``.
+
+    A segmenting backbone (``spec.segments``) learns its own lesion map with the outline loss weighted by
+    ``lesion_loss``; any other backbone gets lesion guidance on its explained layer (and ``lesion_layers``)
+    when ``lesion_loss`` is positive. Nothing (``None, 0.0, None``) when neither applies.
+    """
+    weight = train_values["lesion_loss"]
+    if spec.segments:
+        return None, weight, (f"{spec.name} outlines the lesion: Dice + BCE on its lesion map (weight {weight:g})"
+                              if weight > 0 else f"{spec.name} outlines the lesion, but lesion_loss is 0: its "
+                              "outline is not trained (the classifier still is)")
+    if weight <= 0:
+        return None, 0.0, None
+    names = lesion_layer_names(model, train_values["lesion_layers"], spec.target_layer)
+    size = train_values["input_size"]
+    guide = LesionGuide(model, [resolve_layer(model, n) for n in names], torch.zeros(1, channels, size, size), weight)
+    return guide, 0.0, f"lesion guidance on {', '.join(names)} (weight {weight:g})"
 
 
 def _check_lesion_layers(model: Any, train_values: dict[str, Any], channels: int, spec: BackboneSpec) -> None:

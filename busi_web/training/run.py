@@ -18,12 +18,11 @@ from busi_web.data.preprocess import PreprocessConfig, eval_transform, train_tra
 from busi_web.data.splits import Split, split_dataset
 from busi_web.evaluation.metrics import classification_metrics, classification_report_text
 from busi_web.evaluation.plots import confusion_plot_png, history_plot_png, reliability_plot_png
-from busi_web.explain.base import default_target_layer, resolve_layer
+from busi_web.explain.base import default_target_layer
 from busi_web.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from busi_web.model.device import hardware, resolve_device
 from busi_web.plugins import PluginRegistry
 from busi_web.store import run_files as art
-from busi_web.training.aids import LesionGuide
 from busi_web.training.feeding import (
     TransformedImages,
     balanced_sampler,
@@ -34,7 +33,7 @@ from busi_web.training.feeding import (
     resolve_workers,
 )
 from busi_web.training.loop import Engine, TrainingDiverged, build_optimizer, build_scheduler
-from busi_web.training.params import lesion_layer_names, validate_train_params
+from busi_web.training.params import lesion_training, validate_train_params
 from busi_web.training.resume import epoch_seed, load_state, rng_state, save_state, seed_everything, set_rng_state
 from busi_web.training.trust import checkpoint_extras, fit_trust
 
@@ -155,26 +154,15 @@ class TrainingRun:
         for loader in (self.train_loader, *self.loaders.values()):
             loader.worker_init_fn = _ignore_signals
         weight = class_weights(train_labels, len(self.classes)) if p["balance"] == "weighted_loss" else None
-        guide = None
-        segments = bb_spec.segments
-        if segments:
-            self.log(f"{self.run['backbone']} outlines the lesion: " + (
-                f"Dice + BCE on its lesion map (weight {p['lesion_loss']:g}); "
-                f"{sum(source.mask(i) is not None for i in self.split.train)} of {len(self.split.train)} training "
-                "images have masks" if guided else "lesion_loss is 0, so its outline is not trained (the "
-                "classifier still is)"))
-        elif guided:
-            names = lesion_layer_names(model, p["lesion_layers"], bb_spec.target_layer)
-            sample = torch.zeros(1, ds.channels, p["input_size"], p["input_size"])
-            guide = LesionGuide(model, [resolve_layer(model, n) for n in names], sample, p["lesion_loss"])
-            self.log(f"lesion guidance on {', '.join(names)} (weight {p['lesion_loss']:g}); "
-                     f"{sum(source.mask(i) is not None for i in self.split.train)} of {len(self.split.train)} "
-                     "training images have masks")
+        guide, segment_loss, what = lesion_training(model, bb_spec, p, ds.channels)
+        if what:
+            self.log(f"{what}; {sum(source.mask(i) is not None for i in self.split.train)} of "
+                     f"{len(self.split.train)} training images have masks")
         optimizer = build_optimizer(model, p, guide.parameters() if guide is not None else ())
         criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=p["label_smoothing"])
         self.engine = Engine(model, optimizer, criterion, device, amp=p["amp"], channels_last=p["channels_last"],
                              ema_decay=p["ema"], guide=guide, mixup=p["mixup"],
-                             segment_loss=p["lesion_loss"] if segments else 0.0)
+                             segment_loss=segment_loss)
         self.scheduler = build_scheduler(optimizer, p)
         if p["mixup"] > 0:
             self.log(f"mixup: every training image blended with another of its batch, shares from "

@@ -42,6 +42,16 @@ def test_forward_gives_logits_and_segment_the_lesion_map_of_the_first_look(kw):
     assert model.lesion_layer == "lesion_head" and model.target_layer == "pooling"
 
 
+def test_lesion_layers_are_refused_for_a_model_that_outlines_lesions(registry):
+    from busi_web.specs import InvalidParameters
+    from busi_web.training.params import prepare_run_params
+
+    with pytest.raises(InvalidParameters, match="learns its own lesion map"):
+        prepare_run_params(registry, "segmenting_resnet", "phantom", train={"input_size": 64, "resize": 64,
+                                                                            "lesion_loss": 1, "lesion_layers": "x"},
+                           backbone_params=SMALL, dataset_params={"size": 64, "per_class": 4})
+
+
 def test_one_channel_inputs_and_bad_parameters():
     model = small(in_channels=1)
     with torch.no_grad():
