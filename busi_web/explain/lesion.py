@@ -96,24 +96,6 @@ class Lesion:
         row, col = self.spacing_mm
         return round(px * row * col, 2) if squared else round(px * math.sqrt(row * col), 2)
 
-    def scaled(self, factor: float) -> Lesion:
-        """The same lesion in the pixels of an image ``factor`` times larger (the original upload's)."""
-        if factor == 1.0:
-            return self
-        (ax, ay), (bx, by) = self.long_axis
-        left, top, right, bottom = self.box
-        spacing = None if self.spacing_mm is None else (self.spacing_mm[0] / factor, self.spacing_mm[1] / factor)
-        return Lesion(
-            outline=[(round(x * factor), round(y * factor)) for x, y in self.outline],
-            area_px=self.area_px * factor * factor, long_axis_px=self.long_axis_px * factor,
-            short_axis_px=self.short_axis_px * factor,
-            long_axis=((ax * factor, ay * factor), (bx * factor, by * factor)),
-            box=(math.floor(left * factor), math.floor(top * factor), math.ceil(right * factor),
-                 math.ceil(bottom * factor)),
-            confidence=self.confidence, peak=self.peak, ellipse_fit=self.ellipse_fit, axis_ratio=self.axis_ratio,
-            solidity=self.solidity, roughness=self.roughness, depth_width_ratio=self.depth_width_ratio,
-            other_regions=self.other_regions, spacing_mm=spacing)
-
     def polygon(self, tolerance: float = 0.5) -> list[list[int]]:
         """The outline as few points as keep it within ``tolerance`` pixels: ``[[x, y], ...]``."""
         if len(self.outline) < 4:

@@ -215,9 +215,10 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
            "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict(),
            "analysed_region": None if pred.region is None else list(pred.region), "caution": pred.caution,
            "ood": pred.ood, "outline_png": None}
-    # A pixel of the answer's image is 1 / scale pixels of the upload; a crop keeps the upload's pixels.
+    # A pixel of the answer's image is 1 / scale pixels of the upload. A region of interest is cut and resized
+    # by its dataset's own code: its pixels have no known size, so its lesion sizes stay in pixels.
     spacing = opts["pixel_spacing"]
-    spacing = None if spacing is None else spacing / out["scale"]
+    spacing = None if spacing is None or roi is not None else spacing / upload.scale
     out["lesion"] = pred.lesion_info(None if spacing is None else (spacing, spacing))
     outline = out["lesion"]["outline"] if out["lesion"] and out["lesion"]["found"] else None
     try:
