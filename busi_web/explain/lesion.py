@@ -8,7 +8,9 @@ Everything is measured on that region's outline:
 
 * **size**: area, the longest diameter (the two farthest points of the
   outline) and the longest extent perpendicular to it, in pixels, and in mm
-  when a pixel spacing (mm per pixel, rows and columns) is known;
+  when a pixel spacing (mm per pixel, rows and columns) is known (areas take
+  both spacings; lengths their geometric mean, exact for the square pixels
+  of ultrasound and mammography);
 * **shape** (oval, round or irregular): an ellipse is fitted to the outline
   (``cv2.fitEllipse``); ``ellipse_fit`` is the overlap (IoU) of the region
   with it and ``solidity`` the region's area over its convex hull's. Below
