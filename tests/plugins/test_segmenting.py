@@ -178,3 +178,26 @@ def test_the_outline_tally_scores_lesions_and_counts_false_lesions_on_normals():
     assert s["dice"] == pytest.approx((2 * 8 / 24 + 0.0) / 2)
     assert s["iou"] == pytest.approx(0.25) and s["pointing"] == 0.5 and s["found"] == 0.5
     assert s["false_lesion_rate"] == 0.5
+
+
+def test_a_dataset_without_masks_trains_the_classifier_alone(registry, tmp_path):
+    from busi_web.specs import InvalidParameters
+    from busi_web.store import JobStore
+    from busi_web.training.params import prepare_run_params
+    from busi_web.training.trainer import run_training
+    from tests.helpers import make_image_folder
+
+    root = make_image_folder(tmp_path / "folder", {"benign": 8, "malignant": 8, "normal": 8})
+    train = {"epochs": 1, "batch_size": 8, "input_size": 32, "resize": 32, "device": "cpu", "workers": 0,
+             "val_frac": 0.2, "test_frac": 0.2}
+    with pytest.raises(InvalidParameters, match="no lesion masks"):
+        prepare_run_params(registry, "segmenting_resnet", "imagefolder", train={**train, "lesion_loss": 1},
+                           backbone_params={"look_size": 0, "crop_size": 32}, data_dir=str(root))
+    params = prepare_run_params(registry, "segmenting_resnet", "imagefolder", train=train,
+                                backbone_params={"look_size": 0, "crop_size": 32}, data_dir=str(root))
+    store = JobStore(tmp_path / "busi.db", tmp_path / "runs")
+    run = store.create_run("segmenting_resnet", "imagefolder", params, data_dir=str(root))
+    done = run_training(store, run["id"], registry)
+    assert done["status"] == "finished", done["error"]
+    log = (tmp_path / "runs").glob("*/training_log.txt")
+    assert "its outline is not trained (the classifier still is)" in next(log).read_text()
