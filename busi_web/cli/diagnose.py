@@ -110,9 +110,10 @@ def evaluate_command(run_id: int, data_dir: str | None, dataset: str | None, par
     click.echo(f"{c['n']} images: accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}, AUC {auc}")
     seg = report.get("segmentation")
     if seg and seg["n_lesion"]:
+        normals = (f"; false lesions {seg['false_lesion_rate']:.3f} of {seg['n_normal']} normal images "
+                   f"({seg['false_confident_rate']:.3f} confident)") if seg["n_normal"] else ""
         click.echo(f"outline    Dice {seg['dice']:.3f}  IoU {seg['iou']:.3f}  pointing {seg['pointing']:.3f}  "
-                   f"({seg['n_lesion']} lesions)" + (f"; false lesions {seg['false_lesion_rate']:.3f} of "
-                                                     f"{seg['n_normal']} normal images" if seg["n_normal"] else ""))
+                   f"({seg['n_lesion']} lesions){normals}")
     for name, s in report["localisation"].items():
         if s["n"]:
             click.echo(f"{name:<10} pointing {s['pointing']:.3f}  energy {s['energy']:.3f}  IoU {s['iou']:.3f}  "

@@ -192,7 +192,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
                          "pred": pred.label, "probabilities": pred.probabilities,
                          "has_lesion": bool(mask is not None and mask.any())})
             if outlines is not None and pred.lesion_map is not None:
-                outlines.add(ds.samples[i].key, pred.lesion_map, pred.lesion is not None, mask)
+                outlines.add(ds.samples[i].key, pred.lesion_map, pred.lesion is not None, mask,
+                             pred.lesion is not None and not pred.lesion.low_confidence)
         marks = [detect_marks(img) for img in images]
         for name in names:
             pick = [k for k in range(len(chunk)) if start_i + k in mapped[name]]

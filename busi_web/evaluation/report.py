@@ -65,7 +65,8 @@ def markdown(report: Mapping[str, Any], pngs: Sequence[str]) -> str:
                   f"The model's own lesion map, thresholded at {seg['threshold']:g}: on the {seg['n_lesion']} images "
                   f"with a lesion, **Dice {_f(seg['dice'])}**, IoU {_f(seg['iou'])}, its peak inside the lesion "
                   f"(pointing game) **{_f(seg['pointing'])}**, a lesion outlined at all {_f(seg['found'])}; on the "
-                  f"{seg['n_normal']} images without one, **false lesions {_f(seg['false_lesion_rate'])}**."]
+                  f"{seg['n_normal']} images without one, **false lesions {_f(seg['false_lesion_rate'])}** "
+                  f"({_f(seg['false_confident_rate'])} without the low-confidence mark)."]
     n_images = c["n"]
     capped = [f"{name} mapped {k} of {n_images} images" for name, k in (report.get("mapped_images") or {}).items()
               if k < n_images]

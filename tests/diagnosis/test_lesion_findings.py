@@ -56,7 +56,7 @@ def test_evaluate_reports_dice_iou_pointing_and_false_lesions(trained):
                  "--explainers", "gradcam,cam")
     assert result.returncode == 0, result.stderr
     assert re.search(r"outline +Dice \d\.\d{3} +IoU \d\.\d{3} +pointing \d\.\d{3} +\(\d+ lesions\); false lesions "
-                     r"\d\.\d{3} of \d+ normal images", result.stdout), result.stdout
+                     r"\d\.\d{3} of \d+ normal images \(\d\.\d{3} confident\)", result.stdout), result.stdout
     report_md = Path(result.stdout.strip().splitlines()[-1].split("report: ")[1])
     report = json.loads(report_md.with_name("report.json").read_text())
     seg = report["segmentation"]

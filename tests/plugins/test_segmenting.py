@@ -171,13 +171,13 @@ def test_the_outline_tally_scores_lesions_and_counts_false_lesions_on_normals():
     elsewhere[8, 8] = 0.9
     tally.add("b", elsewhere, False, mask)
     tally.add("n1", np.zeros((10, 10), np.float32), False, np.zeros((10, 10), bool))
-    tally.add("n2", elsewhere, True, np.zeros((10, 10), bool))
+    tally.add("n2", elsewhere, True, np.zeros((10, 10), bool), confident=False)
     tally.add("unknown", half, True, None)  # no mask file: counts for neither
     s = tally.summary()
     assert (s["n_lesion"], s["n_normal"]) == (2, 2)
     assert s["dice"] == pytest.approx((2 * 8 / 24 + 0.0) / 2)
     assert s["iou"] == pytest.approx(0.25) and s["pointing"] == 0.5 and s["found"] == 0.5
-    assert s["false_lesion_rate"] == 0.5
+    assert s["false_lesion_rate"] == 0.5 and s["false_confident_rate"] == 0.0
 
 
 def test_a_dataset_without_masks_trains_the_classifier_alone(registry, tmp_path):
