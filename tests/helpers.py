@@ -178,9 +178,9 @@ def blob_batch(seed: int, n: int = 16, size: int = 32) -> tuple[torch.Tensor, to
     return x, torch.from_numpy(np.stack([p[1] for p in pairs])).float()
 
 
-def write_busi_folder(root: Path, classes: list[str], per_class: int = 2) -> Path:
-    """A tiny BUSI-layout folder: <root>/<class>/<class> (i).png with a mask file each."""
-    rng = np.random.default_rng(0)
+def write_busi_folder(root: Path, classes: list[str], per_class: int = 2, seed: int = 0) -> Path:
+    """A tiny BUSI-layout folder: <root>/<class>/<class> (i).png with a mask file each (other images per seed)."""
+    rng = np.random.default_rng(seed)
     for cls in classes:
         (root / cls).mkdir(parents=True)
         for i in range(1, per_class + 1):

@@ -144,9 +144,10 @@ def plugins_listed(command: str, ctx: dict) -> None:
 
 def train_tiny(command: str, ctx: dict) -> None:
     """A documented recipe with tiny data and settings (and the CPU for the GPU recipe)."""
-    data = ctx["tmp"] / "busi"
-    if not data.exists():
-        write_busi_folder(data, ["benign", "malignant", "normal"], per_class=4)
+    # Each recipe gets images of its own: an acceptance set documented before may claim a shared folder's.
+    ctx["trained"] = ctx.get("trained", 0) + 1
+    data = write_busi_folder(ctx["tmp"] / f"busi-train{ctx['trained']}", ["benign", "malignant", "normal"],
+                             per_class=4, seed=100 + ctx["trained"])
     args = shlex.split(command.replace("--data-dir DIR", f"--data-dir {data}").replace("device=cuda", "device=cpu"))
     args = [".venv/bin/busi-web" if a == "busi-web" else a for a in args]
     args += TINY + (["--param", "dataset.size=40", "--param", "dataset.per_class=4"] if "phantom" in args else [])
