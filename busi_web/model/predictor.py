@@ -119,12 +119,13 @@ class Prediction:
 
 
 @contextmanager
-def record_outputs(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Keep ``layer``'s outputs (detached, on the CPU) while the block runs; the caller owns the model."""
+def record_outputs(layer: nn.Module, batch: int) -> Iterator[list[torch.Tensor]]:
+    """Keep ``layer``'s first output for ``batch`` images (detached, on the CPU) while the block runs: later
+    forward passes (an explainer's extra ones, Score-CAM's thousands) are not kept. The caller owns the model."""
     calls: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() == 4:
+        if not calls and isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[0] == batch:
             calls.append(output.detach().cpu())
 
     handle = layer.register_forward_hook(hook)
@@ -241,15 +242,12 @@ class Predictor:
         layer = None if explainer is None else self._layer(target_layer)
         watched = self.model.get_submodule(self.ood.layer) if self.ood is not None else nn.Identity()
         outlined = self.model.get_submodule(self.lesion_layer) if self.lesion_layer else nn.Identity()
-        with self._lock, record_features(watched) as calls, record_outputs(outlined) as lesion_calls:
+        with self._lock, record_features(watched) as calls, record_outputs(outlined, len(images)) as lesion_calls:
             if explainer is None:
                 result = classify(self.model, batch)
             else:
                 result = self._explain(explainer, explainer_params or {}, batch, target_t, layer)
-        lesion_maps = None
-        if self.lesion_layer:
-            found = next((t for t in lesion_calls if t.shape[0] == len(images)), None)
-            lesion_maps = None if found is None else torch.sigmoid(found[:, 0].float())
+        lesion_maps = torch.sigmoid(lesion_calls[0][:, 0].float()) if lesion_calls else None
         probs = result.probs.detach().float().cpu()
         if self.temperature is not None:
             probs = torch.from_numpy(apply_temperature(probs.numpy(), self.temperature))
