@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -80,10 +80,9 @@ class Prediction:
             return None
         if self.lesion is None:
             return describe_absent(float(self.lesion_map.max()), self.lesion_threshold)
-        lesion = self.lesion
-        if spacing_mm is not None:
-            lesion = Lesion(**{**lesion.__dict__, "spacing_mm": (float(spacing_mm[0]), float(spacing_mm[1]))})
-        return lesion.to_dict()
+        if spacing_mm is None:
+            return self.lesion.to_dict()
+        return replace(self.lesion, spacing_mm=(float(spacing_mm[0]), float(spacing_mm[1]))).to_dict()
 
     @property
     def caution(self) -> str | None:
