@@ -123,13 +123,18 @@ TINY_TRAIN = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "input_size": 32, "resiz
               "device": "cpu", "workers": 0}
 
 
-def finished_run(store, *, dataset: str = "phantom", width: int = 8, seed: int = 0, promote: bool = False) -> dict:
-    """A finished run whose best_model.pt is an (untrained) tiny CNN: enough for everything but accuracy."""
+def finished_run(store, *, dataset: str = "phantom", width: int = 8, seed: int = 0, promote: bool = False,
+                 modality: str | None = None) -> dict:
+    """A finished run whose best_model.pt is an (untrained) tiny CNN: enough for everything but accuracy.
+    ``modality`` makes it a model of that modality whatever its dataset."""
     run = store.create_run("tiny_cnn", dataset, {"train": TINY_TRAIN})
+    if modality:
+        store.db["runs"].update(run["id"], {"modality": modality})
     torch.manual_seed(seed)
     model = load_plugins().backbone("tiny_cnn").build({"width": width}, num_classes=len(CLASSES), in_channels=3)
     meta = CheckpointMeta(backbone="tiny_cnn", classes=CLASSES, backbone_params={"width": width}, input_size=32,
-                          resize=36, dataset=dataset, extra={"run_id": run["id"]})
+                          resize=36, dataset=dataset, extra={"run_id": run["id"]},
+                          **({"modality": modality} if modality else {}))
     save_checkpoint(Path(run["run_dir"]) / "best_model.pt", model, meta)
     (Path(run["run_dir"]) / "metrics.json").write_text('{"test": {"macro_f1": 0.5}}')
     (Path(run["run_dir"]) / "training_log.txt").write_text("epoch 1 done\n")

@@ -10,8 +10,8 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from busi_web.cli.common import RUN_ID, parse_params, services, user_errors
-from busi_web.data.datasets import read_image
 from busi_web.diagnosis.active import serving_run
+from busi_web.diagnosis.uploads import decode_upload
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, provenance
 from busi_web.store.acceptance import check_modality
@@ -26,31 +26,44 @@ from busi_web.store.acceptance import check_modality
               help="A parameter of the explainer, e.g. batch_size=8 for scorecam. Repeatable.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for overlay PNGs.")
 @click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity.")
+@click.option("--frame", type=click.IntRange(1, 100_000), help="Which frame (1-based) of multi-frame DICOM files.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_appcontext
 @user_errors
 def predict_command(images: tuple[str, ...], run_id: int | None, modality: str | None, explainer: str,
-                    explainer_params: tuple[str, ...], out_dir: str, alpha: float, as_json: bool) -> None:
-    """Classify IMAGES with a heatmap: probabilities on stdout, overlays in --out, and which model answered."""
+                    explainer_params: tuple[str, ...], out_dir: str, alpha: float, frame: int | None,
+                    as_json: bool) -> None:
+    """Classify IMAGES (PNG, JPEG, BMP, TIFF or DICOM) with a heatmap: probabilities on stdout, overlays in
+    --out, and which model answered. A DICOM file's modality picks the default model, and its pixel spacing
+    gives lesion sizes in mm."""
     svc = services()
     params = svc.registry.explainer(explainer).validate(parse_params(explainer_params, "--explainer-param"))
-    served = serving_run(svc.store, run_id, check_modality(modality) if modality else None)
+    uploads = []
+    for image_path in images:
+        with open(image_path, "rb") as stream:
+            uploads.append(decode_upload(stream, image_path, int(current_app.config["MAX_IMAGE_PIXELS"]),
+                                         frame=frame))
+    said = sorted({u.dicom.modality for u in uploads if u.dicom is not None and u.dicom.modality})
+    if len(said) > 1 or said and modality and said[0] != modality:
+        raise UserError(f"the DICOM files are {' and '.join(said)} images; give images of one modality, and "
+                        "leave --modality out or make it agree")
+    served = serving_run(svc.store, run_id, check_modality(modality) if modality else (said or [None])[0])
     predictor = svc.predictor(served)
     model = provenance(build_card(svc.store, svc.registry, served))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for image_path in images:
-        image = read_image(image_path, grayscale=predictor.meta["in_channels"] == 1)
+    for image_path, upload in zip(images, uploads, strict=True):
         try:
-            pred = predictor.predict(image, explainer=explainer, explainer_params=params)
+            pred = predictor.predict(upload.image, explainer=explainer, explainer_params=params)
         except ValueError as exc:  # the image or the explainer's choice does not suit this model
             raise UserError(f"{image_path}: {exc}") from None
         overlay_path = out / f"{Path(image_path).stem}_{explainer}.png"
         overlay_path.write_bytes(pred.overlay_png(alpha=alpha))
         results.append({"image": image_path, "label": pred.label, "probabilities": pred.probabilities,
                         "overlay": str(overlay_path), "caution": pred.caution, "ood": pred.ood,
-                        "lesion": pred.lesion_info()})
+                        "lesion": pred.lesion_info(upload.spacing_mm),
+                        "dicom": None if upload.dicom is None else upload.dicom.describe()})
     if as_json:
         click.echo(json.dumps({"model": model, "notice": NOTICE, "results": results}, indent=2))
     else:

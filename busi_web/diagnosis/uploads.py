@@ -14,7 +14,10 @@ Memory stays bounded: an image is decoded no larger than ``MAX_IMAGE_SIDE``
 on its longer side (JPEG in draft mode, others shrunk as soon as decoded),
 and no more than ``DECODE_BUDGET_PIXELS`` are decoded at the same time.
 
-Accepted formats: PNG, JPEG, BMP and TIFF (first page).
+Accepted formats: PNG, JPEG, BMP and TIFF (first page), and DICOM image instances (one frame of a cine
+loop, the first unless ``frame`` says otherwise; see :mod:`busi_web.dicom.reading`). A DICOM upload carries
+its modality and pixel spacing; ``STORE_UPLOADS`` keeps it de-identified
+(:func:`busi_web.dicom.privacy.deidentified`), never as sent.
 """
 
 from __future__ import annotations
@@ -32,16 +35,19 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
+import pydicom
 from flask import Flask
 from PIL import Image, ImageFile, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
+from busi_web.dicom.privacy import deidentified
+from busi_web.dicom.reading import DicomInfo, is_dicom, read_dicom
 from busi_web.errors import UserError
 
 # Pillow names; MPO is the multi-picture JPEG that many cameras write.
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "DIB": "BMP", "TIFF": "TIFF"}
-ACCEPTED = "PNG, JPEG, BMP or TIFF"
+ACCEPTED = "PNG, JPEG, BMP, TIFF or DICOM"
 MIN_SIDE = 8  # smaller images cannot be resized meaningfully for the network
 # Modes Pillow's reduce() takes; others (palette, 1-bit, 16-bit) are converted first.
 REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"})
@@ -58,6 +64,14 @@ class Upload:
     size_bytes: int
     stored_path: str | None = None
     scale: float = 1.0  # pixels of ``image`` per pixel of the uploaded file (below 1 when it was shrunk)
+    dicom: DicomInfo | None = None  # what a DICOM file says of itself
+
+    @property
+    def spacing_mm(self) -> tuple[float, float] | None:
+        """``(row, column)`` mm per pixel of :attr:`image`, from the DICOM header; ``None`` when not known."""
+        if self.dicom is None or self.dicom.spacing_mm is None:
+            return None
+        return (self.dicom.spacing_mm[0] / self.scale, self.dicom.spacing_mm[1] / self.scale)
 
 
 def display_name(file: FileStorage, index: int = 0) -> str:
@@ -151,15 +165,7 @@ def decode_image(source: bytes | BinaryIO, name: str, max_pixels: int, max_bytes
     pixels per uploaded pixel, 1.0 when it was not shrunk).
     """
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-    stream.seek(0, io.SEEK_END)
-    size = stream.tell()
-    stream.seek(0)
-    if not size:
-        raise UserError(f"{name} is empty (0 bytes); choose the image file again (it may not have finished "
-                        "copying)", 400)
-    if max_bytes is not None and size > max_bytes:
-        raise UserError(f"{name} is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB upload limit; "
-                        "send a smaller image (an administrator can raise MAX_UPLOAD_MB)", 413)
+    check_size(stream, name, max_bytes)
     configure_pillow(max_pixels)
     try:
         im = Image.open(_Borrowed(stream))
@@ -200,6 +206,36 @@ def decode_image(source: bytes | BinaryIO, name: str, max_pixels: int, max_bytes
     return arr, fmt, arr.shape[1] / width
 
 
+def check_size(stream: BinaryIO, name: str, max_bytes: int | None) -> int:
+    """The size of ``stream`` in bytes; :class:`UserError` when it is empty (400) or over ``max_bytes`` (413)."""
+    stream.seek(0, io.SEEK_END)
+    size = stream.tell()
+    stream.seek(0)
+    if not size:
+        raise UserError(f"{name} is empty (0 bytes); choose the image file again (it may not have finished "
+                        "copying)", 400)
+    if max_bytes is not None and size > max_bytes:
+        raise UserError(f"{name} is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB upload limit; "
+                        "send a smaller image (an administrator can raise MAX_UPLOAD_MB)", 413)
+    return size
+
+
+def decode_upload(stream: BinaryIO, name: str, max_pixels: int, max_bytes: int | None = None, *,
+                  max_side: int = 0, budget: PixelBudget = UNLIMITED, frame: int | None = None) -> Upload:
+    """One uploaded file as an :class:`Upload`: a DICOM instance (``frame``, 1-based, of a multi-frame one) or
+    an image file; shrunk to ``max_side``. Raises :class:`UserError` naming ``name`` and the fix."""
+    size = check_size(stream, name, max_bytes)
+    if not is_dicom(stream):
+        if frame not in (None, 1):
+            raise UserError(f"{name} is not a DICOM file, so it has no frame {frame}; leave the frame out", 400,
+                            {"frame": "only for DICOM files"})
+        image, fmt, scale = decode_image(stream, name, max_pixels, max_bytes, max_side=max_side, budget=budget)
+        return Upload(name, image, fmt, size, scale=scale)
+    image, dicom = read_dicom(stream, name, max_pixels=max_pixels, frame=frame, hold=budget.hold)
+    image = fit_side(image, max_side)
+    return Upload(name, image, "DICOM", size, scale=image.shape[1] / dicom.columns, dicom=dicom)
+
+
 def fit_side(image: np.ndarray, max_side: int) -> np.ndarray:
     """``image`` shrunk (area interpolation) so that its longer side is at most ``max_side``; as it is when so."""
     h, w = image.shape[:2]
@@ -209,11 +245,13 @@ def fit_side(image: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def read_uploads(app: Flask, files: list[FileStorage], user: str | None = None) -> list[Upload]:
+def read_uploads(app: Flask, files: list[FileStorage], user: str | None = None,
+                 frame: int | None = None) -> list[Upload]:
     """Decode every uploaded file (all are checked before any is used); store them only if ``STORE_UPLOADS``.
 
     The files are read from werkzeug's spooled temporary files, never copied whole into memory; each is
-    shrunk to ``MAX_IMAGE_SIDE`` as it is decoded, within the app's decode budget.
+    shrunk to ``MAX_IMAGE_SIDE`` as it is decoded, within the app's decode budget. ``frame`` (1-based) picks
+    the frame of multi-frame DICOM files.
     """
     if not files:
         raise UserError("no image was sent; attach one or more files under the form field 'image'", 400)
@@ -224,12 +262,21 @@ def read_uploads(app: Flask, files: list[FileStorage], user: str | None = None) 
     out = []
     for i, file in enumerate(files):
         name = display_name(file, i)
-        image, fmt, scale = decode_image(file.stream, name, max_pixels, max_bytes, max_side=max_side, budget=budget)
-        file.stream.seek(0, io.SEEK_END)
-        out.append(Upload(name, image, fmt, file.stream.tell(), scale=scale))
+        out.append(decode_upload(file.stream, name, max_pixels, max_bytes, max_side=max_side, budget=budget,
+                                 frame=frame))
         if app.config.get("STORE_UPLOADS"):
-            out[-1].stored_path = str(store_upload(app, file.stream, name, user))
+            kept = file.stream if out[-1].dicom is None else deidentified_bytes(file.stream)
+            out[-1].stored_path = str(store_upload(app, kept, name, user))
     return out
+
+
+def deidentified_bytes(stream: BinaryIO) -> bytes:
+    """The DICOM file in ``stream`` (already read once without error) de-identified, as a Part 10 file."""
+    stream.seek(0)
+    ds = pydicom.dcmread(stream)
+    buf = io.BytesIO()
+    deidentified(ds).save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def decode_budget(app: Flask) -> PixelBudget:

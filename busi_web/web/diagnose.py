@@ -9,7 +9,12 @@ default: each image's predicted class), ``alpha`` (0..1, default 0.5), ``colorma
 ``images`` (which PNGs to return, comma-separated from ``original,overlay,heatmap,outline``, default the
 first three: a client that blends the heatmap itself, like the Diagnose page, asks for ``original,heatmap``),
 ``explainer_params`` (a JSON object of the explainer's parameters, e.g. ``{"batch_size": 8}`` for Score-CAM),
-and ``pixel_spacing`` (mm per pixel of the uploaded image, for lesion sizes in mm).
+and ``pixel_spacing`` (mm per pixel of the uploaded image, for lesion sizes in mm; a DICOM file's own
+spacing is used when it is not given), ``frame`` (1-based: which frame of a multi-frame DICOM file).
+A DICOM image instance (US or MG) is read by :mod:`busi_web.dicom.reading`: its modality picks the default
+model when ``modality`` is not given, its Pixel Spacing (or ultrasound regions) sizes the lesion, and the
+result's ``dicom`` says what was read (frames, photometric interpretation, transfer syntax). No patient
+data leaves the file: the answer has none, and the audit row keeps keyed digests of the UIDs only.
 For a model trained on crops of mammograms (its dataset has ``roi_crop``): one image plus ``roi_x`` and
 ``roi_y``, the centre of the region of interest in the image's pixels (optional ``roi_radius``); the
 result is of the crop (see :mod:`busi_web.diagnosis.roi`).
@@ -38,6 +43,7 @@ from torch import nn
 from busi_web.diagnosis.active import serving_modality, serving_run
 from busi_web.diagnosis.roi import roi_crops, roi_info
 from busi_web.diagnosis.uploads import read_uploads
+from busi_web.dicom.privacy import uid_digests
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
 from busi_web.explain.render import draw_outline, fast_png, legend_stops, palette, render_heatmap
@@ -57,6 +63,7 @@ PNG_KINDS = ("original", "overlay", "heatmap", "outline")
 ANSWERED_KINDS = ("original", "overlay", "heatmap")  # what an answer carries when ``images`` is not given
 ALPHA = Param("alpha", "float", 0.5, minimum=0.0, maximum=1.0)
 CHANNELS = Param("channels", "int", 16, minimum=1, maximum=256)
+FRAME = Param("frame", "int", None, "which frame (1-based) of a multi-frame DICOM file", minimum=1, maximum=100_000)
 PIXEL_SPACING = Param("pixel_spacing", "float", None, "mm per pixel of the uploaded image, for lesion sizes in mm",
                       minimum=1e-4, maximum=10.0)
 
@@ -217,9 +224,9 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
            "ood": pred.ood, "outline_png": None}
     # A pixel of the answer's image is 1 / scale pixels of the upload. A region of interest is cut and resized
     # by its dataset's own code: its pixels have no known size, so its lesion sizes stay in pixels.
-    spacing = opts["pixel_spacing"]
-    spacing = None if spacing is None or roi is not None else spacing / upload.scale
-    out["lesion"] = pred.lesion_info(None if spacing is None else (spacing, spacing))
+    out["dicom"] = None if upload.dicom is None else upload.dicom.describe()
+    spacing, out["pixel_spacing_source"] = _spacing(upload, opts["pixel_spacing"], roi)
+    out["lesion"] = pred.lesion_info(spacing)
     outline = out["lesion"]["outline"] if out["lesion"] and out["lesion"]["found"] else None
     try:
         if pred.heatmap is not None:
@@ -239,6 +246,39 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
     return out
 
 
+def _spacing(upload, asked: float | None, roi) -> tuple[tuple[float, float] | None, str | None]:
+    """``(row, column)`` mm per pixel of the answer's image and where it came from: the form's
+    ``pixel_spacing`` (mm per uploaded pixel) first, else the DICOM header; none for a region of interest."""
+    if roi is not None:
+        return None, None
+    if asked is not None:
+        return (asked / upload.scale, asked / upload.scale), "pixel_spacing"
+    if upload.spacing_mm is not None:
+        return upload.spacing_mm, upload.dicom.spacing_source
+    return None, None
+
+
+def _file_modality(uploads, asked: str | None) -> str | None:
+    """The modality the request is for: ``asked``, else what the DICOM files say; 400 when they disagree."""
+    said = sorted({u.dicom.modality for u in uploads if u.dicom is not None and u.dicom.modality})
+    if len(said) > 1:
+        raise UserError(f"the files are of different modalities ({', '.join(said)}); send each modality in its "
+                        "own request", 400, {"image": "one modality per request"})
+    if said and asked and said[0] != asked:
+        name = next(u.filename for u in uploads if u.dicom is not None and u.dicom.modality)
+        raise UserError(f"{name} is a {said[0]} image, but modality {asked} was asked for; leave the modality "
+                        f"out or choose {said[0]}", 400, {"modality": f"the file is {said[0]}"})
+    return asked or (said[0] if said else None)
+
+
+def _audited_dicom(upload) -> dict[str, Any] | None:
+    """What the audit keeps of a DICOM file: its description and keyed digests of its UIDs, no identifiers."""
+    if upload.dicom is None:
+        return None
+    return {**upload.dicom.describe(),
+            "uids": uid_digests(upload.dicom.header, current_app.config["SECRET_KEY"])}
+
+
 @bp.post("/api/predict")
 def predict():
     """Classify and explain the uploaded images; every diagnosis writes an audit row ``diagnose``."""
@@ -246,8 +286,9 @@ def predict():
     services = services_of(app)
     # Uploads are checked first: a bad file is a 400/413 whether or not a model exists.
     with stage("decode"):
-        uploads = read_uploads(app, [f for f in request.files.getlist("image") if f.filename], current_user.name)
-    run_id, modality = arg("run_id", RUN_ID), _modality()
+        uploads = read_uploads(app, [f for f in request.files.getlist("image") if f.filename], current_user.name,
+                               arg("frame", FRAME))
+    run_id, modality = arg("run_id", RUN_ID), _file_modality(uploads, _modality())
     try:
         served = serving_run(services.store, run_id, modality)
         predictor = services.predictor(served)
@@ -282,7 +323,7 @@ def predict():
             {"filename": upload.filename, "label": pred.label, "probabilities": pred.probabilities,
              "explainer": pred.explainer, "target": pred.target_label, "stored": upload.stored_path,
              "modality": model["modality"], "demo": model["demo"], "ood": pred.ood, "model": audited_model,
-             "lesion": results[k]["lesion"],
+             "lesion": results[k]["lesion"], "dicom": _audited_dicom(upload),
              **({} if rois is None else {"roi": rois[k].to_dict()})}
             for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))])
     legend = None if opts["explainer"] is None else {

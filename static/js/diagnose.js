@@ -36,8 +36,13 @@
   const results = $("results");
   const modelInfo = $("model-info");
 
-  const EXTENSIONS = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"];
-  const state = { files: [], model: null, mode: null, alpha: 0.5 };
+  const EXTENSIONS = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"];
+  const frameField = $("frame-field");
+  const frameInput = $("frame");
+  // DICOM files often have no extension at all (IM000001): those are sent and the server says what they are.
+  const accepted = (name) => !/\.[^./]+$/.test(name) || EXTENSIONS.some((ext) => name.toLowerCase().endsWith(ext));
+  const isDicom = (name) => !/\.[^./]+$/.test(name) || /\.dcm$|\.dicom$/i.test(name);
+  const state = { files: [], model: null, mode: null, alpha: 0.5, modalityChosen: false };
   const modes = [];
 
   function context() {
@@ -75,10 +80,12 @@
   // -- files -------------------------------------------------------------------------------------------------
   function setFiles(list) {
     const files = Array.from(list || []);
-    const bad = files.filter((f) => !EXTENSIONS.some((ext) => f.name.toLowerCase().endsWith(ext)));
+    const bad = files.filter((f) => !accepted(f.name));
     state.files = files.filter((f) => !bad.includes(f));
     busi.showError(errorBox, bad.length
-      ? `${bad.map((f) => f.name).join(", ")}: not a PNG, JPEG, BMP or TIFF file; those are left out` : "");
+      ? `${bad.map((f) => f.name).join(", ")}: not a PNG, JPEG, BMP, TIFF or DICOM file; those are left out` : "");
+    frameField.hidden = true; // shown again when a multi-frame DICOM file comes back
+    frameInput.value = "";
     fileList.replaceChildren(...state.files.map((f, i) => el("li", {},
       `${f.name} (${(f.size / 1024).toFixed(1)} kB) `,
       el("button", { type: "button", class: "link", title: "remove", onclick: () => {
@@ -185,7 +192,7 @@
     event.preventDefault();
     busi.showError(errorBox, "");
     if (!state.files.length) {
-      busi.showError(errorBox, "pick or drop one or more images (PNG, JPEG, BMP or TIFF) first");
+      busi.showError(errorBox, "pick or drop one or more images (PNG, JPEG, BMP, TIFF or DICOM) first");
       return;
     }
     const fd = new FormData();
@@ -199,7 +206,9 @@
       return;
     }
     if (modelSel.value) fd.append("run_id", modelSel.value);
-    fd.append("modality", modalitySel.value);
+    // A DICOM file says its own modality; the page's choice is sent when the user made one, or for other files.
+    if (state.modalityChosen || !state.files.every((f) => isDicom(f.name))) fd.append("modality", modalitySel.value);
+    if (frameInput.value) fd.append("frame", frameInput.value);
     fd.append("explainer", explainerSel.value);
     if (explainerSel.value !== "none") fd.append("explainer_params", JSON.stringify(explainerValues()));
     if (targetSel.value) fd.append("target", targetSel.value);
@@ -218,6 +227,13 @@
       results.replaceChildren(...data.results.map((r) => busi.diagnoseResults.render(r,
         { classes: data.classes, alpha: state.alpha, legend: data.legend, model: data.model, notice: data.notice })));
       results.dataset.runId = data.run_id;
+      const cine = data.results.find((r) => r.dicom && r.dicom.frames > 1);
+      frameField.hidden = !cine;
+      if (cine) {
+        frameInput.max = String(cine.dicom.frames);
+        frameInput.value = String(cine.dicom.frame);
+        $("frame-count").textContent = `of ${cine.dicom.frames}`;
+      }
       window.busiLastDiagnosis = data;
     } catch (err) {
       const fields = Object.entries(err.fields || {}).map(([k, v]) => `${k}: ${v}`).join("; ");
@@ -229,6 +245,9 @@
     }
   }
   form.addEventListener("submit", diagnose);
+  modalitySel.addEventListener("change", () => { state.modalityChosen = true; });
+  // Another frame of a cine loop: diagnosed as soon as it is picked.
+  frameInput.addEventListener("change", () => { if (frameInput.value) form.requestSubmit(); });
   // The last opacity a user chose is kept for the next diagnosis.
   results.addEventListener("input", (e) => {
     if (e.target.classList.contains("opacity")) state.alpha = e.target.value / 100;

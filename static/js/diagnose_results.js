@@ -127,6 +127,17 @@
       el("p", { class: "notice-support" }, notice || model.notice));
   }
 
+  /* What a DICOM file said of itself: modality, frame, spacing (no patient data is ever sent). */
+  function dicomLine(result) {
+    const d = result.dicom;
+    if (!d) return null;
+    const parts = [`DICOM ${d.modality || "image"}`, d.frames > 1 ? `frame ${d.frame} of ${d.frames}` : "one frame",
+      d.photometric, d.transfer_syntax];
+    if (d.pixel_spacing_mm) parts.push(`${d.pixel_spacing_mm.map((v) => String(Number(v.toPrecision(4)))).join(" × ")} mm per pixel (${d.pixel_spacing_source})`);
+    else parts.push("no pixel spacing in the file");
+    return el("p", { class: "muted dicom-line", dataset: { frames: String(d.frames), frame: String(d.frame) } }, parts.join(" · "));
+  }
+
   function render(result, opts = {}) {
     const alpha = opts.alpha === undefined ? 0.5 : opts.alpha;
     const title = el("h2", {},
@@ -139,7 +150,7 @@
     const card = el("article", { class: "card result", dataset: { filename: result.filename, label: result.label, explainer: result.explainer || "none" } },
       title, el("p", { class: "muted explained" }, explained, ` · ${result.width}×${result.height} px`,
         result.roi ? ` · region of interest: ${result.roi.side} px square centred at (${result.roi.x}, ${result.roi.y})` : ""),
-      probabilityBars(result, opts.classes));
+      dicomLine(result), probabilityBars(result, opts.classes));
 
     if (result.ood && result.ood.out_of_distribution) {
       card.dataset.ood = "1";

@@ -1,0 +1,57 @@
+"""Keeping patient data out of busi-web: keyed digests of the UIDs, and de-identified copies of a file.
+
+* :func:`uid_digests` is what the audit keeps of a DICOM instance: an HMAC (SHA-256, keyed with the app's
+  secret) of its study, series and instance UIDs, so that rows about one study can be found together
+  while the UIDs themselves, which a PACS can resolve to a patient, are never stored.
+* :func:`deidentified` applies the DICOM basic application-level confidentiality profile (PS3.15 E.1) to a
+  whole dataset before ``STORE_UPLOADS`` keeps it: dicognito replaces names, IDs, addresses, equipment and
+  UIDs with consistent made-up values and shifts dates; the free-text and private attributes the profile
+  removes are removed here. Text burned into the pixels is not touched: a file whose Burned In Annotation is
+  not ``NO`` is not marked Patient Identity Removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from dicognito.anonymizer import Anonymizer
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+# Attributes the basic profile removes (X) that dicognito leaves: descriptions and comments written by
+# people, and patient characteristics.
+REMOVED = (
+    "AdditionalPatientHistory", "AdmittingDiagnosesDescription", "Allergies", "CountryOfResidence",
+    "DerivationDescription", "DeviceSerialNumber", "EthnicGroup", "ImageComments", "InstitutionalDepartmentName",
+    "MedicalAlerts", "OtherPatientNames", "PatientAge", "PatientBirthTime", "PatientComments",
+    "PatientMotherBirthName", "PatientSize", "PatientWeight", "PerformedProcedureStepDescription",
+    "ProtocolName", "ReasonForStudy", "RegionOfResidence", "RequestAttributesSequence",
+    "RequestedProcedureDescription", "SeriesDescription", "StudyDescription",
+)
+PROFILE = ("113100", "DCM", "Basic Application Confidentiality Profile")
+UID_KEYS = (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID"), ("instance", "SOPInstanceUID"))
+
+
+def uid_digests(ds: Dataset, key: bytes | str) -> dict[str, str | None]:
+    """``{"study", "series", "instance"}``: the first 32 hex digits of an HMAC-SHA256 of each UID (``None``
+    when the file has none). The same UID under the same key gives the same digest."""
+    secret = key.encode() if isinstance(key, str) else key
+    out: dict[str, str | None] = {}
+    for name, keyword in UID_KEYS:
+        uid = str(ds.get(keyword, "") or "").strip()
+        out[name] = hmac.new(secret, uid.encode(), hashlib.sha256).hexdigest()[:32] if uid else None
+    return out
+
+
+def deidentified(ds: Dataset) -> Dataset:
+    """``ds`` de-identified in place by the basic profile (see the module's notes); returns it."""
+    Anonymizer().anonymize(ds)
+    for keyword in REMOVED:
+        if keyword in ds:
+            del ds[keyword]
+    ds.remove_private_tags()
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = PROFILE
+    ds.DeidentificationMethodCodeSequence = Sequence([code])
+    return ds
