@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 THREADS ?= 16
 
-.PHONY: run init test quick chromium slapd lint bench-explain bench-train bench-serve bench-quality bench-mias bench-ood bench-memory clean
+.PHONY: run init test quick chromium slapd orthanc lint bench-explain bench-train bench-serve bench-quality bench-mias bench-ood bench-memory clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,13 @@ slapd:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq slapd >/dev/null; }
 
-test: $(VENV)/.installed-test chromium slapd
+# PACS tests start Debian's Orthanc with its DICOMweb plugin on 127.0.0.1 (the package's own service stays off).
+orthanc:
+	@{ command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; }
+
+test: $(VENV)/.installed-test chromium slapd orthanc
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick loop while working: everything but the slow and the browser tests.

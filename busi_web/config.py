@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_COOKIE_SECURE": False,  # Secure cookies always (they are Secure anyway on requests over TLS)
     "CONTENT_SECURITY_POLICY": None,  # None: the built-in policy (busi_web/web/hardening.py)
     "METRICS_TOKEN": None,  # a bearer token that opens GET /metrics (and nothing else) to a Prometheus server
+    "PACS_SERVERS": {},  # name -> DICOMweb endpoint (busi_web/pacs/endpoints.py); the Studies page lists them
 }
 
 

@@ -10,8 +10,9 @@ which a serving process (``wsgi.py``) calls once.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, current_app
@@ -23,7 +24,10 @@ from busi_web.errors import UserError
 from busi_web.evaluation.acceptance import choose_images, score_and_keep
 from busi_web.evaluation.card import is_demo, write_card
 from busi_web.model.predictor import Predictor
+from busi_web.pacs.endpoints import Endpoint, endpoints_from
+from busi_web.pacs.handles import Handles
 from busi_web.plugins import PluginRegistry
+from busi_web.report.keeper import ReportKeeper
 from busi_web.store import JobStore
 from busi_web.store.acceptance import check_modality
 from busi_web.training.params import prepare_run_params
@@ -54,6 +58,9 @@ class Services:
     runner: JobRunner
     predictors: PredictorCache
     batcher: MicroBatcher
+    pacs: dict[str, Endpoint] = field(default_factory=dict)  # PACS_SERVERS, checked at start
+    handles: Handles = field(default_factory=lambda: Handles(secrets.token_bytes(32)))
+    reports: ReportKeeper = field(default_factory=ReportKeeper)  # case reports of the newest diagnoses
 
     def predictor(self, run_id: int | None = None, modality: str | None = None) -> Predictor:
         """The loaded model of run ``run_id``, or of ``modality``'s default (reloaded when that changes)."""
@@ -165,7 +172,8 @@ def make_services(config: Mapping[str, Any], registry: PluginRegistry) -> Servic
     return Services(registry=registry, store=store, runner=runner,
                     predictors=PredictorCache(registry, device=config["DEVICE"]),
                     batcher=MicroBatcher(max_batch=int(config["BATCH_MAX_IMAGES"]),
-                                         max_wait_s=float(config["BATCH_WAIT_MS"]) / 1000))
+                                         max_wait_s=float(config["BATCH_WAIT_MS"]) / 1000),
+                    pacs=endpoints_from(config), handles=Handles(config["SECRET_KEY"]))
 
 
 def services_of(app: Flask | None = None) -> Services:

@@ -165,3 +165,91 @@ def slapd(home: Path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# -- a PACS: Debian's Orthanc with its DICOMweb plugin -----------------------------------------------------------
+ORTHANC_USER = ("busi-web", "pacs-secret-41")
+LOCKED_PATIENT = "PID-LOCKED"  # the test PACS refuses to store busi-web's results for this patient
+ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@dataclass
+class Orthanc:
+    url: str  # the DICOMweb root
+    rest: str  # Orthanc's own REST API
+    proc: subprocess.Popen
+
+    def settings(self, **extra) -> dict:
+        """A PACS_SERVERS entry for this PACS."""
+        return {"url": self.url, "auth": "basic", "username": ORTHANC_USER[0], "password": ORTHANC_USER[1],
+                "timeout": 5, **extra}
+
+    def client(self):
+        """A dicomweb-client of this PACS, as its own administrator (to load studies and read back)."""
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        session = requests.Session()
+        session.auth = ORTHANC_USER
+        return DICOMwebClient(self.url, session=session)
+
+    def load(self, *datasets) -> None:
+        """Store ``datasets`` (Part 10: with a preamble) as a modality would."""
+        for ds in datasets:
+            ds.preamble = b"\0" * 128
+        answer = self.client().store_instances(list(datasets))
+        assert not answer.get("FailedSOPSequence"), answer
+
+
+@contextmanager
+def orthanc(home: Path):
+    """Debian's Orthanc with the DICOMweb plugin on a free port of 127.0.0.1: a temporary storage folder, basic
+    auth (:data:`ORTHANC_USER`), no DICOM port, and a Lua filter that refuses busi-web's results for
+    :data:`LOCKED_PATIENT` (a study the PACS will not take results for)."""
+    import shutil
+
+    exe = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+    if exe is None or not ORTHANC_PLUGIN.exists():
+        import pytest
+
+        pytest.skip("Debian's orthanc and orthanc-dicomweb are not installed (run `make orthanc`)")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "filter.lua").write_text(
+        "function ReceivedInstanceFilter(dicom, origin, info)\n"
+        f"  if dicom.PatientID == '{LOCKED_PATIENT}' and string.sub(dicom.SeriesDescription or '', 1, 8) == "
+        "'busi-web' then return false end\n"
+        "  return true\nend\n")
+    port = free_port()
+    config = {"Name": "busi-web-tests", "StorageDirectory": str(home / "storage"),
+              "IndexDirectory": str(home / "storage"), "HttpPort": port, "DicomServerEnabled": False,
+              "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
+              "RegisteredUsers": {ORTHANC_USER[0]: ORTHANC_USER[1]}, "Plugins": [str(ORTHANC_PLUGIN)],
+              "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
+              "LuaScripts": [str(home / "filter.lua")], "StorageCompression": False}
+    import json
+
+    (home / "orthanc.json").write_text(json.dumps(config))
+    log = home / "orthanc.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([exe, str(home / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT)
+    rest = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        import requests
+
+        if proc.poll() is not None:
+            raise AssertionError("Orthanc exited at start:\n" + log.read_text()[-3000:])
+        try:
+            return requests.get(rest + "/system", auth=ORTHANC_USER, timeout=2).status_code == 200
+        except requests.exceptions.RequestException:
+            return False
+
+    try:
+        wait_for(answers, timeout=60, what="Orthanc to answer", interval=0.2)
+        yield Orthanc(url=f"{rest}/dicom-web", rest=rest, proc=proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -19,8 +19,8 @@ LAYERS = [
     {"busi_web.errors", "busi_web.config"},  # the one user-error type; settings
     {"busi_web.hookspecs", "busi_web.specs"},  # the plugin contract
     {"busi_web.plugins", "busi_web.store", "busi_web.directory"},
-    {"busi_web.data", "busi_web.explain", "busi_web.dicom"},
-    {"busi_web.model"},
+    {"busi_web.data", "busi_web.explain", "busi_web.dicom", "busi_web.report"},
+    {"busi_web.model", "busi_web.pacs"},
     {"busi_web.evaluation"},
     {"busi_web.training", "busi_web.diagnosis"},
     {"busi_web.services"},

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from busi_web.data.preprocess import crop_pixels, eval_transform, paste_map, to_channels
@@ -96,12 +97,22 @@ class Prediction:
         return (f"this heatmap explains {self.target_label}, which the model gives only {100 * p:.1f}%: it shows "
                 f"what would speak for {self.target_label}, stretched to full colour, not where a finding is")
 
+    def picture(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+        """The heatmap blended over the image (the image alone without a heatmap), with the lesion's outline when
+        one was found: an RGB Pillow image."""
+        if self.image is None:
+            raise ValueError("this prediction keeps no image")
+        if self.heatmap is None:
+            blended = Image.fromarray(np.ascontiguousarray(to_channels(self.image, 3)), "RGB")
+        else:
+            blended, _heat = render_heatmap(to_channels(self.image, 3), self.heatmap, alpha, colormap, self.region)
+        return blended if self.lesion is None else draw_outline(blended, self.lesion.polygon())
+
     def overlay_png(self, alpha: float = 0.5, colormap: str = "jet") -> bytes:
         """The heatmap blended over the original image, with the lesion's outline when one was found, as PNG."""
         if self.heatmap is None or self.image is None:
             raise ValueError("this prediction has no heatmap; predict with an explainer (e.g. 'gradcam')")
-        blended, _heat = render_heatmap(to_channels(self.image, 3), self.heatmap, alpha, colormap, self.region)
-        return fast_png(blended if self.lesion is None else draw_outline(blended, self.lesion.polygon()))
+        return fast_png(self.picture(alpha, colormap))
 
     def heatmap_png(self) -> bytes:
         """The heatmap alone as an 8-bit grayscale PNG."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import Flask
 
 from busi_web.evaluation.card import NOTICE
-from busi_web.web import admin, diagnose, home, models, runs, runs_api, system, train
+from busi_web.web import admin, diagnose, home, models, reports, runs, runs_api, studies, system, train
 from busi_web.web.auth import init_auth
 from busi_web.web.hardening import init_hardening
 from busi_web.web.helpers import register_error_handlers
@@ -20,7 +20,8 @@ from busi_web.web.live import init_live
 from busi_web.web.metrics import init_metrics
 from busi_web.web.throttle import init_throttle
 
-BLUEPRINTS = (home.bp, diagnose.bp, train.bp, runs.bp, runs_api.bp, models.bp, admin.bp, system.bp, system.probes)
+BLUEPRINTS = (home.bp, diagnose.bp, studies.bp, reports.bp, train.bp, runs.bp, runs_api.bp, models.bp, admin.bp,
+              system.bp, system.probes)
 
 
 def init_web(app: Flask) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, render_template, request
@@ -48,6 +49,7 @@ from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
 from busi_web.explain.render import draw_outline, fast_png, legend_stops, palette, render_heatmap
 from busi_web.model.predictor import Predictor
+from busi_web.report.content import CaseReport, case_report
 from busi_web.services import services_of
 from busi_web.specs import Param
 from busi_web.store import RunNotFound
@@ -283,11 +285,49 @@ def _audited_dicom(upload) -> dict[str, Any] | None:
 def predict():
     """Classify and explain the uploaded images; every diagnosis writes an audit row ``diagnose``."""
     app = current_app._get_current_object()
-    services = services_of(app)
     # Uploads are checked first: a bad file is a 400/413 whether or not a model exists.
     with stage("decode"):
         uploads = read_uploads(app, [f for f in request.files.getlist("image") if f.filename], current_user.name,
                                arg("frame", FRAME))
+    diagnosis = diagnose_uploads(uploads)
+    with stage("respond"):
+        return jsonify(diagnosis.body)
+
+
+@dataclass
+class Diagnosis:
+    """One request's diagnoses: the answer's ``body``, and what made it (for writing results elsewhere)."""
+
+    body: dict[str, Any]
+    uploads: list[Any]
+    predictions: list[Any]
+    options: dict[str, Any]
+    predictor: Predictor
+
+    def pictures(self, index: int) -> tuple[bytes, bytes]:
+        """Result ``index``'s image and its overlay with the outline, as PNG bytes."""
+        pred = self.predictions[index]
+        return (fast_png(pred.image),
+                fast_png(pred.picture(self.options["alpha"], self.options["colormap"])))
+
+    def report(self, index: int) -> CaseReport:
+        """The case report of result ``index``, for the current user."""
+        return case_report(self.body, index, current_user.name, self.pictures(index))
+
+    def keep_report(self, index: int) -> str:
+        """Keep result ``index``'s case report for the current user (made when first opened); its id."""
+        pred = self.predictions[index]
+        size = sum(a.nbytes for a in (pred.image, pred.heatmap, pred.lesion_map) if a is not None)
+        user = current_user.name
+        return services_of().reports.keep(
+            user, lambda: case_report(self.body, index, user, self.pictures(index)), size)
+
+
+def diagnose_uploads(uploads: list, audit_extra: dict[str, Any] | None = None) -> Diagnosis:
+    """Diagnose decoded ``uploads`` with the request's form options (model, explainer, ...): the model of the
+    files' modality (or the one asked for), one shared pass, rendering, one audit row per image (with
+    ``audit_extra``). Raises :class:`UserError` for every choice that cannot be served."""
+    services = services_of()
     run_id, modality = arg("run_id", RUN_ID), _file_modality(uploads, _modality())
     try:
         served = serving_run(services.store, run_id, modality)
@@ -323,14 +363,16 @@ def predict():
             {"filename": upload.filename, "label": pred.label, "probabilities": pred.probabilities,
              "explainer": pred.explainer, "target": pred.target_label, "stored": upload.stored_path,
              "modality": model["modality"], "demo": model["demo"], "ood": pred.ood, "model": audited_model,
-             "lesion": results[k]["lesion"], "dicom": _audited_dicom(upload),
+             "lesion": results[k]["lesion"], "dicom": _audited_dicom(upload), **(audit_extra or {}),
              **({} if rois is None else {"roi": rois[k].to_dict()})}
             for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))])
     legend = None if opts["explainer"] is None else {
         "colormap": opts["colormap"], "stops": legend_stops(opts["colormap"]),
         "meaning": "relative evidence for the explained class, scaled per image from lowest (left) to highest "
                    "(right); not a probability. Outside a dashed frame: not seen by the model."}
-    with stage("respond"):
-        return jsonify({"run_id": served, "classes": predictor.classes, "model": model, "notice": NOTICE,
-                        "legend": legend, "results": results})
-
+    body = {"run_id": served, "classes": predictor.classes, "model": model, "notice": NOTICE, "legend": legend,
+            "results": results}
+    diagnosis = Diagnosis(body=body, uploads=uploads, predictions=preds, options=opts, predictor=predictor)
+    for k, result in enumerate(results):  # each result's printable case report (made when first opened)
+        result["report_id"] = diagnosis.keep_report(k)
+    return diagnosis

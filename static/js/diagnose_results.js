@@ -127,6 +127,15 @@
       el("p", { class: "notice-support" }, notice || model.notice));
   }
 
+  /* The printable case report of this result (kept by the server while it runs), as a page and as a PDF. */
+  function reportLinks(result) {
+    if (!result.report_id) return null;
+    const base = `/reports/${encodeURIComponent(result.report_id)}`;
+    return el("p", { class: "report-links" }, "Case report: ",
+      el("a", { href: base, target: "_blank", rel: "noopener", class: "report-link" }, "open to print"), " · ",
+      el("a", { href: `${base}.pdf`, class: "report-pdf", download: "" }, "PDF"));
+  }
+
   /* What a DICOM file said of itself: modality, frame, spacing (no patient data is ever sent). */
   function dicomLine(result) {
     const d = result.dicom;
@@ -150,7 +159,7 @@
     const card = el("article", { class: "card result", dataset: { filename: result.filename, label: result.label, explainer: result.explainer || "none" } },
       title, el("p", { class: "muted explained" }, explained, ` · ${result.width}×${result.height} px`,
         result.roi ? ` · region of interest: ${result.roi.side} px square centred at (${result.roi.x}, ${result.roi.y})` : ""),
-      dicomLine(result), probabilityBars(result, opts.classes));
+      dicomLine(result), probabilityBars(result, opts.classes), reportLinks(result));
 
     if (result.ood && result.ood.out_of_distribution) {
       card.dataset.ood = "1";

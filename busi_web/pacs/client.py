@@ -1,0 +1,169 @@
+"""One DICOMweb endpoint, asked through dicomweb-client: search studies and instances (QIDO-RS), fetch an
+instance (WADO-RS), store new instances (STOW-RS).
+
+Each call turns the ways a PACS fails into a :class:`~busi_web.errors.UserError` naming the endpoint:
+unreachable (502), too slow (504), credentials refused (502: the clinician's own login is fine, the
+server's is not), an instance no longer there (404), a storage refusal (502, saying what was stored, if
+anything). Messages never quote a UID or a patient attribute.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from busi_web.errors import UserError
+from busi_web.pacs.endpoints import Endpoint
+
+STUDY_FIELDS = ("StudyDate", "StudyTime", "StudyDescription", "ModalitiesInStudy", "AccessionNumber",
+                "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
+INSTANCE_FIELDS = ("SeriesDescription", "SeriesNumber", "InstanceNumber", "Modality", "SOPClassUID", "Rows",
+                   "Columns", "NumberOfFrames")
+
+
+class PacsError(UserError):
+    """A PACS did not do what was asked (502 unless said otherwise)."""
+
+    status = 502
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a STOW-RS request stored, and what the PACS refused (SOP class names, never UIDs)."""
+
+    stored: list[str]
+    refused: list[str]
+
+
+def value(item: dict[str, Any], keyword: str) -> Any:
+    """The first value of ``keyword`` in a DICOM JSON object (QIDO-RS answer), or ``None``."""
+    tag = tag_for_keyword(keyword)
+    entry = item.get(f"{tag:08X}") if tag is not None else None
+    values = (entry or {}).get("Value") or []
+    first = values[0] if values else None
+    if isinstance(first, dict) and "Alphabetic" in first:
+        return first["Alphabetic"]
+    return first
+
+
+def values(item: dict[str, Any], keyword: str) -> list[Any]:
+    """Every value of ``keyword`` in a DICOM JSON object."""
+    tag = tag_for_keyword(keyword)
+    return list((item.get(f"{tag:08X}") or {}).get("Value") or []) if tag is not None else []
+
+
+class Pacs:
+    """The DICOMweb client of one :class:`Endpoint`."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        session = requests.Session()
+        session.verify = endpoint.verify
+        if endpoint.auth == "basic":
+            session.auth = (endpoint.username or "", endpoint.password or "")
+        headers = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.auth == "bearer" else None
+        self.client = DICOMwebClient(endpoint.url, session=session, headers=headers, timeout=endpoint.timeout)
+
+    @contextmanager
+    def _asking(self, what: str) -> Iterator[None]:
+        name, server = self.endpoint.name, self.endpoint.public()["server"]
+        try:
+            yield
+        except requests.exceptions.Timeout:
+            raise PacsError(f"PACS {name} ({server}) did not answer within {self.endpoint.timeout:g} s while {what}; "
+                            "try again, or ask an administrator to check the PACS", 504) from None
+        except requests.exceptions.SSLError:
+            raise PacsError(f"PACS {name} ({server}): its TLS certificate was not accepted while {what}; an "
+                            "administrator sets verify (a CA bundle) in PACS_SERVERS") from None
+        except requests.exceptions.ConnectionError:
+            raise PacsError(f"PACS {name} cannot be reached at {server} while {what}; check that it is running and "
+                            "reachable from the busi-web server (PACS_SERVERS)") from None
+        except requests.exceptions.HTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else 0
+            if code in (401, 403):
+                raise PacsError(f"PACS {name} refused busi-web's credentials (HTTP {code}) while {what}; an "
+                                "administrator corrects the username and password or token in PACS_SERVERS") from None
+            if code == 404:
+                raise PacsError(f"PACS {name} no longer has what was asked for while {what}; search the studies "
+                                "again", 404) from None
+            raise PacsError(f"PACS {name} answered HTTP {code} while {what}; try again, or ask an administrator "
+                            "to look at the PACS's log") from None
+        except (ValueError, KeyError, TypeError) as exc:  # an answer that is not DICOM JSON or multipart
+            raise PacsError(f"PACS {name} sent an answer busi-web cannot read while {what} "
+                            f"({type(exc).__name__}); is {server} a DICOMweb root (url in PACS_SERVERS)?") from None
+
+    def studies(self, *, date_from: str | None = None, date_to: str | None = None, modality: str | None = None,
+                accession: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """QIDO-RS studies (DICOM JSON), newest first as the PACS orders them; dates are ``YYYYMMDD``."""
+        filters: dict[str, Any] = {}
+        if date_from or date_to:
+            filters["StudyDate"] = f"{date_from or ''}-{date_to or ''}"
+        if modality:
+            filters["ModalitiesInStudy"] = modality
+        if accession:
+            filters["AccessionNumber"] = accession
+        with self._asking("searching studies"):
+            return self.client.search_for_studies(search_filters=filters, fields=list(STUDY_FIELDS), limit=limit)
+
+    def instances(self, study_uid: str) -> list[dict[str, Any]]:
+        """QIDO-RS instances of one study (DICOM JSON)."""
+        with self._asking("listing a study's instances"):
+            return self.client.search_for_instances(study_instance_uid=study_uid, fields=list(INSTANCE_FIELDS))
+
+    def retrieve(self, study_uid: str, series_uid: str, instance_uid: str) -> bytes:
+        """WADO-RS: one instance as a DICOM Part 10 file."""
+        with self._asking("fetching an instance"):
+            ds = self.client.retrieve_instance(study_uid, series_uid, instance_uid)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    def store(self, datasets: Sequence[Dataset]) -> Stored:
+        """STOW-RS ``datasets`` in one request, then a QIDO-RS check that the PACS holds them. Raises
+        :class:`PacsError` when it refused or dropped any of them, saying which were stored anyway."""
+        names = {str(ds.SOPInstanceUID): _kind(ds) for ds in datasets}
+        for ds in datasets:  # the PACS keeps what it is sent: a Part 10 file, preamble included
+            if getattr(ds, "preamble", None) is None:
+                ds.preamble = b"\0" * 128
+        try:
+            with self._asking("storing the results"):
+                answer = self.client.store_instances(list(datasets))
+        except PacsError as exc:
+            raise PacsError(f"{exc} Nothing was stored.", exc.status) from None
+        stored = [names.get(str(item.get("ReferencedSOPInstanceUID")), "an object")
+                  for item in answer.get("ReferencedSOPSequence", [])]
+        refused = [names.get(str(item.get("ReferencedSOPInstanceUID")), "an object")
+                   for item in answer.get("FailedSOPSequence", [])]
+        if not refused and len(stored) == len(datasets):
+            # A PACS may answer "stored" for what a filter of its own then dropped (Orthanc does): ask it.
+            held = self._held(datasets)
+            refused = [names[uid] for uid in names if uid not in held]
+            stored = [names[uid] for uid in names if uid in held]
+        if refused or len(stored) < len(datasets):
+            kept = f"stored: {', '.join(stored)}" if stored else "nothing was stored"
+            raise PacsError(f"PACS {self.endpoint.name} refused to store {', '.join(refused) or 'the results'} "
+                            f"({kept}); ask an administrator whether busi-web may write to this PACS")
+        return Stored(stored=stored, refused=refused)
+
+    def _held(self, datasets: Sequence[Dataset]) -> set[str]:
+        """Which of ``datasets`` the PACS now holds (QIDO-RS in each one's study)."""
+        held: set[str] = set()
+        studies = {str(ds.StudyInstanceUID) for ds in datasets}
+        with self._asking("checking what was stored"):
+            for study in studies:
+                for item in self.client.search_for_instances(study_instance_uid=study, fields=["SOPInstanceUID"]):
+                    held.add(str(value(item, "SOPInstanceUID")))
+        return held
+
+
+def _kind(ds: Dataset) -> str:
+    return UID(str(ds.SOPClassUID)).name

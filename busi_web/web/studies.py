@@ -1,0 +1,201 @@
+"""Studies: the hospital's PACS over DICOMweb (``PACS_SERVERS``): search studies, open one, diagnose an
+instance, and write the result back into the study.
+
+* ``GET /studies``: the page.
+* ``GET /api/pacs``: the configured endpoints (name, title, server, whether results may be written back).
+* ``GET /api/pacs/<name>/studies?date_from=&date_to=&modality=&accession=&limit=``: QIDO-RS; dates are
+  ``YYYY-MM-DD``, modality ``US`` or ``MG``.
+* ``GET /api/pacs/<name>/studies/<handle>``: the study's instances (image instances can be diagnosed).
+* ``POST /api/pacs/<name>/instances/<handle>/diagnose``: WADO-RS fetches the instance, which is diagnosed as
+  an upload is (the same form fields as ``POST /api/predict``, ``frame`` included); with ``write_back=true``
+  a Secondary Capture and a Structured Report (:mod:`busi_web.dicom.writing`), and with ``report_pdf=true``
+  also the case report as an Encapsulated PDF, are stored into the same study with one STOW-RS request.
+
+Studies and instances travel as opaque handles (:mod:`busi_web.pacs.handles`), never as UIDs; answers
+carry no patient attribute (the accession number is shown masked). The audit keeps the endpoint, keyed
+digests of the UIDs and what was written back.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import date
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, current_app, jsonify, render_template, request
+from pydicom.uid import UID
+
+from busi_web.diagnosis.uploads import decode_upload
+from busi_web.dicom.privacy import uid_digests
+from busi_web.dicom.writing import Answer, encapsulated_pdf, secondary_capture, structured_report
+from busi_web.errors import UserError
+from busi_web.pacs.client import Pacs, value, values
+from busi_web.pacs.endpoints import Endpoint
+from busi_web.report.pdf import report_pdf_bytes
+from busi_web.services import services_of
+from busi_web.specs import Param
+from busi_web.web.auth import current_user
+from busi_web.web.diagnose import FRAME, diagnose_uploads
+from busi_web.web.helpers import arg
+from busi_web.web.metrics import stage
+
+bp = Blueprint("studies", __name__)
+
+HANDLE = re.compile(r"^[0-9a-f]{32}$")
+MODALITIES = ("US", "MG")
+LIMIT = Param("limit", "int", 50, minimum=1, maximum=500)
+WRITE_BACK = Param("write_back", "bool", False)
+REPORT_PDF = Param("report_pdf", "bool", False)
+TEXT = Param("accession", "str", None)
+
+
+@bp.get("/studies")
+def page():
+    """Search the PACS, open a study, diagnose an instance and write the result back."""
+    servers = [e.public() for e in services_of().pacs.values()]
+    return render_template("pages/studies.html", page="studies", servers=servers, modalities=MODALITIES)
+
+
+@bp.get("/api/pacs")
+def servers():
+    """The configured DICOMweb endpoints (no URLs' paths, no credentials)."""
+    return jsonify({"servers": [e.public() for e in services_of().pacs.values()]})
+
+
+def _endpoint(name: str) -> Endpoint:
+    endpoints = services_of().pacs
+    if name not in endpoints:
+        known = ", ".join(endpoints) or "none is configured (PACS_SERVERS)"
+        raise UserError(f"there is no PACS named {name!r}; the PACS here: {known}", 404)
+    return endpoints[name]
+
+
+def _date(name: str) -> str | None:
+    raw = (request.args.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw).strftime("%Y%m%d")
+    except ValueError:
+        raise UserError(f"{name} must be a date as YYYY-MM-DD, got {raw[:40]!r}", 400, {name: "YYYY-MM-DD"}) from None
+
+
+def _masked(accession: Any) -> str | None:
+    text = str(accession or "").strip()
+    return None if not text else "…" + text[-4:] if len(text) > 4 else "…"
+
+
+def _when(day: Any, time: Any) -> tuple[str | None, str | None]:
+    day, time = str(day or ""), str(time or "")
+    shown_day = f"{day[:4]}-{day[4:6]}-{day[6:8]}" if re.match(r"^\d{8}$", day) else None
+    shown_time = f"{time[:2]}:{time[2:4]}" if re.match(r"^\d{4}", time) else None
+    return shown_day, shown_time
+
+
+@bp.get("/api/pacs/<name>/studies")
+def studies(name: str):
+    """Studies matching the filters, each with an opaque handle."""
+    endpoint = _endpoint(name)
+    modality = (request.args.get("modality") or "").strip().upper() or None
+    if modality is not None and modality not in MODALITIES:
+        raise UserError(f"modality must be one of {', '.join(MODALITIES)}, got {modality[:10]!r}", 400,
+                        {"modality": " or ".join(MODALITIES)})
+    accession = arg("accession", TEXT)
+    if accession is not None and (len(accession) > 16 or any(c in accession for c in "*?\\")):
+        raise UserError("accession must be the whole accession number (at most 16 characters, no wildcards)", 400,
+                        {"accession": "at most 16 characters"})
+    found = Pacs(endpoint).studies(date_from=_date("date_from"), date_to=_date("date_to"), modality=modality,
+                                   accession=accession, limit=arg("limit", LIMIT))
+    handles = services_of().handles
+    out = []
+    for item in found:
+        uid = value(item, "StudyInstanceUID")
+        if not uid:
+            continue
+        day, time = _when(value(item, "StudyDate"), value(item, "StudyTime"))
+        out.append({"handle": handles.handle(name, str(uid)), "date": day, "time": time,
+                    "modalities": [str(m) for m in values(item, "ModalitiesInStudy")],
+                    "description": value(item, "StudyDescription"),
+                    "accession": _masked(value(item, "AccessionNumber")),
+                    "series": value(item, "NumberOfStudyRelatedSeries"),
+                    "instances": value(item, "NumberOfStudyRelatedInstances")})
+    return jsonify({"server": endpoint.public(), "studies": out})
+
+
+@bp.get("/api/pacs/<name>/studies/<handle>")
+def study(name: str, handle: str):
+    """The instances of one study, in series and instance order; image instances can be diagnosed."""
+    endpoint = _endpoint(name)
+    (study_uid,) = _resolve(name, handle, 1)
+    handles = services_of().handles
+    out = []
+    for item in Pacs(endpoint).instances(study_uid):
+        series_uid, instance_uid = value(item, "SeriesInstanceUID"), value(item, "SOPInstanceUID")
+        if not series_uid or not instance_uid:
+            continue
+        sop_class = str(value(item, "SOPClassUID") or "")
+        sop_name = UID(sop_class).name if sop_class else "unknown"
+        modality = str(value(item, "Modality") or "")
+        out.append({"handle": handles.handle(name, study_uid, str(series_uid), str(instance_uid)),
+                    "series_description": value(item, "SeriesDescription"),
+                    "series_number": value(item, "SeriesNumber"), "instance_number": value(item, "InstanceNumber"),
+                    "modality": modality or None, "sop_class": sop_name,
+                    "diagnosable": "Image Storage" in sop_name and modality in ("US", "MG", "OT", ""),
+                    "frames": int(value(item, "NumberOfFrames") or 1), "rows": value(item, "Rows"),
+                    "columns": value(item, "Columns")})
+    out.sort(key=lambda i: (int(i["series_number"] or 0), int(i["instance_number"] or 0)))
+    return jsonify({"server": endpoint.public(), "study": handle, "instances": out})
+
+
+def _resolve(name: str, handle: str, parts: int) -> tuple[str, ...]:
+    if not HANDLE.match(handle or ""):
+        raise UserError("that is not a study or instance handle of this server; search the studies again", 404)
+    return services_of().handles.resolve(name, handle, parts)
+
+
+@bp.post("/api/pacs/<name>/instances/<handle>/diagnose")
+def diagnose_instance(name: str, handle: str):
+    """Fetch one instance, diagnose it, and (``write_back``) store the results into its study."""
+    endpoint = _endpoint(name)
+    study_uid, series_uid, instance_uid = _resolve(name, handle, 3)
+    write_back, report_pdf = arg("write_back", WRITE_BACK), arg("report_pdf", REPORT_PDF)
+    if (write_back or report_pdf) and not endpoint.write_back:
+        raise UserError(f"PACS {name} is read-only for busi-web (write_back is false in PACS_SERVERS); diagnose "
+                        "without writing back", 403, {"write_back": "not allowed for this PACS"})
+    pacs = Pacs(endpoint)
+    services = services_of()
+    config = current_app.config
+    with stage("decode"):
+        data = pacs.retrieve(study_uid, series_uid, instance_uid)
+        upload = decode_upload(io.BytesIO(data), "the PACS instance", int(config["MAX_IMAGE_PIXELS"]),
+                               int(config["MAX_CONTENT_LENGTH"]), max_side=int(config.get("MAX_IMAGE_SIDE") or 0),
+                               frame=arg("frame", FRAME))
+    diagnosis = diagnose_uploads([upload], {"pacs": name})
+    body = diagnosis.body
+    body["written"] = None
+    if write_back or report_pdf:
+        result, pred = body["results"][0], diagnosis.predictions[0]
+        answer = Answer(label=result["label"], probabilities=result["probabilities"], lesion=result["lesion"],
+                        model_name=body["model"]["name"], run_id=int(body["run_id"]), frame=upload.dicom.frame,
+                        frames=upload.dicom.frames, scale=float(result["scale"]), notice=body["notice"])
+        source = upload.dicom.header
+        objects = []
+        if write_back:
+            picture = np.asarray(pred.picture(diagnosis.options["alpha"], diagnosis.options["colormap"]))
+            objects += [secondary_capture(source, picture, answer), structured_report(source, answer)]
+        if report_pdf:
+            objects.append(encapsulated_pdf(source, report_pdf_bytes(diagnosis.report(0)), answer))
+        digests = uid_digests(source, config["SECRET_KEY"])
+        audit = {"pacs": name, "study": digests["study"], "instance": digests["instance"],
+                 "objects": [str(o.SOPClassUID.name) for o in objects], "series_description": answer.description}
+        try:
+            stored = pacs.store(objects)
+        except UserError as exc:
+            services.store.audit("pacs.store.failed", user=current_user.name, run_id=body["run_id"], **audit,
+                                 error=str(exc))
+            raise UserError(f"{exc} The diagnosis itself was made and audited.", exc.status) from None
+        services.store.audit("pacs.store", user=current_user.name, run_id=body["run_id"], **audit)
+        body["written"] = {"objects": stored.stored, "series_description": answer.description}
+    return jsonify(body)
