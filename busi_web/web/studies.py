@@ -169,9 +169,11 @@ def diagnose_instance(name: str, handle: str):
     config = current_app.config
     with stage("decode"):
         data = pacs.retrieve(study_uid, series_uid, instance_uid)
-        upload = decode_upload(io.BytesIO(data), "the PACS instance", int(config["MAX_IMAGE_PIXELS"]),
+        upload = decode_upload(io.BytesIO(data), f"PACS {name} instance", int(config["MAX_IMAGE_PIXELS"]),
                                int(config["MAX_CONTENT_LENGTH"]), max_side=int(config.get("MAX_IMAGE_SIDE") or 0),
                                frame=arg("frame", FRAME))
+    header = upload.dicom.header  # what names the image on the page: series and image numbers, no identifier
+    upload.filename = f"{name}: series {header.get('SeriesNumber', '?')}, image {header.get('InstanceNumber', '?')}"
     diagnosis = diagnose_uploads([upload], {"pacs": name})
     body = diagnosis.body
     body["written"] = None
