@@ -162,7 +162,7 @@ def rss_mb() -> float | None:
 def leak_check(model, backbone: str, size: int, device, runs: int, explainer: str) -> None:
     meta = CheckpointMeta(backbone=backbone, classes=["benign", "malignant", "normal"], input_size=size,
                           resize=size * 8 // 7)
-    predictor = Predictor(model, meta, device=device)
+    predictor = Predictor(model, meta, load_plugins(), device=device)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (300 + 7 * i, 280 + 5 * i), dtype=np.uint8) for i in range(8)]
     for i in range(20):  # warm up: allocator pools, lazy imports

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -14,3 +15,12 @@ def test_the_trust_benchmark_skips_cleanly_without_the_shared_data(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("skipped:"), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_outline_benchmark_runs_and_prints_its_ratio():
+    """It needs no shared data; a smoke run keeps it working (the ratio itself is for the note, not asserted)."""
+    result = subprocess.run([sys.executable, "benchmarks/outline.py", "--batches", "1", "--repeats", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "worst outline / forward ratio:" in result.stdout and "(1/1 images outlined)" in result.stdout
