@@ -24,7 +24,6 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 from pydicom.uid import UID
 
@@ -81,13 +80,26 @@ def is_dicom(stream: BinaryIO) -> bool:
 
 
 def _header(stream: BinaryIO, name: str) -> Dataset:
+    """The header, every element parsed now (pydicom parses lazily: a damaged value would fail later)."""
     stream.seek(0)
     try:
-        return pydicom.dcmread(stream, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, NotImplementedError,
-            AttributeError, IndexError, OverflowError) as exc:
+        ds = pydicom.dcmread(stream, stop_before_pixels=True)
+        for _ in (*ds.file_meta.iterall(), *ds.iterall()):
+            pass
+        return ds
+    # A damaged file can make pydicom fail in many ways (its own errors, struct, unicode, ...): all of them mean
+    # "this header cannot be read", from untrusted bytes.
+    except Exception as exc:  # noqa: BLE001
         raise UserError(f"{name} is a damaged DICOM file (its header cannot be read: {type(exc).__name__}); "
                         "export the instance from the PACS again", 400) from None
+
+
+def _decodable(syntax: UID) -> bool:
+    """Whether an installed decoder reads pixel data compressed as ``syntax`` (MPEG and other video: none)."""
+    try:
+        return bool(get_decoder(syntax).is_available)
+    except (NotImplementedError, ValueError):
+        return False
 
 
 def _whole(stream: BinaryIO, name: str) -> Dataset:
@@ -95,8 +107,7 @@ def _whole(stream: BinaryIO, name: str) -> Dataset:
     stream.seek(0)
     try:
         ds = pydicom.dcmread(stream)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, NotImplementedError,
-            AttributeError, IndexError, OverflowError):
+    except Exception:  # noqa: BLE001 - damaged data, as in _header: said below
         ds = Dataset()
     if "PixelData" not in ds:
         raise UserError(f"{name}: its pixel data is truncated or corrupt (the compressed frames end early); "
@@ -216,11 +227,16 @@ def read_dicom(source: bytes | BinaryIO, name: str, *, max_pixels: int, frame: i
     if not 1 <= chosen <= frames:
         raise UserError(f"{name} has {frames} frame{'s' if frames != 1 else ''}; choose a frame from 1 to {frames}",
                         400, {"frame": f"1 to {frames}"})
-    if syntax.is_compressed and not get_decoder(syntax).is_available:
+    try:
+        compressed, encapsulated = syntax.is_compressed, syntax.is_encapsulated
+    except ValueError:  # private or damaged: not a transfer syntax pydicom knows
+        raise UserError(f"{name} declares a transfer syntax this server does not know; export it uncompressed or as "
+                        "JPEG, JPEG-LS, JPEG 2000 or RLE", 400) from None
+    if compressed and not _decodable(syntax):
         raise UserError(f"{name} is compressed as {syntax.name}, which this server cannot decode; export it "
                         "uncompressed or as JPEG, JPEG-LS, JPEG 2000 or RLE", 400)
     source: BinaryIO | Dataset = stream
-    if syntax.is_encapsulated:  # compressed frames: read whole (as sent, no larger) to see that none is cut
+    if encapsulated:  # compressed frames: read whole (as sent, no larger) to see that none is cut
         source = _whole(stream, name)
     stream.seek(0)
     try:
@@ -230,12 +246,18 @@ def read_dicom(source: bytes | BinaryIO, name: str, *, max_pixels: int, frame: i
     except (NotImplementedError, RuntimeError) as exc:
         raise UserError(f"{name}: its pixel data ({syntax.name}, {photometric}) cannot be decoded here "
                         f"({type(exc).__name__}); export it uncompressed", 400) from None
-    except (ValueError, EOFError, KeyError, IndexError, TypeError, OSError, AttributeError) as exc:
+    except UserError:
+        raise
+    # As for the header: the decoders (pydicom, pylibjpeg, pyjpegls, Pillow) fail on damaged data in many ways.
+    except Exception as exc:  # noqa: BLE001
         raise UserError(f"{name}: its pixel data is truncated or corrupt ({type(exc).__name__}); export the "
                         "instance from the PACS again", 400) from None
     if image.ndim == 3 and image.shape[-1] == 4:
         image = image[..., :3]
-    spacing, source = _spacing(ds)
+    try:
+        spacing, source = _spacing(ds)
+    except (TypeError, ValueError, AttributeError, OverflowError):  # an odd value: no spacing, not an error
+        spacing, source = None, None
     return np.ascontiguousarray(image), DicomInfo(
         modality=MODALITIES.get(modality_code), dicom_modality=modality_code, frame=chosen, frames=frames,
         rows=rows, columns=cols, photometric=photometric, transfer_syntax=syntax.name, sop_class=sop_class,

@@ -5,13 +5,16 @@ broken or unsuitable file is a 4xx that names the problem."""
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import convert_color_space
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
 
 from busi_web.dicom.reading import is_dicom, read_dicom
 from busi_web.errors import UserError
@@ -111,6 +114,11 @@ def test_unsuitable_files_are_4xx_naming_the_fix():
     assert error.status == 413 and "MAX_IMAGE_PIXELS" in str(error)
     error = refused(to_bytes(instance(GRAY[:6, :6])))
     assert error.status == 400 and "at least 8x8" in str(error)
+    video = instance(GRAY)
+    video.PixelData, video.file_meta.TransferSyntaxUID = encapsulate([bytes(100)]), "1.2.840.10008.1.2.4.100"
+    video["PixelData"].VR = "OB"
+    error = refused(to_bytes(video))
+    assert error.status == 400 and "compressed as MPEG2 Main Profile / Main Level" in str(error)
 
 
 def test_damaged_files_are_400_and_never_quote_the_header():
@@ -119,3 +127,24 @@ def test_damaged_files_are_400_and_never_quote_the_header():
         error = refused(data)
         assert error.status == 400 and "case.dcm" in str(error) and "export" in str(error)
         assert "TESTPATIENT" not in str(error)
+
+
+SAMPLES = [to_bytes(instance(GRAY, spacing=(0.1, 0.1))), to_bytes(compressed(instance(RGB), JPEGBaseline8Bit)),
+           to_bytes(compressed(instance(CINE), RLELossless))]
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(sample=st.integers(0, len(SAMPLES) - 1), cut=st.integers(0, 20_000),
+       flips=st.lists(st.tuples(st.integers(0, 20_000), st.integers(0, 255)), max_size=6))
+def test_a_damaged_file_is_a_400_or_an_image_never_a_crash(sample, cut, flips):
+    data = bytearray(SAMPLES[sample][: max(cut, 132)])
+    for where, byte in flips:
+        if 132 <= where < len(data):  # the preamble and magic stay: the file is still taken for DICOM
+            data[where] = byte
+    try:
+        image, _info = read_dicom(bytes(data), "case.dcm", max_pixels=LIMIT)
+    except UserError as error:
+        assert error.status in (400, 413) and "case.dcm" in str(error)
+    else:
+        assert image.dtype == np.uint8 and image.ndim in (2, 3)
