@@ -45,13 +45,14 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_COOKIE_SECURE": False,  # Secure cookies always (they are Secure anyway on requests over TLS)
     "CONTENT_SECURITY_POLICY": None,  # None: the built-in policy (busi_web/web/hardening.py)
     "METRICS_TOKEN": None,  # a bearer token that opens GET /metrics (and nothing else) to a Prometheus server
+    "REPORT_CACHE_MB": 16,  # memory for the case reports of the newest diagnoses (about 0.5 MB each)
     "PACS_SERVERS": {},  # name -> DICOMweb endpoint (busi_web/pacs/endpoints.py); the Studies page lists them
 }
 
 
 # Numeric settings checked at start (a wrong value stops the start with the key's name, not at the first use).
 WHOLE_NUMBERS = {"MAX_IMAGE_PIXELS": int, "MAX_IMAGE_SIDE": int, "DECODE_BUDGET_PIXELS": int, "PROXY_FIX": int,
-                 "BATCH_MAX_IMAGES": int, "BATCH_WAIT_MS": float}
+                 "BATCH_MAX_IMAGES": int, "BATCH_WAIT_MS": float, "REPORT_CACHE_MB": float}
 
 
 def _parse_env_value(raw: str) -> Any:

@@ -173,7 +173,8 @@ def make_services(config: Mapping[str, Any], registry: PluginRegistry) -> Servic
                     predictors=PredictorCache(registry, device=config["DEVICE"]),
                     batcher=MicroBatcher(max_batch=int(config["BATCH_MAX_IMAGES"]),
                                          max_wait_s=float(config["BATCH_WAIT_MS"]) / 1000),
-                    pacs=endpoints_from(config), handles=Handles(config["SECRET_KEY"]))
+                    pacs=endpoints_from(config), handles=Handles(config["SECRET_KEY"]),
+                    reports=ReportKeeper(int(float(config["REPORT_CACHE_MB"]) * 2**20)))
 
 
 def services_of(app: Flask | None = None) -> Services:

@@ -22,6 +22,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Ask a server to stop (SIGTERM); kill it when it has not within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def served(home: Path, env: dict[str, str] | None = None, threads: int = 8):
     """A real gunicorn (``busi-web serve``) on a free port of 127.0.0.1 with a fresh instance under ``home``, an
@@ -54,11 +64,7 @@ def served(home: Path, env: dict[str, str] | None = None, threads: int = 8):
                     os.killpg(run["pid"], signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def _answers(srv: Server, proc: subprocess.Popen, log: Path) -> bool:
@@ -163,8 +169,7 @@ def slapd(home: Path):
         wait_for(listening, timeout=30, what="slapd to listen", interval=0.1)
         yield Slapd(url, proc)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc)
 
 
 # -- a PACS: Debian's Orthanc with its DICOMweb plugin -----------------------------------------------------------
@@ -248,8 +253,4 @@ def orthanc(home: Path):
         wait_for(answers, timeout=60, what="Orthanc to answer", interval=0.2)
         yield Orthanc(url=f"{rest}/dicom-web", rest=rest, proc=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)

@@ -11,7 +11,7 @@ from flask.cli import with_appcontext
 
 from busi_web.cli.common import RUN_ID, parse_params, services, user_errors
 from busi_web.diagnosis.active import serving_run
-from busi_web.diagnosis.uploads import decode_upload
+from busi_web.diagnosis.uploads import decode_upload, modality_of
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, provenance
 from busi_web.store.acceptance import check_modality
@@ -43,11 +43,7 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
         with open(image_path, "rb") as stream:
             uploads.append(decode_upload(stream, image_path, int(current_app.config["MAX_IMAGE_PIXELS"]),
                                          frame=frame))
-    said = sorted({u.dicom.modality for u in uploads if u.dicom is not None and u.dicom.modality})
-    if len(said) > 1 or said and modality and said[0] != modality:
-        raise UserError(f"the DICOM files are {' and '.join(said)} images; give images of one modality, and "
-                        "leave --modality out or make it agree")
-    served = serving_run(svc.store, run_id, check_modality(modality) if modality else (said or [None])[0])
+    served = serving_run(svc.store, run_id, modality_of(uploads, check_modality(modality) if modality else None))
     predictor = svc.predictor(served)
     model = provenance(build_card(svc.store, svc.registry, served))
     out = Path(out_dir)

@@ -236,6 +236,20 @@ def decode_upload(stream: BinaryIO, name: str, max_pixels: int, max_bytes: int |
     return Upload(name, image, "DICOM", size, scale=image.shape[1] / dicom.columns, dicom=dicom)
 
 
+def modality_of(uploads: list[Upload], asked: str | None) -> str | None:
+    """The modality a request is for: ``asked``, else the one its DICOM files state (``None`` when neither
+    says); a 400 when the files state different modalities or one other than ``asked``."""
+    said = sorted({u.dicom.modality for u in uploads if u.dicom is not None and u.dicom.modality})
+    if len(said) > 1:
+        raise UserError(f"the files are of different modalities ({', '.join(said)}); send each modality in its "
+                        "own request", 400, {"image": "one modality per request"})
+    if said and asked and said[0] != asked:
+        name = next(u.filename for u in uploads if u.dicom is not None and u.dicom.modality)
+        raise UserError(f"{name} is a {said[0]} image, but modality {asked} was asked for; leave the modality "
+                        f"out or choose {said[0]}", 400, {"modality": f"the file is {said[0]}"})
+    return asked or (said[0] if said else None)
+
+
 def fit_side(image: np.ndarray, max_side: int) -> np.ndarray:
     """``image`` shrunk (area interpolation) so that its longer side is at most ``max_side``; as it is when so."""
     h, w = image.shape[:2]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from busi_web.errors import UserError
 from busi_web.report.content import CaseReport
 
-BUDGET_BYTES = 64 * 2**20
+BUDGET_BYTES = 16 * 2**20
 
 
 class ReportKeeper:

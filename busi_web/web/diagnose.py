@@ -38,12 +38,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, current_app, jsonify, render_template, request
+from PIL import Image
 from torch import nn
 
+from busi_web.data.preprocess import to_channels
 from busi_web.diagnosis.active import serving_modality, serving_run
 from busi_web.diagnosis.roi import roi_crops, roi_info
-from busi_web.diagnosis.uploads import read_uploads
+from busi_web.diagnosis.uploads import fit_side, modality_of, read_uploads
 from busi_web.dicom.privacy import uid_digests
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
@@ -65,6 +68,7 @@ PNG_KINDS = ("original", "overlay", "heatmap", "outline")
 ANSWERED_KINDS = ("original", "overlay", "heatmap")  # what an answer carries when ``images`` is not given
 ALPHA = Param("alpha", "float", 0.5, minimum=0.0, maximum=1.0)
 CHANNELS = Param("channels", "int", 16, minimum=1, maximum=256)
+REPORT_SIDE = 640  # px: a case report prints its images 90 mm wide, so this is about 180 dpi
 FRAME = Param("frame", "int", None, "which frame (1-based) of a multi-frame DICOM file", minimum=1, maximum=100_000)
 PIXEL_SPACING = Param("pixel_spacing", "float", None, "mm per pixel of the uploaded image, for lesion sizes in mm",
                       minimum=1e-4, maximum=10.0)
@@ -260,19 +264,6 @@ def _spacing(upload, asked: float | None, roi) -> tuple[tuple[float, float] | No
     return None, None
 
 
-def _file_modality(uploads, asked: str | None) -> str | None:
-    """The modality the request is for: ``asked``, else what the DICOM files say; 400 when they disagree."""
-    said = sorted({u.dicom.modality for u in uploads if u.dicom is not None and u.dicom.modality})
-    if len(said) > 1:
-        raise UserError(f"the files are of different modalities ({', '.join(said)}); send each modality in its "
-                        "own request", 400, {"image": "one modality per request"})
-    if said and asked and said[0] != asked:
-        name = next(u.filename for u in uploads if u.dicom is not None and u.dicom.modality)
-        raise UserError(f"{name} is a {said[0]} image, but modality {asked} was asked for; leave the modality "
-                        f"out or choose {said[0]}", 400, {"modality": f"the file is {said[0]}"})
-    return asked or (said[0] if said else None)
-
-
 def _audited_dicom(upload) -> dict[str, Any] | None:
     """What the audit keeps of a DICOM file: its description and keyed digests of its UIDs, no identifiers."""
     if upload.dicom is None:
@@ -299,10 +290,8 @@ class Diagnosis:
     """One request's diagnoses: the answer's ``body``, and what made it (for writing results elsewhere)."""
 
     body: dict[str, Any]
-    uploads: list[Any]
     predictions: list[Any]
     options: dict[str, Any]
-    predictor: Predictor
 
     def pictures(self, index: int) -> tuple[bytes, bytes]:
         """Result ``index``'s image and its overlay with the outline, as PNG bytes."""
@@ -315,12 +304,29 @@ class Diagnosis:
         return case_report(self.body, index, current_user.name, self.pictures(index))
 
     def keep_report(self, index: int) -> str:
-        """Keep result ``index``'s case report for the current user (made when first opened); its id."""
-        pred = self.predictions[index]
-        size = sum(a.nbytes for a in (pred.image, pred.heatmap, pred.lesion_map) if a is not None)
+        """Keep result ``index``'s case report for the current user; its id. What is kept is small: the image and
+        its heatmap (``uint8``) at the report's size, the region and the outline; the PNGs are made when the
+        report is first opened."""
+        pred, alpha, colormap = self.predictions[index], self.options["alpha"], self.options["colormap"]
+        factor = min(1.0, REPORT_SIDE / max(pred.image.shape[:2]))
+        image = fit_side(pred.image, REPORT_SIDE)
+        heat = None if pred.heatmap is None else fit_side(
+            np.clip(np.rint(pred.heatmap * 255), 0, 255).astype(np.uint8), REPORT_SIDE)
+        region = None if pred.region is None else tuple(round(v * factor) for v in pred.region)
+        outline = None if pred.lesion is None else [[x * factor, y * factor] for x, y in pred.lesion.polygon()]
+        result = {k: v for k, v in self.body["results"][index].items() if not k.endswith("_png")}
+        body = {**{k: v for k, v in self.body.items() if k != "results"}, "results": [result]}
         user = current_user.name
-        return services_of().reports.keep(
-            user, lambda: case_report(self.body, index, user, self.pictures(index)), size)
+
+        def make() -> CaseReport:
+            picture = Image.fromarray(to_channels(image, 3)) if heat is None else \
+                render_heatmap(image, heat, alpha, colormap, region)[0]
+            if outline:
+                picture = draw_outline(picture, outline)
+            return case_report(body, 0, user, (fast_png(image), fast_png(picture)))
+
+        size = image.nbytes + (0 if heat is None else heat.nbytes) + 16_384
+        return services_of().reports.keep(user, make, size)
 
 
 def diagnose_uploads(uploads: list, audit_extra: dict[str, Any] | None = None) -> Diagnosis:
@@ -328,7 +334,7 @@ def diagnose_uploads(uploads: list, audit_extra: dict[str, Any] | None = None) -
     files' modality (or the one asked for), one shared pass, rendering, one audit row per image (with
     ``audit_extra``). Raises :class:`UserError` for every choice that cannot be served."""
     services = services_of()
-    run_id, modality = arg("run_id", RUN_ID), _file_modality(uploads, _modality())
+    run_id, modality = arg("run_id", RUN_ID), modality_of(uploads, _modality())
     try:
         served = serving_run(services.store, run_id, modality)
         predictor = services.predictor(served)
@@ -372,7 +378,7 @@ def diagnose_uploads(uploads: list, audit_extra: dict[str, Any] | None = None) -
                    "(right); not a probability. Outside a dashed frame: not seen by the model."}
     body = {"run_id": served, "classes": predictor.classes, "model": model, "notice": NOTICE, "legend": legend,
             "results": results}
-    diagnosis = Diagnosis(body=body, uploads=uploads, predictions=preds, options=opts, predictor=predictor)
+    diagnosis = Diagnosis(body=body, predictions=preds, options=opts)
     for k, result in enumerate(results):  # each result's printable case report (made when first opened)
         result["report_id"] = diagnosis.keep_report(k)
     return diagnosis
