@@ -165,7 +165,6 @@ def diagnose_instance(name: str, handle: str):
         raise UserError(f"PACS {name} is read-only for busi-web (write_back is false in PACS_SERVERS); diagnose "
                         "without writing back", 403, {"write_back": "not allowed for this PACS"})
     pacs = Pacs(endpoint)
-    services = services_of()
     config = current_app.config
     with stage("decode"):
         data = pacs.retrieve(study_uid, series_uid, instance_uid)
@@ -175,29 +174,35 @@ def diagnose_instance(name: str, handle: str):
     header = upload.dicom.header  # what names the image on the page: series and image numbers, no identifier
     upload.filename = f"{name}: series {header.get('SeriesNumber', '?')}, image {header.get('InstanceNumber', '?')}"
     diagnosis = diagnose_uploads([upload], {"pacs": name})
-    body = diagnosis.body
-    body["written"] = None
-    if write_back or report_pdf:
-        result, pred = body["results"][0], diagnosis.predictions[0]
-        answer = Answer(label=result["label"], probabilities=result["probabilities"], lesion=result["lesion"],
-                        model_name=body["model"]["name"], run_id=int(body["run_id"]), frame=upload.dicom.frame,
-                        frames=upload.dicom.frames, scale=float(result["scale"]), notice=body["notice"])
-        source = upload.dicom.header
-        objects = []
-        if write_back:
-            picture = np.asarray(pred.picture(diagnosis.options["alpha"], diagnosis.options["colormap"]))
-            objects += [secondary_capture(source, picture, answer), structured_report(source, answer)]
-        if report_pdf:
-            objects.append(encapsulated_pdf(source, report_pdf_bytes(diagnosis.report(0)), answer))
-        digests = uid_digests(source, config["SECRET_KEY"])
-        audit = {"pacs": name, "study": digests["study"], "instance": digests["instance"],
-                 "objects": [str(o.SOPClassUID.name) for o in objects], "series_description": answer.description}
-        try:
-            stored = pacs.store(objects)
-        except UserError as exc:
-            services.store.audit("pacs.store.failed", user=current_user.name, run_id=body["run_id"], **audit,
-                                 error=str(exc))
-            raise UserError(f"{exc} The diagnosis itself was made and audited.", exc.status) from None
-        services.store.audit("pacs.store", user=current_user.name, run_id=body["run_id"], **audit)
-        body["written"] = {"objects": stored.stored, "series_description": answer.description}
-    return jsonify(body)
+    diagnosis.body["written"] = _write_back(pacs, diagnosis, upload, report_pdf, write_back) \
+        if write_back or report_pdf else None
+    return jsonify(diagnosis.body)
+
+
+def _write_back(pacs: Pacs, diagnosis, upload, report_pdf: bool, images: bool) -> dict[str, Any]:
+    """Store the diagnosis into the instance's study (one STOW-RS request): the Secondary Capture and the
+    Structured Report (``images``), the case report (``report_pdf``). Audited either way; a refusal is an
+    error that says the diagnosis itself was made."""
+    body, pred = diagnosis.body, diagnosis.predictions[0]
+    result = body["results"][0]
+    answer = Answer(label=result["label"], probabilities=result["probabilities"], lesion=result["lesion"],
+                    model_name=body["model"]["name"], run_id=int(body["run_id"]), frame=upload.dicom.frame,
+                    frames=upload.dicom.frames, scale=float(result["scale"]), notice=body["notice"])
+    source = upload.dicom.header
+    objects = []
+    if images:
+        picture = np.asarray(pred.picture(diagnosis.options["alpha"], diagnosis.options["colormap"]))
+        objects += [secondary_capture(source, picture, answer), structured_report(source, answer)]
+    if report_pdf:
+        objects.append(encapsulated_pdf(source, report_pdf_bytes(diagnosis.report(0)), answer))
+    digests = uid_digests(source, current_app.config["SECRET_KEY"])
+    audit = {"pacs": pacs.endpoint.name, "study": digests["study"], "instance": digests["instance"],
+             "objects": [UID(str(o.SOPClassUID)).name for o in objects], "series_description": answer.description}
+    store = services_of().store
+    try:
+        stored = pacs.store(objects)
+    except UserError as exc:
+        store.audit("pacs.store.failed", user=current_user.name, run_id=body["run_id"], **audit, error=str(exc))
+        raise UserError(f"{exc} The diagnosis itself was made and audited.", exc.status) from None
+    store.audit("pacs.store", user=current_user.name, run_id=body["run_id"], **audit)
+    return {"objects": stored.stored, "series_description": answer.description}
