@@ -17,6 +17,9 @@ timeout = 120
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
+# The request's path without its query string (%(U)s): a query may carry what a user typed, such as an
+# accession number on the Studies page, and no identifier belongs in a log.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 # gunicorn >= 25 opens a control socket at one fixed path per user by default; two busi-web servers on one host

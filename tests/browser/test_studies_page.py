@@ -55,6 +55,8 @@ def test_a_clinician_diagnoses_a_pacs_study_and_writes_it_back(pacs_server, new_
     for secret in (PATIENT_NAME, PATIENT_ID, ACCESSION, str(loop.StudyInstanceUID), str(loop.SOPInstanceUID)):
         assert secret not in text, secret
     shot(page, "studies_written_back")
+    log = server.log.read_text()  # the access log has the searches' paths, not their queries
+    assert "/api/pacs/ward/studies" in log and ACCESSION not in log and PATIENT_NAME not in log
     # The PACS now holds the two new objects in the study.
     held = pacs_server["pacs"].client().search_for_instances(study_instance_uid=str(loop.StudyInstanceUID))
     assert len(held) == 3
