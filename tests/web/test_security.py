@@ -162,7 +162,7 @@ def diagnose(app):
     (b"just some text, not pixels", "notes.png", 400, "not an image"),
     (_truncated("PNG"), "half.png", 400, "truncated"),
     (_truncated("JPEG"), "half.jpg", 400, "truncated"),
-    (image_bytes("GIF"), "anim.gif", 400, "GIF image; upload a PNG, JPEG, BMP or TIFF"),
+    (image_bytes("GIF"), "anim.gif", 400, "GIF image; upload a PNG, JPEG, BMP, TIFF or DICOM"),
     (_png_of((4, 4)), "dot.png", 400, "only 4x4 pixels"),
     (_png_of((8000, 6000), "1"), "wide.png", 413, "MAX_IMAGE_PIXELS"),  # 48 Mpx: over the 40 Mpx default
     # 900 Mpx in ~100 kB: Pillow refuses it while reading the header; the message quotes the configured limit.
