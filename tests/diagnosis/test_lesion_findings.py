@@ -113,6 +113,20 @@ def test_the_api_gives_the_outline_measurements_descriptors_and_audits_them(trai
     by_file = {a["detail"]["filename"]: a["detail"] for a in audit}
     for res in results:
         assert by_file[res["filename"]]["lesion"] == res["lesion"]
+    # A DICOM file's own spacing sizes the lesion (its rows and columns 0.2 mm apart).
+    from tests.dicom_phantoms import instance, to_bytes
+
+    path = trained["images"][found[0]["filename"]][0]  # an image outlined above
+    gray = np.asarray(Image.open(path).convert("L"))
+    dicom = to_bytes(instance(gray, spacing=(0.2, 0.2)))
+    r = client.post("/api/predict", data=upload((dicom, "case.dcm"), images="original"))
+    assert r.status_code == 200, r.get_json()
+    result = r.get_json()["results"][0]
+    assert result["pixel_spacing_source"] == "PixelSpacing" and result["dicom"]["modality"] == "US"
+    assert result["lesion"]["found"], result["lesion"]["statement"]  # gray, as the phantom is: the same outline
+    m = result["lesion"]["measurements"]
+    assert m["long_axis_mm"] == pytest.approx(m["long_axis_px"] * 0.2, abs=0.06)
+    assert m["pixel_spacing_mm"] == [0.2, 0.2]
     # A bad pixel spacing is a 400 naming the field.
     r = client.post("/api/predict", data=upload(files[0], pixel_spacing="-1"))
     assert r.status_code == 400 and "pixel_spacing" in r.get_json()["error"]
