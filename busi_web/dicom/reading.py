@@ -160,8 +160,11 @@ def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
 
 
 def _to_uint8(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
-    if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
+    if photometric == "PALETTE COLOR":  # indices through the file's colour tables, 8 or 16 bits an entry
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        lut_bits = int(descriptor[2]) if descriptor is not None and int(descriptor[2]) in (8, 16) else 16
+        rgb = apply_color_lut(arr, ds).astype(np.float32) * (255.0 / (2 ** lut_bits - 1))
+        return np.rint(rgb).clip(0, 255).astype(np.uint8)
     if arr.ndim == 3:  # colour, already RGB (pydicom converts the YBR forms)
         arr = arr.astype(np.float32)
         bits = int(ds.get("BitsStored", 8) or 8)

@@ -148,3 +148,18 @@ def test_a_damaged_file_is_a_400_or_an_image_never_a_crash(sample, cut, flips):
         assert error.status in (400, 413) and "case.dcm" in str(error)
     else:
         assert image.dtype == np.uint8 and image.ndim in (2, 3)
+
+
+def test_palette_colour_is_read_through_its_lookup_table():
+    """pydicom ships an ultrasound image in PALETTE COLOR; its colours come out as pydicom's own LUT gives them."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut
+
+    path = get_testdata_file("examples_palette.dcm", download=False)
+    with open(path, "rb") as f:
+        image, info = read_dicom(f.read(), "palette.dcm", max_pixels=LIMIT)
+    expected = apply_color_lut(dcmread(path).pixel_array, dcmread(path))
+    assert info.photometric == "PALETTE COLOR" and image.shape == (350, 800, 3)
+    assert expected.max() > 255  # 16-bit table entries, brought to 8 bits
+    assert np.abs(image.astype(int) - np.rint(expected / 257).astype(int)).max() <= 1 and image.max() < 255
