@@ -46,12 +46,12 @@ from torch import nn
 from busi_web.data.preprocess import to_channels
 from busi_web.diagnosis.active import serving_modality, serving_run
 from busi_web.diagnosis.roi import roi_crops, roi_info
-from busi_web.diagnosis.uploads import fit_side, modality_of, read_uploads
+from busi_web.diagnosis.uploads import Upload, fit_side, modality_of, read_uploads
 from busi_web.dicom.privacy import uid_digests
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
 from busi_web.explain.render import draw_outline, fast_png, legend_stops, palette, render_heatmap
-from busi_web.model.predictor import Predictor
+from busi_web.model.predictor import Prediction, Predictor
 from busi_web.report.content import CaseReport, case_report
 from busi_web.services import services_of
 from busi_web.specs import Param
@@ -252,7 +252,7 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
     return out
 
 
-def _spacing(upload, asked: float | None, roi) -> tuple[tuple[float, float] | None, str | None]:
+def _spacing(upload: Upload, asked: float | None, roi: Any) -> tuple[tuple[float, float] | None, str | None]:
     """``(row, column)`` mm per pixel of the answer's image and where it came from: the form's
     ``pixel_spacing`` (mm per uploaded pixel) first, else the DICOM header; none for a region of interest."""
     if roi is not None:
@@ -264,7 +264,7 @@ def _spacing(upload, asked: float | None, roi) -> tuple[tuple[float, float] | No
     return None, None
 
 
-def _audited_dicom(upload) -> dict[str, Any] | None:
+def _audited_dicom(upload: Upload) -> dict[str, Any] | None:
     """What the audit keeps of a DICOM file: its description and keyed digests of its UIDs, no identifiers."""
     if upload.dicom is None:
         return None
@@ -290,7 +290,7 @@ class Diagnosis:
     """One request's diagnoses: the answer's ``body``, and what made it (for writing results elsewhere)."""
 
     body: dict[str, Any]
-    predictions: list[Any]
+    predictions: list[Prediction]
     options: dict[str, Any]
 
     def pictures(self, index: int) -> tuple[bytes, bytes]:
@@ -329,7 +329,7 @@ class Diagnosis:
         return services_of().reports.keep(user, make, size)
 
 
-def diagnose_uploads(uploads: list, audit_extra: dict[str, Any] | None = None) -> Diagnosis:
+def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None = None) -> Diagnosis:
     """Diagnose decoded ``uploads`` with the request's form options (model, explainer, ...): the model of the
     files' modality (or the one asked for), one shared pass, rendering, one audit row per image (with
     ``audit_extra``). Raises :class:`UserError` for every choice that cannot be served."""

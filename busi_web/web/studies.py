@@ -27,7 +27,7 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, render_template, request
 from pydicom.uid import UID
 
-from busi_web.diagnosis.uploads import decode_upload
+from busi_web.diagnosis.uploads import Upload, decode_upload
 from busi_web.dicom.privacy import uid_digests
 from busi_web.dicom.writing import Answer, encapsulated_pdf, secondary_capture, structured_report
 from busi_web.errors import UserError
@@ -37,7 +37,7 @@ from busi_web.report.pdf import report_pdf_bytes
 from busi_web.services import services_of
 from busi_web.specs import Param
 from busi_web.web.auth import current_user
-from busi_web.web.diagnose import FRAME, diagnose_uploads
+from busi_web.web.diagnose import FRAME, Diagnosis, diagnose_uploads
 from busi_web.web.helpers import arg
 from busi_web.web.metrics import stage
 
@@ -179,7 +179,7 @@ def diagnose_instance(name: str, handle: str):
     return jsonify(diagnosis.body)
 
 
-def _write_back(pacs: Pacs, diagnosis, upload, report_pdf: bool, images: bool) -> dict[str, Any]:
+def _write_back(pacs: Pacs, diagnosis: Diagnosis, upload: Upload, report_pdf: bool, images: bool) -> dict[str, Any]:
     """Store the diagnosis into the instance's study (one STOW-RS request): the Secondary Capture and the
     Structured Report (``images``), the case report (``report_pdf``). Audited either way; a refusal is an
     error that says the diagnosis itself was made."""
