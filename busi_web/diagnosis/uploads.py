@@ -279,8 +279,10 @@ def read_uploads(app: Flask, files: list[FileStorage], user: str | None = None,
         out.append(decode_upload(file.stream, name, max_pixels, max_bytes, max_side=max_side, budget=budget,
                                  frame=frame))
         if app.config.get("STORE_UPLOADS"):
-            kept = file.stream if out[-1].dicom is None else deidentified_bytes(file.stream)
-            out[-1].stored_path = str(store_upload(app, kept, name, user))
+            if out[-1].dicom is None:
+                out[-1].stored_path = str(store_upload(app, file.stream, name, user))
+            else:  # de-identified, under a neutral name (an export's file name may be its patient's)
+                out[-1].stored_path = str(store_upload(app, deidentified_bytes(file.stream), "instance.dcm", user))
     return out
 
 

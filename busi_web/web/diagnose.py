@@ -366,11 +366,12 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
                    for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))]
     with stage("audit"):  # one transaction for the request's rows
         services.store.audit_many("diagnose", user=current_user.name, run_id=served, rows=[
-            {"filename": upload.filename, "label": pred.label, "probabilities": pred.probabilities,
-             "explainer": pred.explainer, "target": pred.target_label, "stored": upload.stored_path,
-             "modality": model["modality"], "demo": model["demo"], "ood": pred.ood, "model": audited_model,
-             "lesion": results[k]["lesion"], "dicom": _audited_dicom(upload), **(audit_extra or {}),
-             **({} if rois is None else {"roi": rois[k].to_dict()})}
+            # A DICOM file's name may be its patient's (exports often are): the audit keeps the UID digests instead.
+            {"filename": upload.filename if upload.dicom is None else None, "label": pred.label,
+             "probabilities": pred.probabilities, "explainer": pred.explainer, "target": pred.target_label,
+             "stored": upload.stored_path, "modality": model["modality"], "demo": model["demo"], "ood": pred.ood,
+             "model": audited_model, "lesion": results[k]["lesion"], "dicom": _audited_dicom(upload),
+             **(audit_extra or {}), **({} if rois is None else {"roi": rois[k].to_dict()})}
             for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))])
     legend = None if opts["explainer"] is None else {
         "colormap": opts["colormap"], "stops": legend_stops(opts["colormap"]),

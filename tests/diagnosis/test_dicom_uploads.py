@@ -61,6 +61,9 @@ def test_the_modality_picks_the_model_and_nothing_identifying_comes_back(served,
             assert secret not in r.get_data(as_text=True), secret
     assert served["client"].post("/api/predict", data=upload((to_bytes(us), "case"))).get_json()[
         "results"][0]["pixel_spacing_source"] == "PixelSpacing"
+    # A file named after its patient: the answer echoes the name to its sender, the audit does not keep it.
+    r = client.post("/api/predict", data=upload((to_bytes(us), "TESTPATIENT_JANE.dcm")))
+    assert r.status_code == 200 and r.get_json()["results"][0]["filename"] == "TESTPATIENT_JANE.dcm"
     # The audit keeps digests of the UIDs, not the UIDs, and never the patient.
     rows = store.audit_log("diagnose")
     dumped = json.dumps(rows)
@@ -69,7 +72,7 @@ def test_the_modality_picks_the_model_and_nothing_identifying_comes_back(served,
             assert secret not in dumped and secret not in caplog.text, secret
     digests = [row["detail"]["dicom"]["uids"] for row in rows]
     assert all(len(d["study"]) == 32 for d in digests)
-    assert len({d["study"] for d in digests}) == 2  # the two US rows share their study's digest
+    assert len({d["study"] for d in digests}) == 2  # the US rows share their study's digest
     # The stored upload is de-identified and holds the same pixels.
     stored = [row["detail"]["stored"] for row in rows]
     kept = pydicom.dcmread(stored[-1])
