@@ -238,13 +238,13 @@ def read_dicom(source: bytes | BinaryIO, name: str, *, max_pixels: int, frame: i
     if compressed and not _decodable(syntax):
         raise UserError(f"{name} is compressed as {syntax.name}, which this server cannot decode; export it "
                         "uncompressed or as JPEG, JPEG-LS, JPEG 2000 or RLE", 400)
-    source: BinaryIO | Dataset = stream
+    pixels: BinaryIO | Dataset = stream
     if encapsulated:  # compressed frames: read whole (as sent, no larger) to see that none is cut
-        source = _whole(stream, name)
+        pixels = _whole(stream, name)
     stream.seek(0)
     try:
         with hold(rows * cols):
-            raw = pixel_array(source, index=chosen - 1 if frames > 1 else None)
+            raw = pixel_array(pixels, index=chosen - 1 if frames > 1 else None)
             image = _to_uint8(raw, ds, photometric)
     except (NotImplementedError, RuntimeError) as exc:
         raise UserError(f"{name}: its pixel data ({syntax.name}, {photometric}) cannot be decoded here "
@@ -258,10 +258,10 @@ def read_dicom(source: bytes | BinaryIO, name: str, *, max_pixels: int, frame: i
     if image.ndim == 3 and image.shape[-1] == 4:
         image = image[..., :3]
     try:
-        spacing, source = _spacing(ds)
+        spacing, spacing_source = _spacing(ds)
     except (TypeError, ValueError, AttributeError, OverflowError):  # an odd value: no spacing, not an error
-        spacing, source = None, None
+        spacing, spacing_source = None, None
     return np.ascontiguousarray(image), DicomInfo(
         modality=MODALITIES.get(modality_code), dicom_modality=modality_code, frame=chosen, frames=frames,
         rows=rows, columns=cols, photometric=photometric, transfer_syntax=syntax.name, sop_class=sop_class,
-        spacing_mm=spacing, spacing_source=source, header=ds)
+        spacing_mm=spacing, spacing_source=spacing_source, header=ds)
