@@ -33,14 +33,20 @@ PROFILE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 UID_KEYS = (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID"), ("instance", "SOPInstanceUID"))
 
 
-def uid_digests(ds: Dataset, key: bytes | str) -> dict[str, str | None]:
-    """``{"study", "series", "instance"}``: the first 32 hex digits of an HMAC-SHA256 of each UID (``None``
-    when the file has none). The same UID under the same key gives the same digest."""
+def keyed_digest(key: bytes | str, text: str) -> str:
+    """The first 32 hex digits of an HMAC-SHA256 of ``text`` under ``key``: the same text and key, the same
+    digest; without the key, no way back to the text."""
     secret = key.encode() if isinstance(key, str) else key
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def uid_digests(ds: Dataset, key: bytes | str) -> dict[str, str | None]:
+    """``{"study", "series", "instance"}``: the :func:`keyed_digest` of each UID (``None`` when the file has
+    none)."""
     out: dict[str, str | None] = {}
     for name, keyword in UID_KEYS:
         uid = str(ds.get(keyword, "") or "").strip()
-        out[name] = hmac.new(secret, uid.encode(), hashlib.sha256).hexdigest()[:32] if uid else None
+        out[name] = keyed_digest(key, uid) if uid else None
     return out
 
 

@@ -8,11 +8,10 @@ that says to search again.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 from collections import OrderedDict
 
+from busi_web.dicom.privacy import keyed_digest
 from busi_web.errors import UserError
 
 KEPT = 20_000
@@ -22,7 +21,7 @@ class Handles:
     """Handle ↔ ``(endpoint, uids...)``, bounded, shared by the request threads."""
 
     def __init__(self, key: bytes | str, kept: int = KEPT):
-        self._key = key.encode() if isinstance(key, str) else key
+        self._key = key
         self._kept = kept
         self._known: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._lock = threading.Lock()
@@ -30,7 +29,7 @@ class Handles:
     def handle(self, endpoint: str, *uids: str) -> str:
         """The handle of ``uids`` on ``endpoint`` (remembered, newest last)."""
         parts = (endpoint, *uids)
-        digest = hmac.new(self._key, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()[:32]
+        digest = keyed_digest(self._key, "\x00".join(parts))
         with self._lock:
             self._known[digest] = parts
             self._known.move_to_end(digest)
