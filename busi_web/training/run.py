@@ -13,9 +13,8 @@ import numpy as np
 import torch
 
 from busi_web.data.datasets import DatasetError
-from busi_web.data.fingerprints import data_hash, overlap
+from busi_web.data.fingerprints import data_hash
 from busi_web.data.preprocess import PreprocessConfig, eval_transform, train_transform
-from busi_web.data.splits import Split, split_dataset
 from busi_web.evaluation.metrics import classification_metrics, classification_report_text
 from busi_web.evaluation.plots import confusion_plot_png, history_plot_png, reliability_plot_png
 from busi_web.explain.base import default_target_layer
@@ -27,7 +26,6 @@ from busi_web.training.feeding import (
     TransformedImages,
     balanced_sampler,
     build_source,
-    class_counts,
     class_weights,
     make_loader,
     resolve_workers,
@@ -35,6 +33,7 @@ from busi_web.training.feeding import (
 from busi_web.training.loop import Engine, TrainingDiverged, build_optimizer, build_scheduler
 from busi_web.training.params import lesion_training, validate_train_params
 from busi_web.training.resume import epoch_seed, load_state, rng_state, save_state, seed_everything, set_rng_state
+from busi_web.training.splitting import run_split
 from busi_web.training.trust import checkpoint_extras, fit_trust
 
 
@@ -102,7 +101,7 @@ class TrainingRun:
         ds.check_usable()
         self.classes = list(ds.classes)
         self.modality = getattr(ds, "modality", None) or ds_spec.modality
-        self.split = self._split(ds, p)
+        self.split, self.left_out = run_split(self.dir, ds, p, self.store, self.modality, self.log)
         device = resolve_device(p["device"])
         self.device_name = str(device)
         torch.backends.cudnn.benchmark = device.type == "cuda"  # fastest kernels; GPU runs are not bit-exact
@@ -169,40 +168,6 @@ class TrainingRun:
                      f"Beta({p['mixup']:g}, {p['mixup']:g})")
         self.log(f"classes {self.classes}; train/val/test {len(self.split.train)}/{len(self.split.val)}/"
                  f"{len(self.split.test)} images; device {device}, {workers} loader workers")
-
-    def _split(self, ds: Any, p: dict[str, Any]) -> Split:
-        path = self.dir / art.SPLIT_JSON
-        if path.exists():
-            self.log("reusing the saved split.json")
-            split = Split.load(path, ds)
-        else:
-            exclude, hashes = self._acceptance_overlap(ds)
-            split = split_dataset(ds, p["val_frac"], p["test_frac"], p["seed"], exclude=exclude, hashes=hashes)
-            if self.left_out is not None:
-                self.left_out["images"] = len(split.excluded)
-                self.log(f"left out {len(split.excluded)} images: copies of the {self.modality} acceptance set "
-                         f"{self.left_out['set_id']} ({self.left_out['identical']} identical, "
-                         f"{self.left_out['near_duplicates']} near-duplicates, the rest their duplicate groups)")
-        for part in ("train", "val", "test"):
-            if not split.part(part):
-                raise DatasetError(f"the {part} part of the split is empty: {len(ds)} images are too few; add "
-                                   "images or raise val_frac / test_frac")
-        present = sum(1 for c in class_counts([ds.labels[i] for i in split.train], len(ds.classes)) if c)
-        if present < 2:
-            raise DatasetError("the training part holds only one class; add images of the other classes")
-        if not path.exists():
-            art.write_atomic(path, split.to_json())
-        return split
-
-    def _acceptance_overlap(self, ds: Any) -> tuple[list[int], list[int] | None]:
-        """The images of ``ds`` that the modality's acceptance set claims (none when it has no set)."""
-        accepted = self.store.acceptance_set(self.modality)
-        if accepted is None:
-            return [], None
-        found = overlap(ds, accepted["items"])
-        self.left_out = {"set_id": accepted["id"], "identical": len(found.exact),
-                         "near_duplicates": len(found.near)}
-        return found.indices, found.phashes
 
     def _resume(self) -> None:
         path = self.dir / art.LAST_PT
