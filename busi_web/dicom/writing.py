@@ -116,7 +116,6 @@ def secondary_capture(source: Dataset, picture: np.ndarray, answer: Answer) -> D
     if answer.frames > 1:
         ref.ReferencedFrameNumber = answer.frame
     sc.SourceImageSequence = [ref]
-    sc.preamble = b"\0" * 128
     return sc
 
 
@@ -181,7 +180,6 @@ def structured_report(source: Dataset, answer: Answer) -> Dataset:
                                series_number=SR_SERIES, sop_instance_uid=generate_uid(), instance_number=1,
                                manufacturer=MANUFACTURER, is_complete=True)
     sr.SeriesDescription = answer.description
-    sr.preamble = b"\0" * 128
     return sr
 
 
@@ -208,5 +206,4 @@ def encapsulated_pdf(source: Dataset, pdf: bytes, answer: Answer, title: str = "
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.preamble = b"\0" * 128
     return ds

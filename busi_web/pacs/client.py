@@ -46,10 +46,7 @@ class Stored:
 
 def value(item: dict[str, Any], keyword: str) -> Any:
     """The first value of ``keyword`` in a DICOM JSON object (QIDO-RS answer), or ``None``."""
-    tag = tag_for_keyword(keyword)
-    entry = item.get(f"{tag:08X}") if tag is not None else None
-    values = (entry or {}).get("Value") or []
-    first = values[0] if values else None
+    first = (values(item, keyword) or [None])[0]
     if isinstance(first, dict) and "Alphabetic" in first:
         return first["Alphabetic"]
     return first

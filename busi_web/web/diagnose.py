@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,20 +294,18 @@ class Diagnosis:
     predictions: list[Prediction]
     options: dict[str, Any]
 
-    def pictures(self, index: int) -> tuple[bytes, bytes]:
-        """Result ``index``'s image and its overlay with the outline, as PNG bytes."""
-        pred = self.predictions[index]
-        return (fast_png(pred.image),
-                fast_png(pred.picture(self.options["alpha"], self.options["colormap"])))
-
     def report(self, index: int) -> CaseReport:
         """The case report of result ``index``, for the current user."""
-        return case_report(self.body, index, current_user.name, self.pictures(index))
+        return self._report_maker(index)[0]()
 
     def keep_report(self, index: int) -> str:
-        """Keep result ``index``'s case report for the current user; its id. What is kept is small: the image and
-        its heatmap (``uint8``) at the report's size, the region and the outline; the PNGs are made when the
-        report is first opened."""
+        """Keep result ``index``'s case report for the current user, to be made when first opened; its id."""
+        make, size = self._report_maker(index)
+        return services_of().reports.keep(current_user.name, make, size)
+
+    def _report_maker(self, index: int) -> tuple[Callable[[], CaseReport], int]:
+        """What makes result ``index``'s case report, and the bytes it holds meanwhile: the image and its heatmap
+        (``uint8``) at the report's size, the region and the outline; the PNGs are made only when called."""
         pred, alpha, colormap = self.predictions[index], self.options["alpha"], self.options["colormap"]
         factor = min(1.0, REPORT_SIDE / max(pred.image.shape[:2]))
         image = fit_side(pred.image, REPORT_SIDE)
@@ -325,8 +324,7 @@ class Diagnosis:
                 picture = draw_outline(picture, outline)
             return case_report(body, 0, user, (fast_png(image), fast_png(picture)))
 
-        size = image.nbytes + (0 if heat is None else heat.nbytes) + 16_384
-        return services_of().reports.keep(user, make, size)
+        return make, image.nbytes + (0 if heat is None else heat.nbytes) + 16_384
 
 
 def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None = None) -> Diagnosis:
