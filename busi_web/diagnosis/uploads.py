@@ -229,7 +229,8 @@ def decode_upload(stream: BinaryIO, name: str, max_pixels: int, max_bytes: int |
         if frame not in (None, 1):
             raise UserError(f"{name} is not a DICOM file, so it has no frame {frame}; leave the frame out", 400,
                             {"frame": "only for DICOM files"})
-        image, fmt, scale = decode_image(stream, name, max_pixels, max_bytes, max_side=max_side, budget=budget)
+        # The size was checked above, so decode_image is given no byte limit.
+        image, fmt, scale = decode_image(stream, name, max_pixels, None, max_side=max_side, budget=budget)
         return Upload(name, image, fmt, size, scale=scale)
     image, dicom = read_dicom(stream, name, max_pixels=max_pixels, frame=frame, hold=budget.hold)
     image = fit_side(image, max_side)

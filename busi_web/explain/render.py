@@ -13,7 +13,9 @@ Everything here works on numpy arrays on the CPU and returns either a
   256-entry palette lookup and ``Image.blend`` run in C without holding the
   GIL, so request threads leave the interpreter to the model's thread.
   :func:`overlay_array` / :func:`overlay` are its array and PNG forms.
-* :func:`draw_outline` draws a lesion's outline (a closed polygon) over a picture.
+* :func:`draw_outline` draws a lesion's outline (a closed polygon) over a picture,
+  and :func:`annotate` makes the picture a diagnosis shows: the overlay (or
+  the image) with the outline.
 * :func:`tile_grid` lays out feature maps as one grayscale grid image.
 * :func:`to_png` encodes a ``uint8`` array as PNG bytes, and :func:`fast_png`
   an array or a Pillow image for a response (a grey RGB image as one channel).
@@ -29,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = ["COLORMAPS", "colorize", "legend_stops", "render_heatmap", "overlay_array", "overlay", "tile_grid", "to_png",
-           "fast_png", "draw_outline", "OUTLINE_COLOUR"]
+           "fast_png", "draw_outline", "annotate", "OUTLINE_COLOUR"]
 
 OUTLINE_COLOUR = (0, 255, 102)  # a green no colormap here uses for evidence, drawn over a dark halo
 
@@ -197,6 +199,18 @@ def draw_outline(image: Image.Image | np.ndarray, points: list[tuple[int, int]] 
     draw.line(ring, fill=(0, 0, 0), width=width + 2, joint="curve")
     draw.line(ring, fill=OUTLINE_COLOUR, width=width, joint="curve")
     return picture
+
+
+def annotate(image: np.ndarray, heatmap: np.ndarray | None = None, alpha: float = 0.5, colormap: str = "jet",
+             region: Region | None = None, outline: list[tuple[int, int]] | list[list[int]] | None = None
+             ) -> tuple[Image.Image, Image.Image | None]:
+    """``(picture, coloured heatmap)``: the heatmap blended over ``image`` (as :func:`render_heatmap`; the image
+    alone, and no heatmap, when ``heatmap`` is ``None``), with the lesion's ``outline`` drawn when one is given."""
+    if heatmap is None:
+        picture, heat = Image.fromarray(np.ascontiguousarray(_as_rgb(image)), "RGB"), None
+    else:
+        picture, heat = render_heatmap(image, heatmap, alpha, colormap, region)
+    return (draw_outline(picture, outline) if outline else picture), heat
 
 
 def overlay_array(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet",

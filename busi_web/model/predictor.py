@@ -30,10 +30,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from busi_web.data.preprocess import crop_pixels, eval_transform, paste_map, to_channels
+from busi_web.data.preprocess import crop_pixels, eval_transform, paste_map
 from busi_web.explain.base import classify, complete_explanation, default_target_layer, feature_map_grid
 from busi_web.explain.lesion import Lesion, describe_absent, find_lesion
-from busi_web.explain.render import draw_outline, fast_png, render_heatmap, to_png
+from busi_web.explain.render import annotate, fast_png, to_png
 from busi_web.model.calibration import apply_temperature
 from busi_web.model.checkpoint import CheckpointMeta, load_checkpoint
 from busi_web.model.device import resolve_device
@@ -102,11 +102,8 @@ class Prediction:
         one was found: an RGB Pillow image."""
         if self.image is None:
             raise ValueError("this prediction keeps no image")
-        if self.heatmap is None:
-            blended = Image.fromarray(np.ascontiguousarray(to_channels(self.image, 3)), "RGB")
-        else:
-            blended, _heat = render_heatmap(to_channels(self.image, 3), self.heatmap, alpha, colormap, self.region)
-        return blended if self.lesion is None else draw_outline(blended, self.lesion.polygon())
+        outline = None if self.lesion is None else self.lesion.polygon()
+        return annotate(self.image, self.heatmap, alpha, colormap, self.region, outline)[0]
 
     def overlay_png(self, alpha: float = 0.5, colormap: str = "jet") -> bytes:
         """The heatmap blended over the original image, with the lesion's outline when one was found, as PNG."""

@@ -41,17 +41,15 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, current_app, jsonify, render_template, request
-from PIL import Image
 from torch import nn
 
-from busi_web.data.preprocess import to_channels
 from busi_web.diagnosis.active import serving_modality, serving_run
 from busi_web.diagnosis.roi import roi_crops, roi_info
 from busi_web.diagnosis.uploads import Upload, fit_side, modality_of, read_uploads
 from busi_web.dicom.privacy import uid_digests
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
-from busi_web.explain.render import draw_outline, fast_png, legend_stops, palette, render_heatmap
+from busi_web.explain.render import annotate, fast_png, legend_stops, palette
 from busi_web.model.predictor import Prediction, Predictor
 from busi_web.report.content import CaseReport, case_report
 from busi_web.services import services_of
@@ -237,13 +235,13 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
     outline = out["lesion"]["outline"] if out["lesion"] and out["lesion"]["found"] else None
     try:
         if pred.heatmap is not None:
-            blended, heat = render_heatmap(image, pred.heatmap, opts["alpha"], opts["colormap"], pred.region)
+            blended, heat = annotate(image, pred.heatmap, opts["alpha"], opts["colormap"], pred.region, outline)
             if "overlay" in opts["images"]:
-                out["overlay_png"] = _b64(fast_png(draw_outline(blended, outline) if outline else blended))
+                out["overlay_png"] = _b64(fast_png(blended))
             if "heatmap" in opts["images"]:
                 out["heatmap_png"] = _b64(fast_png(heat))
         if outline and "outline" in opts["images"]:
-            out["outline_png"] = _b64(fast_png(draw_outline(image, outline)))
+            out["outline_png"] = _b64(fast_png(annotate(image, outline=outline)[0]))
         if opts["channels"] is not None:
             layer = opts["layer"] or predictor.target_layer
             out["feature_maps_png"] = _b64(predictor.feature_maps(image, layer, opts["channels"]))
@@ -318,10 +316,7 @@ class Diagnosis:
         user = current_user.name
 
         def make() -> CaseReport:
-            picture = Image.fromarray(to_channels(image, 3)) if heat is None else \
-                render_heatmap(image, heat, alpha, colormap, region)[0]
-            if outline:
-                picture = draw_outline(picture, outline)
+            picture = annotate(image, heat, alpha, colormap, region, outline)[0]
             return case_report(body, 0, user, (fast_png(image), fast_png(picture)))
 
         return make, image.nbytes + (0 if heat is None else heat.nbytes) + 16_384

@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from busi_web.explain.render import (
+    OUTLINE_COLOUR,
+    annotate,
     colorize,
     legend_stops,
     overlay,
@@ -128,3 +130,21 @@ def test_legend_stops_run_from_the_low_to_the_high_colour():
     stops = legend_stops("jet", 5)
     assert stops == ["#000080", "#0080ff", "#80ff80", "#ff8000", "#800000"]
     assert legend_stops("gray", 2) == ["#000000", "#ffffff"]
+
+
+def test_annotate_draws_the_outline_over_the_overlay_or_the_image_alone():
+    image = np.full((60, 80), 90, np.uint8)
+    heat = np.zeros((60, 80), np.float32)
+    heat[20:40, 30:50] = 1.0
+    ring = [(30, 20), (50, 20), (50, 40), (30, 40)]
+    plain, no_heat = annotate(image, outline=ring)
+    assert no_heat is None and plain.mode == "RGB" and plain.size == (80, 60)
+    plain = np.asarray(plain)
+    assert tuple(plain[20, 40]) == OUTLINE_COLOUR  # on the outline
+    assert tuple(plain[30, 40]) == (90, 90, 90)  # inside it, the image as it was
+    over, coloured = annotate(image, heat, 0.5, "jet", outline=ring)
+    over = np.asarray(over)
+    assert coloured is not None and tuple(over[20, 40]) == OUTLINE_COLOUR
+    bare = np.asarray(annotate(image, heat, 0.5, "jet")[0])
+    assert tuple(bare[20, 40]) != OUTLINE_COLOUR
+    assert np.array_equal(over[30, 40], bare[30, 40])  # inside the outline, the overlay is untouched
