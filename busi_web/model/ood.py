@@ -139,11 +139,8 @@ def record_features(layer: nn.Module) -> Iterator[list[Tensor]]:
         if pooled is not None:
             calls.append(pooled)
 
-    handle = layer.register_forward_hook(hook)
-    try:
+    with layer.register_forward_hook(hook):
         yield calls
-    finally:
-        handle.remove()
 
 
 def first_batch(calls: list[Tensor], batch: int) -> np.ndarray | None:

@@ -135,11 +135,8 @@ def record_outputs(layer: nn.Module, batch: int) -> Iterator[list[torch.Tensor]]
         if not calls and isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[0] == batch:
             calls.append(output.detach().cpu())
 
-    handle = layer.register_forward_hook(hook)
-    try:
+    with layer.register_forward_hook(hook):  # removed on the way out, always
         yield calls
-    finally:
-        handle.remove()
 
 
 class Predictor:
