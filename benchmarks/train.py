@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from busi_web.plugins import load_plugins  # noqa: E402
-from busi_web.training.loop import Engine, build_optimizer  # noqa: E402
+from busi_web.training.loop import Engine, build_optimizer, optimizer_step  # noqa: E402
 from busi_web.training.params import validate_train_params  # noqa: E402
 
 
@@ -65,14 +65,7 @@ def bare_epoch(model: nn.Module, opt: torch.optim.Optimizer, crit: nn.Module, ba
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
             loss = crit(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        optimizer_step(loss, opt, scaler)
         seen += y.shape[0]
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -46,6 +46,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, p: dict[str, Any]) -> Any:
     return None
 
 
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: Any | None = None) -> None:
+    """One update: clear the gradients, back-propagate ``loss`` (scaled by the AMP ``scaler`` when there is one)
+    and step ``opt``."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
 @dataclass
 class EpochResult:
     loss: float
@@ -154,14 +167,7 @@ class Engine:
                 if masks is not None:
                     loss = loss + (self.segment_loss * segmentation_loss(lesion, *masks) if self.segment_loss > 0
                                    else guide.loss(*masks))
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            optimizer_step(loss, opt, scaler)
             if self.ema is not None:
                 self.ema.update()
             n = y.shape[0]
