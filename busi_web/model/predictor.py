@@ -135,7 +135,7 @@ def record_outputs(layer: nn.Module, batch: int) -> Iterator[list[torch.Tensor]]
         if not calls and isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[0] == batch:
             calls.append(output.detach().cpu())
 
-    with layer.register_forward_hook(hook):  # removed on the way out, always
+    with layer.register_forward_hook(hook):
         yield calls
 
 

@@ -235,7 +235,8 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
     outline = out["lesion"]["outline"] if out["lesion"] and out["lesion"]["found"] else None
     try:
         if pred.heatmap is not None:
-            blended, heat = annotate(image, pred.heatmap, opts["alpha"], opts["colormap"], pred.region, outline)
+            drawn = outline if "overlay" in opts["images"] else None  # no outline drawn on an overlay not sent
+            blended, heat = annotate(image, pred.heatmap, opts["alpha"], opts["colormap"], pred.region, drawn)
             if "overlay" in opts["images"]:
                 out["overlay_png"] = _b64(fast_png(blended))
             if "heatmap" in opts["images"]:
