@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, current_app
 
+from busi_web.data.sites import Source, dataset_label
 from busi_web.diagnosis.active import checkpoint_for
 from busi_web.diagnosis.batching import MicroBatcher
 from busi_web.diagnosis.cache import PredictorCache
@@ -66,13 +67,15 @@ class Services:
         """The loaded model of run ``run_id``, or of ``modality``'s default (reloaded when that changes)."""
         return self.predictors.get(checkpoint_for(self.store, run_id, modality))
 
-    def submit_run(self, backbone: str, dataset: str, *, train: Mapping[str, Any] | None = None,
+    def submit_run(self, backbone: str, dataset: str | Sequence[Source], *, train: Mapping[str, Any] | None = None,
                    backbone_params: Mapping[str, Any] | None = None,
                    dataset_params: Mapping[str, Any] | None = None, data_dir: str | None = None,
                    name: str | None = None, user: str | None = None, first_start: bool = False) -> dict[str, Any]:
         """Validate everything, insert a queued run and hand it to the runner. Raises on bad input, storing
         nothing (see :func:`~busi_web.training.params.prepare_run_params`).
 
+        ``dataset``: one dataset's name (with ``dataset_params`` and ``data_dir``), or several sources for a run
+        that trains on several sites at once.
         ``first_start``: the demo run of a new instance, which becomes its modality's default when it finishes
         and there is none (the one run that may; it is labelled a demo wherever it shows).
         """
@@ -81,10 +84,11 @@ class Services:
                                     data_dir=data_dir)
         if first_start:
             params["first_start"] = True
-        modality = self.registry.dataset(dataset).modality
-        run = self.store.create_run(backbone, dataset, params, name=name, data_dir=data_dir, created_by=user,
-                                    modality=modality)
-        self.store.audit("run.start", user=user, run_id=run["id"], backbone=backbone, dataset=dataset)
+        names = [dataset] if isinstance(dataset, str) else [d["dataset"] for d in params["datasets"]]
+        label = dataset_label(names)
+        run = self.store.create_run(backbone, label, params, name=name, data_dir=data_dir if len(names) == 1 else None,
+                                    created_by=user, modality=self.registry.dataset(names[0]).modality)
+        self.store.audit("run.start", user=user, run_id=run["id"], backbone=backbone, dataset=label)
         self.runner.submit(run["id"])
         return run
 

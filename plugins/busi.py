@@ -52,6 +52,8 @@ class BusiDataset(FolderDataset):
 
     name = "busi"
     modality = "ultrasound"
+    # Al-Dhabyani et al. (2020): the images were acquired on LOGIQ E9 and LOGIQ E9 Agile scanners.
+    device = "GE LOGIQ E9"
 
     def __init__(self, root: str | Path | None, classes: str | list[str] | None = None):
         path = check_root(root, "busi", LAYOUT)

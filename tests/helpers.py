@@ -362,3 +362,41 @@ class ArrayDataset(ImageDataset):
 
     def load_image(self, index: int) -> np.ndarray:
         return self.images[index]
+
+
+BUSBRA_DEVICES = ("GE Logiq 7 @10-14MHz", "GE Logiq 5 @8-12MHz", "Toshiba Aplio 300 @12MHz")
+
+
+def write_busbra_folder(root: Path, cases: int = 12, size: int = 40, seed: int = 0) -> Path:
+    """A BUS-BRA-layout folder (Images/, Masks/, bus_data.csv and both fold files) of phantom lesions: case ``c``
+    is benign when ``c`` is odd, malignant when even; every third case has a left and a right view, the others
+    a single one. Cases are dealt to folds in turn (fold ``1 + c % K``); of the rest, every fourth is validation."""
+    from busi_web_plugins.phantom import render_phantom
+
+    (root / "Images").mkdir(parents=True)
+    (root / "Masks").mkdir()
+    rows, ids = [], []
+    for c in range(1, cases + 1):
+        pathology = "benign" if c % 2 else "malignant"
+        views = ("l", "r") if c % 3 == 0 else ("s",)
+        for k, view in enumerate(views):
+            ident = f"bus_{c:04d}-{view}"
+            image, mask = render_phantom(pathology, size, seed, 0 if pathology == "benign" else 1, c * 2 + k)
+            Image.fromarray(image).save(root / "Images" / f"{ident}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "Masks" / f"mask_{ident[4:]}.png")
+            device = BUSBRA_DEVICES[c % len(BUSBRA_DEVICES)]
+            side = {"l": "left", "r": "right", "s": "left"}[view]
+            rows.append(f'{ident},{c},fibroadenoma,{pathology},{3 + c % 3},{device},{size},{size},{side},'
+                        f'"[1,2,3,4]"')
+            ids.append((ident, c, pathology))
+    (root / "bus_data.csv").write_text("ID,Case,Histology,Pathology,BIRADS,Device,Width,Height,Side,BBOX\n"
+                                       + "\n".join(rows) + "\n")
+    for k in (5, 10):
+        lines = []
+        for ident, c, pathology in ids:
+            fold = 1 + c % k
+            valid = ["NaN" if f == fold else ("0" if c % 4 == 0 else "1") for f in range(1, k + 1)]
+            lines.append(f"{ident},{pathology},{fold}," + ",".join(valid))
+        header = "ID,Pathology,kFold," + ",".join(f"valid_{f}" for f in range(1, k + 1))
+        (root / f"{k}-fold-cv.csv").write_text(header + "\n" + "\n".join(lines) + "\n")
+    return root

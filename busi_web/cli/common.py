@@ -58,36 +58,44 @@ def parse_params(pairs: tuple[str, ...] | list[str], option: str = "--param") ->
     return out
 
 
-def split_params(pairs: tuple[str, ...], backbone: str, dataset: str) -> tuple[dict, dict, dict]:
+def split_params(pairs: tuple[str, ...], backbone: str, dataset: str | list[str]
+                 ) -> tuple[dict, dict, dict]:
     """Route ``--param`` pairs to the training, backbone or dataset parameters.
 
-    ``train.X``, ``backbone.X`` and ``dataset.X`` say where explicitly; a bare
-    key goes to whichever of the three declares it (training first).
+    ``train.X``, ``backbone.X`` and ``dataset.X`` say where explicitly; with
+    several datasets ``NAME.X`` names the dataset (``busbra.partition=5-fold:1``).
+    A bare key goes to whichever declares it (training first). For one dataset
+    (a name) the third dict is its parameters; for several (a list) it maps each
+    name to its parameters.
     """
     from busi_web.training.params import TRAIN_PARAMS  # imports torch: only when a command trains
 
     registry = services().registry
-    names = {
-        "train": {p.name for p in TRAIN_PARAMS},
-        "backbone": {p.name for p in registry.backbone(backbone).params},
-        "dataset": {p.name for p in registry.dataset(dataset).params},
-    }
-    out: dict[str, dict] = {"train": {}, "backbone": {}, "dataset": {}}
+    datasets = [dataset] if isinstance(dataset, str) else list(dataset)
+    names = {"train": {p.name for p in TRAIN_PARAMS}, "backbone": {p.name for p in registry.backbone(backbone).params},
+             **{d: {p.name for p in registry.dataset(d).params} for d in datasets}}
+    out: dict[str, dict] = {scope: {} for scope in names}
     for key, value in parse_params(pairs).items():
         scope, _, bare = key.rpartition(".")
+        if scope == "dataset" and len(datasets) == 1:
+            scope = datasets[0]
+        elif scope == "dataset":
+            raise UserError(f"--param {key}: this run has several datasets; name one, e.g. {datasets[0]}.{bare}")
         if scope:
             if scope not in out:
-                raise UserError(f"--param {key}: the prefix must be train., backbone. or dataset.")
+                allowed = ", ".join(f"{s}." for s in ("train", "backbone", *datasets))
+                raise UserError(f"--param {key}: the prefix must be one of {allowed}")
             out[scope][bare] = value
             continue
-        for scope in ("train", "backbone", "dataset"):
+        for scope in names:
             if key in names[scope]:
                 out[scope][key] = value
                 break
         else:
-            known = sorted(names["train"] | names["backbone"] | names["dataset"])
+            known = sorted(set().union(*names.values()))
             raise UserError(f"--param {key}: unknown parameter; known: {', '.join(known)}")
-    return out["train"], out["backbone"], out["dataset"]
+    per_dataset = {d: out[d] for d in datasets}
+    return out["train"], out["backbone"], per_dataset[datasets[0]] if isinstance(dataset, str) else per_dataset
 
 
 def resolve_data_dir(dataset: str, data_dir: str | None) -> str | None:

@@ -14,6 +14,7 @@ from flask import current_app
 from flask.cli import ScriptInfo, with_appcontext
 
 from busi_web.cli.common import RUN_ID, resolve_data_dir, services, split_params, user_errors
+from busi_web.errors import UserError
 from busi_web.store import STATES
 from busi_web.store import run_files as files
 from busi_web.training.runner import JobRunner, pid_is_trainer
@@ -37,35 +38,50 @@ class TrainCommand(click.Command):
 
 @click.command("train", cls=TrainCommand)
 @click.option("--backbone", default="resnet50_cbam", show_default=True, help="A backbone (listed below).")
-@click.option("--dataset", default="phantom", show_default=True, help="A dataset (listed below).")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="The dataset's folder (default: DATA_DIRS).")
+@click.option("--dataset", "datasets", multiple=True, help="A dataset (listed below); repeat it to train on several "
+              "sites at once (--dataset busi --dataset busbra). Default: phantom.")
+@click.option("--data-dir", "data_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="The dataset's folder (default: DATA_DIRS); with several datasets, one per --dataset, in order.")
 @click.option("--epochs", type=int, help="Passes over the training images (train.epochs).")
 @click.option("--batch-size", type=int, help="Images per step (train.batch_size).")
 @click.option("--lr", type=float, help="Learning rate (train.lr).")
 @click.option("--name", help="A label for the run.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="Any training (train.KEY), backbone (backbone.KEY) or dataset (dataset.KEY) parameter; a bare "
-                   "KEY goes to whichever declares it. Repeatable.")
+              help="Any training (train.KEY), backbone (backbone.KEY) or dataset (dataset.KEY, or NAME.KEY with "
+                   "several datasets) parameter; a bare KEY goes to whichever declares it. Repeatable.")
 @with_appcontext
 @user_errors
-def train_command(backbone: str, dataset: str, data_dir: str | None, epochs: int | None, batch_size: int | None,
-                  lr: float | None, name: str | None, params: tuple[str, ...]) -> None:
+def train_command(backbone: str, datasets: tuple[str, ...], data_dirs: tuple[str, ...], epochs: int | None,
+                  batch_size: int | None, lr: float | None, name: str | None, params: tuple[str, ...]) -> None:
     """Train in the foreground with a progress bar; the run is recorded in the same store."""
+    from busi_web.data.sites import Source, dataset_label
     from busi_web.training.params import prepare_run_params  # imports torch: not at CLI start
 
     svc = services()
-    train, bb, ds = split_params(params, backbone, dataset)
+    names = list(datasets) or ["phantom"]
+    if len(set(names)) != len(names) and not data_dirs:
+        raise UserError("the same dataset is named twice without a --data-dir for each; give one folder per "
+                        "--dataset")
+    if data_dirs and len(data_dirs) != len(names):
+        raise UserError(f"{len(names)} --dataset but {len(data_dirs)} --data-dir: give one folder per dataset, in "
+                        "the same order (or none, to use DATA_DIRS)")
+    train, bb, ds = split_params(params, backbone, names[0] if len(names) == 1 else names)
     for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
         if value is not None:
             train[key] = value
-    root = resolve_data_dir(dataset, data_dir)
-    run_params = prepare_run_params(svc.registry, backbone, dataset, train=train, backbone_params=bb,
-                                    dataset_params=ds, data_dir=root)
+    roots = [resolve_data_dir(n, data_dirs[k] if data_dirs else None) for k, n in enumerate(names)]
+    if len(names) == 1:
+        target: str | list[Source] = names[0]
+    else:
+        target = [Source(n, r, ds[n]) for n, r in zip(names, roots, strict=True)]
+    run_params = prepare_run_params(svc.registry, backbone, target, train=train, backbone_params=bb,
+                                    dataset_params=ds if len(names) == 1 else None, data_dir=roots[0])
     # Created and claimed at once: a queued run would be a serving process's runner's to take (it would start a
     # second trainer on it), as resume does below.
     with svc.store.transaction():
-        run = svc.store.create_run(backbone, dataset, run_params, name=name, data_dir=root, created_by="cli",
-                                   modality=svc.registry.dataset(dataset).modality)
+        run = svc.store.create_run(backbone, dataset_label(names), run_params, name=name,
+                                   data_dir=roots[0] if len(names) == 1 else None, created_by="cli",
+                                   modality=svc.registry.dataset(names[0]).modality)
         run = svc.store.transition(run["id"], "running", pid=os.getpid())
     click.echo(f"run {run['id']}: {run['run_dir']}")
     _train_in_foreground(run["id"])

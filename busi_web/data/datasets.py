@@ -31,8 +31,11 @@ class Sample:
 
     ``key`` identifies the sample in split files and reports (a path
     relative to the dataset root for on-disk datasets). ``group`` forces
-    samples into the same split part (e.g. both breasts of one woman);
-    ``None`` lets the splitter group near-duplicates by perceptual hash.
+    samples into the same split part (e.g. both breasts of one woman, or
+    one patient's images); ``None`` lets the splitter group near-duplicates
+    by perceptual hash. ``extra`` holds metadata; ``extra["site"]`` and
+    ``extra["device"]``, when set, say where the image was acquired (see
+    :meth:`ImageDataset.site_of`).
     """
 
     key: str
@@ -55,6 +58,8 @@ class ImageDataset:
     name: str = ""
     modality: str = "ultrasound"
     channels: int = 3
+    # The scanner of every image, when a dataset comes from one (a sample's extra["device"] wins).
+    device: str | None = None
 
     def __init__(self, classes: list[str], samples: list[Sample], root: str | Path | None = None):
         self.classes = list(classes)
@@ -94,6 +99,17 @@ class ImageDataset:
             else:
                 raise DatasetError(f"mask {mp} has size {m.shape[::-1]}, the other mask {mask.shape[::-1]}")
         return mask
+
+    def site_of(self, index: int) -> tuple[str, str | None]:
+        """``(site, device)`` of sample ``index``: its ``extra["site"]`` (default: the dataset's name) and its
+        ``extra["device"]`` (default: the dataset's :attr:`device`; ``None`` when unknown)."""
+        extra = self.samples[index].extra
+        return str(extra.get("site") or self.name or "unnamed"), extra.get("device") or self.device
+
+    def official_split(self) -> dict[str, list[int]] | None:
+        """A split the dataset itself prescribes (its publisher's partition, when one was chosen):
+        ``{"train", "val", "test"}`` sample indices, or ``None`` (the default) for the project's own split."""
+        return None
 
     def has_masks(self) -> bool:
         """Whether some samples have a lesion mask (:meth:`load_mask` returns an array for them)."""

@@ -8,6 +8,10 @@ Evaluation: resize so the shorter side is ``resize`` (bilinear, antialiased),
 centre-crop ``input_size``, scale to [0, 1], normalise. The geometry is
 computed here, not inside torchvision, so :func:`crop_box` and
 :func:`paste_map` can map a heatmap back onto the uploaded image exactly.
+
+Before that, the scan steps of :mod:`busi_web.data.scan` (``PreprocessConfig.scan``)
+may have cut the image to its ultrasound region: the geometry functions then
+take that region (``box``) and place the crop inside it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from busi_web.data.scan import Box, ScanSteps
+
 IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
 # One gray channel: the average of ImageNet's three.
@@ -32,13 +38,15 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Sizes and normalisation. ``mean``/``std`` default to ImageNet's for the given ``channels``."""
+    """Sizes and normalisation. ``mean``/``std`` default to ImageNet's for the given ``channels``. ``scan``: the
+    scan steps that run on the decoded image first (:mod:`busi_web.data.scan`; none by default)."""
 
     input_size: int = 224
     resize: int = 256
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
     channels: int = 3
+    scan: ScanSteps = field(default_factory=ScanSteps)
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -61,7 +69,7 @@ class PreprocessConfig:
             raise ValueError(f"std values must be positive, got {self.std}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "scan": self.scan.to_dict()}
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -152,10 +160,15 @@ class TrainTransform:
     * ``intensity = s > 0``: brightness and contrast factors in ``[1-s, 1+s]``
       and a gamma in ``[1/(1+s), 1+s]`` (log-uniform), since gain and
       dynamic range differ between scanners and operators.
+    * ``scanner = s > 0``: what another scanner would change, each effect with
+      probability one half: a depth gain ramp (time-gain compensation, up to
+      ``±0.4 s`` from top to bottom), a coarser resolution (down by a factor up
+      to ``1 + 1.5 s``, then back up), a blur (sigma up to ``1.5 s`` pixels)
+      and multiplicative speckle (standard deviation up to ``0.25 s``).
     """
 
     def __init__(self, cfg: PreprocessConfig, hflip: bool = True, rotation: float = 15.0, crop_scale: float = 1.0,
-                 intensity: float = 0.0):
+                 intensity: float = 0.0, scanner: float = 0.0):
         if rotation < 0 or rotation > 180:
             raise ValueError(f"rotation must be between 0 and 180 degrees, got {rotation}")
         if not 0.05 <= crop_scale <= 1.0:
@@ -163,8 +176,10 @@ class TrainTransform:
                              f"got {crop_scale}")
         if not 0.0 <= intensity < 1.0:
             raise ValueError(f"intensity must be at least 0 and below 1, got {intensity}")
+        if not 0.0 <= scanner <= 1.0:
+            raise ValueError(f"scanner must be from 0 to 1, got {scanner}")
         self.cfg, self.hflip, self.rotation = cfg, bool(hflip), float(rotation)
-        self.crop_scale, self.intensity = float(crop_scale), float(intensity)
+        self.crop_scale, self.intensity, self.scanner = float(crop_scale), float(intensity), float(scanner)
 
     def _uniform(self, low: float, high: float) -> float:
         return low + (high - low) * torch.rand(()).item()
@@ -193,6 +208,25 @@ class TrainTransform:
         mean = t.mean()
         return ((t - mean) * contrast + mean * brightness).clamp_(0.0, 1.0)
 
+    def _scanner(self, t: Tensor) -> Tensor:
+        """Another scanner's look (see the class docstring); ``t`` is ``(C, H, W)`` in [0, 1]."""
+        s = self.scanner
+        h, w = t.shape[-2], t.shape[-1]
+        if torch.rand(()).item() < 0.5:  # depth gain: a linear ramp from the top of the image to the bottom
+            slope = self._uniform(-0.4 * s, 0.4 * s)
+            t = t * (1.0 + slope * (torch.linspace(-1.0, 1.0, h)[:, None]))
+        if torch.rand(()).item() < 0.5:  # a coarser scanner: fewer pixels, brought back to the size
+            f = self._uniform(1.0, 1.0 + 1.5 * s)
+            small = [max(4, int(round(h / f))), max(4, int(round(w / f)))]
+            t = TF.resize(TF.resize(t, small, antialias=True), [h, w], antialias=False)
+        if torch.rand(()).item() < 0.5:
+            sigma = self._uniform(0.1, max(0.1, 1.5 * s))
+            k = 2 * int(math.ceil(2 * sigma)) + 1
+            t = TF.gaussian_blur(t, [k, k], [sigma, sigma])
+        if torch.rand(()).item() < 0.5:  # multiplicative speckle, the same on every channel
+            t = t * (1.0 + self._uniform(0.0, 0.25 * s) * torch.randn(1, h, w))
+        return t.clamp_(0.0, 1.0)
+
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """The augmented image; with ``mask`` (``(H, W)``, bool or 0/1, the image's size) also the mask moved
         by the same rotation, crop and flip, as ``float32 (input_size, input_size)`` in [0, 1]."""
@@ -212,6 +246,8 @@ class TrainTransform:
         if self.hflip and torch.rand(()).item() < 0.5:
             t = t.flip(-1)
         t, moved = t[:n], t[n:]
+        if self.scanner > 0:
+            t = self._scanner(t)
         if self.intensity > 0:
             t = self._jitter(t)
         out = _normalise(t.contiguous(), self.cfg)
@@ -224,44 +260,57 @@ def eval_transform(cfg: PreprocessConfig) -> EvalTransform:
 
 
 def train_transform(cfg: PreprocessConfig, hflip: bool = True, rotation: float = 15.0, crop_scale: float = 1.0,
-                    intensity: float = 0.0) -> TrainTransform:
+                    intensity: float = 0.0, scanner: float = 0.0) -> TrainTransform:
     """The training transform (augmenting) for ``cfg``; see :class:`TrainTransform`."""
-    return TrainTransform(cfg, hflip=hflip, rotation=rotation, crop_scale=crop_scale, intensity=intensity)
+    return TrainTransform(cfg, hflip=hflip, rotation=rotation, crop_scale=crop_scale, intensity=intensity,
+                          scanner=scanner)
 
 
-def crop_box(orig_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[float, float, float, float]:
-    """The region ``(top, left, bottom, right)`` of the original image that the eval crop shows, in pixels."""
-    h, w = int(orig_hw[0]), int(orig_hw[1])
+def _within(box: Box | None, orig_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(left, top, height, width)`` of the part of the original the transforms see: ``box`` or all of it."""
+    if box is None:
+        return 0, 0, int(orig_hw[0]), int(orig_hw[1])
+    left, top, right, bottom = box
+    return int(left), int(top), int(bottom - top), int(right - left)
+
+
+def crop_box(orig_hw: tuple[int, int], cfg: PreprocessConfig, box: Box | None = None
+             ) -> tuple[float, float, float, float]:
+    """The region ``(top, left, bottom, right)`` of the original image that the eval crop shows, in pixels;
+    ``box``: the part of the image the scan steps kept (:func:`busi_web.data.scan.prepare_scan`)."""
+    x, y, h, w = _within(box, orig_hw)
     rh, rw = resized_hw((h, w), cfg.resize)
     top, left = _centre_offsets((rh, rw), cfg.input_size)
     sy, sx = h / rh, w / rw
     s = cfg.input_size
-    return top * sy, left * sx, (top + s) * sy, (left + s) * sx
+    return y + top * sy, x + left * sx, y + (top + s) * sy, x + (left + s) * sx
 
 
-def crop_pixels(orig_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, int, int, int]:
+def crop_pixels(orig_hw: tuple[int, int], cfg: PreprocessConfig, box: Box | None = None
+                ) -> tuple[int, int, int, int]:
     """The whole pixels of the original image that the eval crop covers, as a box ``(left, top, right, bottom)``
     (right and bottom exclusive; Pillow's order). Pixels outside it were never seen by the model."""
-    h, w = int(orig_hw[0]), int(orig_hw[1])
+    x, y, h, w = _within(box, orig_hw)
     top, left, bottom, right = crop_box((h, w), cfg)
     # The crop is at least one pixel wide by construction.
     y0, x0 = max(0, math.floor(top + 0.5)), max(0, math.floor(left + 0.5))
     y1, x1 = min(h, max(y0 + 1, math.floor(bottom + 0.5))), min(w, max(x0 + 1, math.floor(right + 0.5)))
-    return x0, y0, x1, y1
+    return x + x0, y + y0, x + x1, y + y1
 
 
-def paste_map(map_hw: np.ndarray | Tensor, orig_hw: tuple[int, int], cfg: PreprocessConfig) -> np.ndarray:
+def paste_map(map_hw: np.ndarray | Tensor, orig_hw: tuple[int, int], cfg: PreprocessConfig,
+              box: Box | None = None) -> np.ndarray:
     """Put a map of the crop (any size) back onto the original image's geometry: ``float32 (H, W)``.
 
     The map is resized bilinearly onto the crop region; pixels outside the
-    crop (cut off by the centre crop, so never seen by the model) are 0.
+    crop (cut off by the centre crop or the scan steps, so never seen by the model) are 0.
     """
     m = torch.as_tensor(np.asarray(map_hw.detach().cpu() if isinstance(map_hw, Tensor) else map_hw),
                         dtype=torch.float32)
     if m.dim() != 2:
         raise ValueError(f"expected a 2-D map (h, w), got shape {tuple(m.shape)}")
     h, w = int(orig_hw[0]), int(orig_hw[1])
-    x0, y0, x1, y1 = crop_pixels((h, w), cfg)
+    x0, y0, x1, y1 = crop_pixels((h, w), cfg, box)
     resized = torch.nn.functional.interpolate(m[None, None], size=(y1 - y0, x1 - x0), mode="bilinear",
                                               align_corners=False)[0, 0]
     out = np.zeros((h, w), dtype=np.float32)

@@ -145,6 +145,7 @@ class Split:
     test_frac: float = 0.15
     threshold: int = DEFAULT_THRESHOLD
     excluded: list[int] = field(default_factory=list)  # left out of every part (an acceptance set's images)
+    sites: list[str] = field(default_factory=list, repr=False)  # each sample's site (empty: not recorded)
 
     def part(self, name: str) -> list[int]:
         if name not in PARTS:
@@ -168,6 +169,18 @@ class Split:
             out[name] = c
         return out
 
+    def site_counts(self, dataset: ImageDataset) -> dict[str, dict[str, Any]]:
+        """Per site: ``{"devices": {device: n}, part: {class: n} for each part}`` (images left out uncounted)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in PARTS:
+            for i in self.part(name):
+                site, device = dataset.site_of(i)
+                entry = out.setdefault(site, {"devices": {}, **{p: {c: 0 for c in dataset.classes} for p in PARTS}})
+                entry[name][dataset.classes[dataset.samples[i].label]] += 1
+                key = device or "unknown"
+                entry["devices"][key] = entry["devices"].get(key, 0) + 1
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict listing each part by sample key (the content of ``split.json``)."""
         return {
@@ -179,6 +192,7 @@ class Split:
             **{name: [self.keys[i] for i in self.part(name)] for name in PARTS},
             "groups": [[self.keys[i] for i in g] for g in self.groups],
             "excluded": [self.keys[i] for i in self.excluded],
+            **({"sites": dict(zip(self.keys, self.sites, strict=True))} if self.sites else {}),
         }
 
     def to_json(self) -> str:
@@ -208,7 +222,8 @@ class Split:
                    groups=[[where[k] for k in g if k in where] for g in doc.get("groups", [])],
                    seed=doc.get("seed", 0), val_frac=doc.get("val_frac", 0.15), test_frac=doc.get("test_frac", 0.15),
                    threshold=doc.get("threshold", DEFAULT_THRESHOLD),
-                   excluded=[where[k] for k in doc.get("excluded", []) if k in where])
+                   excluded=[where[k] for k in doc.get("excluded", []) if k in where],
+                   sites=[dataset.site_of(i)[0] for i in range(len(dataset))])
 
     @classmethod
     def load(cls, path: str | Path, dataset: ImageDataset) -> Split:
@@ -246,17 +261,29 @@ def split_dataset(dataset: ImageDataset, val_frac: float = 0.15, test_frac: floa
     left_out = set(exclude)
     excluded = sorted(i for g in groups if left_out.intersection(g) for i in g)
     groups = [g for g in groups if not left_out.intersection(g)]
-    labels = dataset.labels
-    fracs = (1 - val_frac - test_frac, val_frac, test_frac)
-    rng = np.random.default_rng(seed)
     parts: list[list[int]] = [[], [], []]
-    by_class: dict[int, list[list[int]]] = {}
+    # A dataset's own partition (an official fold) places its images; a group follows its first placed member.
+    fixed = {i: PARTS.index(part) for part, idx in (dataset.official_split() or {}).items() for i in idx}
+    if fixed:
+        placed = [g for g in groups if any(i in fixed for i in g)]
+        for g in placed:
+            parts[fixed[next(i for i in g if i in fixed)]] += g
+        groups = [g for g in groups if not any(i in fixed for i in g)]
+    labels = dataset.labels
+    sites = [dataset.site_of(i)[0] for i in range(n)]
+    fracs = (1 - val_frac - test_frac, val_frac, test_frac)
+    # Strata: one per site and class, so every site is split in the same shares, class by class. Each site draws
+    # from its own generator of ``seed``: a site's parts are the same whether it is split alone or with others.
+    strata: dict[tuple[str, int], list[list[int]]] = {}
     for g in groups:
         votes = np.bincount([labels[i] for i in g], minlength=len(dataset.classes))
-        by_class.setdefault(int(np.argmax(votes)), []).append(g)
-    for label in sorted(by_class):
-        class_groups = by_class[label]
-        order = rng.permutation(len(class_groups))
+        label = int(np.argmax(votes))
+        site = max(sorted({sites[i] for i in g}), key=[sites[i] for i in g].count)
+        strata.setdefault((site, label), []).append(g)
+    rngs = {site: np.random.default_rng(seed) for site in sorted({site for site, _ in strata})}
+    for key in sorted(strata):
+        class_groups = strata[key]
+        order = rngs[key[0]].permutation(len(class_groups))
         # Big groups first (stable over the shuffled order), so the small ones even out the counts.
         ordered = sorted((class_groups[k] for k in order), key=len, reverse=True)
         total = sum(len(g) for g in ordered)
@@ -276,4 +303,4 @@ def split_dataset(dataset: ImageDataset, val_frac: float = 0.15, test_frac: floa
             got[p] += len(g)
     multi = [g for g in groups if len(g) > 1]
     return Split(*(sorted(p) for p in parts), keys=[s.key for s in dataset.samples], groups=multi, seed=seed,
-                 val_frac=val_frac, test_frac=test_frac, threshold=threshold, excluded=excluded)
+                 val_frac=val_frac, test_frac=test_frac, threshold=threshold, excluded=excluded, sites=sites)

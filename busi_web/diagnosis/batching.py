@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from busi_web.data.scan import Box
 from busi_web.model.predictor import Prediction, Predictor
 
 WAIT_LIMIT_S = 600.0  # a request never waits forever for the worker
@@ -36,7 +37,7 @@ IDLE_EXIT_S = 60.0  # an idle worker thread ends (a new one starts with the next
 class _Job:
     predictor: Predictor
     images: list[np.ndarray]
-    tensors: list  # the images preprocessed by the request thread (Predictor.prepare)
+    tensors: list  # the images preprocessed by the request thread (Predictor.prepare: Prepared inputs)
     explainer: str | None
     targets: list[int] | None
     explainer_params: dict[str, Any]
@@ -66,10 +67,11 @@ class MicroBatcher:
 
     def predict(self, predictor: Predictor, images: Sequence[np.ndarray], explainer: str | None = "gradcam",
                 targets: Sequence[int] | None = None, explainer_params: Mapping[str, Any] | None = None,
-                layer: str | None = None) -> list[Prediction]:
-        """Like :meth:`Predictor.predict_batch`, but shared with concurrent callers; raises what it raises."""
+                layer: str | None = None, regions: Sequence[Box | None] | None = None) -> list[Prediction]:
+        """Like :meth:`Predictor.predict_batch`, but shared with concurrent callers; raises what it raises.
+        ``regions``: each image's ultrasound region when its file names it (DICOM)."""
         images = list(images)
-        job = _Job(predictor, images, predictor.prepare(images), explainer,
+        job = _Job(predictor, images, predictor.prepare(images, regions), explainer,
                    None if targets is None else [int(t) for t in targets], dict(explainer_params or {}), layer)
         self._queue.put(job)
         self._ensure_started()  # after the put: a worker that is just leaving (idle) sees the job or is replaced

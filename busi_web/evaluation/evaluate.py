@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from busi_web.data.datasets import DatasetError, ImageDataset, check_data_dir
+from busi_web.data.sites import Source, open_sources
 from busi_web.data.splits import PARTS, Split
 from busi_web.errors import UserError
 from busi_web.evaluation.heatmap_quality import localisation
@@ -49,6 +50,7 @@ from busi_web.evaluation.metrics import classification_metrics
 from busi_web.evaluation.report import write_report
 from busi_web.evaluation.segmentation import OutlineTally
 from busi_web.evaluation.shortcuts import ShortcutScore, detect_marks, shortcut_score, summarise_shortcuts
+from busi_web.evaluation.sites import per_site
 from busi_web.model.calibration import apply_temperature, calibration_summary
 from busi_web.model.predictor import Predictor
 from busi_web.plugins import PluginFailure, PluginRegistry
@@ -157,9 +159,17 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
     predictor = _load_predictor(run_dir, registry, device)
     meta = predictor.checkpoint_meta
     dataset = dataset or meta.dataset or ""
-    if dataset_params is None and dataset == meta.dataset:
-        dataset_params = predictor.dataset_params
-    ds = build_dataset(registry, dataset, data_dir, dataset_params)
+    trained = trained_sources(meta, run_dir)
+    if len(trained) > 1 and dataset == meta.dataset:  # the run's own sites, from the folders it trained on
+        try:
+            _, ds = open_sources(registry, trained)
+        except UserError as exc:
+            raise EvaluationError(f"{exc}; evaluate one dataset of the run at a time (--dataset NAME)") from None
+        data_dir = None
+    else:
+        if dataset_params is None and dataset == meta.dataset:
+            dataset_params = predictor.dataset_params
+        ds = build_dataset(registry, dataset, data_dir, dataset_params)
     to_model = label_map(ds, meta.classes)
     indices = _indices(ds, run_dir, part)
     if not indices:
@@ -172,6 +182,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     probs: list[np.ndarray] = []
+    flagged: list[bool] = []
     loc: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     shortcuts: dict[str, list[ShortcutScore]] = {n: [] for n in names}
     examples: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]] = {n: [] for n in names}
@@ -188,9 +199,13 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
         for i, mask, pred in zip(chunk, masks, preds, strict=True):
             p = np.array([pred.probabilities[c] for c in meta.classes])
             probs.append(p)
+            flagged.append(bool(pred.ood and pred.ood.get("out_of_distribution")))
+            site, device_name = ds.site_of(i)
             rows.append({"key": ds.samples[i].key, "true": meta.classes[to_model[ds.samples[i].label]],
                          "pred": pred.label, "probabilities": pred.probabilities,
-                         "has_lesion": bool(mask is not None and mask.any())})
+                         "has_lesion": bool(mask is not None and mask.any()), "site": site, "device": device_name,
+                         "group": ds.samples[i].group, "out_of_distribution": flagged[-1],
+                         "suspicious": None if pred.operating is None else pred.operating["suspicious"]})
             if outlines is not None and pred.lesion_map is not None:
                 outlines.add(ds.samples[i].key, pred.lesion_map, pred.lesion is not None, mask,
                              pred.lesion is not None and not pred.lesion.low_confidence)
@@ -221,6 +236,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
     temperature = predictor.temperature or 1.0
     raw = apply_temperature(np.stack(probs), 1.0 / temperature)
     calibration = calibration_summary(raw, np.asarray(y), temperature)
+    point = predictor.operating_point
+    sites = per_site(y, np.stack(probs), meta.classes, [r["site"] for r in rows], [r["group"] for r in rows],
+                     [r["device"] for r in rows], flagged=flagged,
+                     threshold=None if point is None else point["threshold"])
     report = {
         "version": 1, "run_dir": str(run_dir), "run_id": meta.run_id, "backbone": meta.backbone,
         "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "part": part,
@@ -228,6 +247,9 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": time.perf_counter() - start,
         "classification": classification,
         "calibration": calibration,
+        "operating_point": point,
+        "sites": sites,
+        "external": is_external(trained, dataset, data_dir),
         "localisation": {n: _localisation_summary(loc[n]) for n in names},
         "segmentation": None if outlines is None else outlines.summary(),
         "mapped_images": {n: len(mapped[n]) for n in names},
@@ -244,6 +266,29 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
     write_report(folder, report, examples)
     log(f"report written to {folder}")
     return report
+
+
+def trained_sources(meta: Any, run_dir: Path) -> list[Source]:
+    """The datasets a model was trained on: from its checkpoint, else its run folder's ``params.json``, else the
+    checkpoint's one dataset."""
+    listed = meta.extra.get("datasets")
+    if not listed:
+        listed = (art.read_json(run_dir, art.PARAMS_JSON) or {}).get("datasets")
+    if listed:
+        return [Source.from_dict(d) for d in listed]
+    return [Source(meta.dataset or "", None, dict(meta.extra.get("dataset_params") or {}))]
+
+
+def is_external(trained: Sequence[Source], dataset: str, data_dir: str | Path | None) -> bool:
+    """Whether evaluating ``dataset`` from ``data_dir`` is an external validation: a dataset the model never
+    trained on, or its dataset read from another folder (another site's images in the same layout)."""
+    same = [s for s in trained if s.dataset == dataset]
+    if not same:
+        return True
+    if data_dir is None:
+        return False
+    here = Path(data_dir).expanduser().resolve()
+    return all(s.data_dir is not None and Path(s.data_dir).expanduser().resolve() != here for s in same)
 
 
 def _localisation_summary(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -11,7 +11,9 @@ import numpy as np
 def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision / recall / F1 / AUC, macro AUC and the confusion matrix.
 
-    ``probs`` is ``(N, K)`` class probabilities. AUC is one-vs-rest per class
+    ``probs`` is ``(N, K)`` class probabilities. Macro-F1 averages the classes
+    present in ``y_true`` (a model scored on benign and malignant images only
+    is not charged an F1 of 0 for the normal class it was never shown). AUC is one-vs-rest per class
     and is ``None`` for a class that is absent (or is everything) in
     ``y_true``; the macro AUC averages the defined ones (``None`` if none is).
     """
@@ -31,7 +33,7 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Se
     return {
         "n": int(len(y)),
         "accuracy": float((pred == y).mean()) if len(y) else 0.0,
-        "macro_f1": float(np.mean(f1)),
+        "macro_f1": float(np.mean(f1[support > 0])) if (support > 0).any() else 0.0,
         "auc": float(np.mean(defined)) if defined else None,
         "per_class": {
             name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
@@ -60,7 +62,8 @@ def classification_report_text(metrics: Mapping[str, Any], title: str = "") -> s
         lines.append(f"{c:<{width}}  {fmt(m['precision'])}  {fmt(m['recall'])}  {fmt(m['f1'])}  {fmt(m['auc'])}  "
                      f"{m['support']:>7}")
     n = metrics["n"]
-    macro = {k: float(np.mean([per[c][k] for c in classes])) for k in ("precision", "recall", "f1")}
+    present = [c for c in classes if per[c]["support"]] or classes
+    macro = {k: float(np.mean([per[c][k] for c in present])) for k in ("precision", "recall", "f1")}
     weighted = {k: (sum(per[c][k] * per[c]["support"] for c in classes) / n if n else 0.0)
                 for k in ("precision", "recall", "f1")}
     lines += [
@@ -71,7 +74,8 @@ def classification_report_text(metrics: Mapping[str, Any], title: str = "") -> s
         f"{'weighted avg':<{width}}  {fmt(weighted['precision'])}  {fmt(weighted['recall'])}  "
         f"{fmt(weighted['f1'])}  {'':>9}  {n:>7}",
         "",
-        "AUC: one-vs-rest per class; the macro AUC averages the classes where it is defined.",
+        "AUC: one-vs-rest per class; the macro AUC averages the classes where it is defined. The macro "
+        "averages take the classes with images.",
         "",
         "confusion matrix (rows: true class, columns: predicted class)",
         " " * (width + 2) + "  ".join(f"{c[:9]:>9}" for c in classes),

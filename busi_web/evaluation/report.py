@@ -15,6 +15,7 @@ import numpy as np
 
 from busi_web.evaluation.metrics import classification_report_text
 from busi_web.evaluation.plots import confusion_plot_png, examples_png, localisation_plot_png, reliability_plot_png
+from busi_web.evaluation.sites import sites_markdown
 from busi_web.store import run_files as art
 
 LOCALISATION_PNG = "localisation.png"
@@ -45,6 +46,12 @@ def markdown(report: Mapping[str, Any], pngs: Sequence[str]) -> str:
               "| | " + " | ".join(report["classes"]) + " |", "|---" * (len(report["classes"]) + 1) + "|"]
     for name, row in zip(report["classes"], c["confusion_matrix"], strict=True):
         lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+    if report.get("sites"):
+        lines += ["", "## Per site", "", "Probabilities calibrated; the operating point is the threshold on "
+                  "p(malignant) the model keeps from its validation part."
+                  + (" **An external validation**: data the model never trained on." if report.get("external")
+                     else ""), ""]
+        lines += sites_markdown(report["sites"])
     cal = report["calibration"]
     lines += ["", "## Calibration", "",
               f"Expected calibration error ({cal['bins']} bins of the top class's confidence): "

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from busi_web.data.preprocess import PreprocessConfig
+from busi_web.data.scan import ScanSteps
 from busi_web.errors import UserError
 from busi_web.plugins import PluginRegistry, UnknownPlugin
 from busi_web.specs import InvalidParameters
@@ -66,6 +67,7 @@ class CheckpointMeta:
     modality: str = "ultrasound"
     dataset: str = ""
     target_layer: str = ""
+    scan: dict[str, Any] = field(default_factory=dict)  # the scan steps (busi_web.data.scan.ScanSteps); {}: none
     extra: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     format_version: int = FORMAT_VERSION
@@ -85,7 +87,7 @@ class CheckpointMeta:
         if not isinstance(self.classes, list) or not self.classes or \
                 not all(isinstance(c, str) and c for c in self.classes):
             raise ValueError(f"classes must be a list of non-empty class names, got {self.classes!r}")
-        for name in ("backbone_params", "extra"):
+        for name in ("backbone_params", "extra", "scan"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
         for name in ("in_channels", "input_size", "resize"):
@@ -96,7 +98,7 @@ class CheckpointMeta:
     def preprocess_config(self) -> PreprocessConfig:
         """The preprocessing the model was trained with."""
         return PreprocessConfig(input_size=self.input_size, resize=self.resize, mean=tuple(self.mean),
-                                std=tuple(self.std), channels=self.in_channels)
+                                std=tuple(self.std), channels=self.in_channels, scan=ScanSteps.from_dict(self.scan))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "num_classes": self.num_classes}

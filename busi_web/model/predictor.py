@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from busi_web.data.preprocess import crop_pixels, eval_transform, paste_map
+from busi_web.data.preprocess import crop_pixels, eval_transform, paste_map, to_channels
+from busi_web.data.scan import Box, prepare_scan
 from busi_web.explain.base import classify, complete_explanation, default_target_layer, feature_map_grid
 from busi_web.explain.lesion import Lesion, describe_absent, find_lesion
 from busi_web.explain.render import annotate, fast_png, to_png
@@ -38,6 +39,7 @@ from busi_web.model.calibration import apply_temperature
 from busi_web.model.checkpoint import CheckpointMeta, load_checkpoint
 from busi_web.model.device import resolve_device
 from busi_web.model.ood import OodReference, first_batch, record_features
+from busi_web.model.operating_point import verdict
 from busi_web.plugins import PluginFailure, PluginRegistry
 from busi_web.specs import Explanation
 from busi_web.store.run_files import PARAMS_JSON
@@ -72,6 +74,7 @@ class Prediction:
     lesion_map: np.ndarray | None = field(default=None, repr=False)
     lesion: Lesion | None = None
     lesion_threshold: float = 0.5
+    operating: dict[str, Any] | None = None  # the operating point's verdict (model.operating_point.verdict)
 
     def lesion_info(self, spacing_mm: tuple[float, float] | None = None) -> dict[str, Any] | None:
         """The lesion finding as JSON (outline, measurements, descriptors, a plain statement), with mm when
@@ -122,7 +125,17 @@ class Prediction:
         return {"label": self.label, "index": self.index, "probabilities": dict(self.probabilities),
                 "target": self.target, "target_label": self.target_label, "explainer": self.explainer,
                 "region": None if self.region is None else list(self.region), "caution": self.caution,
-                "ood": self.ood, "lesion": self.lesion_info(), "seconds": round(self.seconds, 4)}
+                "ood": self.ood, "lesion": self.lesion_info(), "operating_point": self.operating,
+                "seconds": round(self.seconds, 4)}
+
+
+@dataclass
+class Prepared:
+    """One image as the model takes it (:meth:`Predictor.prepare`): the input tensor, and the region of the image
+    the scan steps kept (``None``: the whole image), which puts its maps back in place."""
+
+    tensor: torch.Tensor
+    box: Box | None = None
 
 
 @contextmanager
@@ -163,6 +176,8 @@ class Predictor:
         lesion_layer = getattr(model, "lesion_layer", None) if callable(getattr(model, "segment", None)) else None
         self.lesion_layer = lesion_layer if lesion_layer in self._layers else None
         self.lesion_threshold = float(getattr(model, "lesion_threshold", 0.5))
+        point = meta.extra.get("operating_point")
+        self.operating_point = dict(point) if isinstance(point, dict) and "threshold" in point else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, registry: PluginRegistry,
@@ -212,36 +227,45 @@ class Predictor:
         return self.predict_batch([image], explainer, None if target is None else [target],
                                   explainer_params, target_layer)[0]
 
-    def prepare(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        """The model's input tensors of ``images``, preprocessed exactly as in training (no model, no lock).
+    def prepare(self, images: Sequence[np.ndarray], regions: Sequence[Box | None] | None = None) -> list[Prepared]:
+        """The model's inputs for ``images``, preprocessed exactly as in training (no model, no lock): the scan
+        steps the model was trained with (``regions``: each image's ultrasound region when its file names it),
+        then the resize, crop and normalisation.
 
         Callers that feed one model from many threads (the server's micro-batcher) run this in their own
         threads and pass the result to :meth:`predict_batch` as ``prepared``.
         """
-        tensors = []
+        steps = self.config.scan
+        out = []
         for i, img in enumerate(images):
             try:
-                tensors.append(self.transform(img))
+                if steps.active:
+                    region = regions[i] if regions is not None else None
+                    sub, _, box = prepare_scan(to_channels(img, self.config.channels), steps, region)
+                    out.append(Prepared(self.transform(sub), box if steps.crop else None))
+                else:
+                    out.append(Prepared(self.transform(img)))
             except ValueError as exc:
                 raise ValueError(f"image {i}: {exc}" if len(images) > 1 else str(exc)) from None
-        return tensors
+        return out
 
     def predict_batch(self, images: Sequence[np.ndarray], explainer: str | None = "gradcam",
                       targets: Sequence[int | None] | None = None, explainer_params: Mapping[str, Any] | None = None,
-                      target_layer: str | None = None, prepared: Sequence[torch.Tensor] | None = None
-                      ) -> list[Prediction]:
+                      target_layer: str | None = None, prepared: Sequence[Prepared] | None = None,
+                      regions: Sequence[Box | None] | None = None) -> list[Prediction]:
         """Classify and explain several images (any sizes) in one forward pass.
 
-        ``prepared``: the images' tensors from :meth:`prepare`, when the caller made them already.
+        ``prepared``: the images' inputs from :meth:`prepare`, when the caller made them already; ``regions``:
+        each image's ultrasound region when its file names it (DICOM), for a model that crops to the scan.
         """
         start = time.perf_counter()
         images = list(images)
         if not images:
             raise ValueError("no images given; pass at least one uint8 image array")
-        tensors = list(prepared) if prepared is not None else self.prepare(images)
-        if len(tensors) != len(images):
-            raise ValueError(f"got {len(tensors)} prepared tensors for {len(images)} images")
-        batch = torch.stack(tensors).to(self.device)
+        inputs = list(prepared) if prepared is not None else self.prepare(images, regions)
+        if len(inputs) != len(images):
+            raise ValueError(f"got {len(inputs)} prepared inputs for {len(images)} images")
+        batch = torch.stack([p.tensor for p in inputs]).to(self.device)
         target_t = self._targets(targets, len(images))
         layer = None if explainer is None else self._layer(target_layer)
         watched = self.model.get_submodule(self.ood.layer) if self.ood is not None else nn.Identity()
@@ -268,14 +292,17 @@ class Predictor:
             tgt = int(explained[i]) if explained is not None and explainer is not None else None
             heatmap = lesion_map = None
             if maps is not None:
-                heatmap = np.clip(paste_map(maps[i], img.shape[:2], self.config), 0.0, 1.0).astype(np.float32)
+                heatmap = np.clip(paste_map(maps[i], img.shape[:2], self.config, inputs[i].box), 0.0, 1.0
+                                  ).astype(np.float32)
             if lesion_maps is not None:
-                lesion_map = np.clip(paste_map(lesion_maps[i], img.shape[:2], self.config), 0.0, 1.0)
+                lesion_map = np.clip(paste_map(lesion_maps[i], img.shape[:2], self.config, inputs[i].box), 0.0, 1.0)
+            probabilities = {c: float(p[k]) for k, c in enumerate(classes)}
             out.append(Prediction(
-                label=classes[index], index=index,
-                probabilities={c: float(p[k]) for k, c in enumerate(classes)},
+                label=classes[index], index=index, probabilities=probabilities,
+                operating=verdict(probabilities, self.operating_point),
                 target=tgt, target_label=classes[tgt] if tgt is not None else None, explainer=explainer,
-                heatmap=heatmap, image=img, seconds=seconds, region=crop_pixels(img.shape[:2], self.config),
+                heatmap=heatmap, image=img, seconds=seconds,
+                region=crop_pixels(img.shape[:2], self.config, inputs[i].box),
                 ood=None if verdicts is None else verdicts[i], lesion_map=lesion_map,
                 lesion=None if lesion_map is None else find_lesion(lesion_map, self.lesion_threshold),
                 lesion_threshold=self.lesion_threshold))
@@ -308,7 +335,7 @@ class Predictor:
         """A PNG grid of the ``channels`` most active feature maps of ``layer`` (default: the target layer)."""
         if not 1 <= int(channels) <= 256:
             raise ValueError(f"channels must be between 1 and 256, got {channels}")
-        x = self.transform(image)[None].to(self.device)
+        x = self.prepare([image])[0].tensor[None].to(self.device)
         name = self._layer(layer)
         with self._lock:
             grid = feature_map_grid(self.model, x, name, channels=int(channels))

@@ -20,30 +20,49 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from busi_web.data.datasets import ImageDataset
+from busi_web.data.scan import Box, ScanSteps, prepare_scan
 
 _PROBES = 8  # images decoded to estimate the size of the whole set
 
 
 class ImageSource:
-    """``source(i)`` returns sample ``i``'s ``uint8`` image, from memory when it was cached."""
+    """``source(i)`` returns sample ``i``'s ``uint8`` image after the scan ``steps`` (:mod:`busi_web.data.scan`),
+    from memory when it was cached. ``source.mask(i)`` is its lesion mask, cut to the same region."""
 
-    def __init__(self, dataset: ImageDataset):
+    def __init__(self, dataset: ImageDataset, steps: ScanSteps | None = None):
         self.dataset = dataset
+        self.steps = steps or ScanSteps()
         self.images: dict[int, np.ndarray] = {}
         self.masks: dict[int, np.ndarray | None] = {}
+        self.regions: dict[int, Box] = {}
 
     @property
     def cached_bytes(self) -> int:
         return sum(a.nbytes for a in self.images.values())
 
+    def prepare(self, image: np.ndarray, index: int | None = None) -> np.ndarray:
+        """The scan steps on one decoded image (sample ``index``'s: its region is remembered for its mask)."""
+        if not self.steps.active:
+            return image
+        out, _, box = prepare_scan(image, self.steps)
+        if index is not None:
+            self.regions[index] = box
+        return out
+
     def __call__(self, index: int) -> np.ndarray:
         image = self.images.get(index)
-        return image if image is not None else self.dataset.load_image(index)
+        return image if image is not None else self.prepare(self.dataset.load_image(index), index)
 
     def mask(self, index: int) -> np.ndarray | None:
         """Sample ``index``'s lesion mask (``None`` when it has none); masks are small, so always cached."""
         if index not in self.masks:
-            self.masks[index] = self.dataset.load_mask(index)
+            mask = self.dataset.load_mask(index)
+            if mask is not None and self.steps.crop:
+                if index not in self.regions:
+                    self(index)  # finds the region
+                left, top, right, bottom = self.regions[index]
+                mask = np.ascontiguousarray(mask[top:bottom, left:right])
+            self.masks[index] = mask
         return self.masks[index]
 
 
@@ -59,13 +78,14 @@ def estimate_bytes(dataset: ImageDataset, indices: Sequence[int]) -> int:
 
 def build_source(dataset: ImageDataset, indices: Sequence[int], cap_bytes: int,
                  log: Callable[[str], None] = lambda _msg: None,
-                 should_stop: Callable[[], bool] = lambda: False) -> ImageSource:
-    """An :class:`ImageSource` with every image of ``indices`` decoded, if they fit under ``cap_bytes``.
+                 should_stop: Callable[[], bool] = lambda: False, steps: ScanSteps | None = None) -> ImageSource:
+    """An :class:`ImageSource` with every image of ``indices`` decoded (and prepared by the scan ``steps``), if
+    they fit under ``cap_bytes``.
 
     Images are decoded in the calling process, so forked DataLoader workers
     inherit them. Stops early (leaving the rest uncached) when ``should_stop()``.
     """
-    source = ImageSource(dataset)
+    source = ImageSource(dataset, steps)
     if cap_bytes <= 0:
         log("image cache disabled (cache_mb=0): images are decoded every epoch")
         return source
@@ -77,7 +97,7 @@ def build_source(dataset: ImageDataset, indices: Sequence[int], cap_bytes: int,
     for i in indices:
         if should_stop():
             break
-        image = dataset.load_image(i)
+        image = source.prepare(dataset.load_image(i), i)
         if source.cached_bytes + image.nbytes > cap_bytes:  # the estimate was low: stop caching, keep going
             log("image cache full; the remaining images are decoded every epoch")
             break
@@ -115,7 +135,7 @@ class TransformedImages(Dataset):
     def __getitem__(self, k: int) -> tuple[Any, ...]:
         i = self.indices[k]
         image = None if self.variants is None else self.source.dataset.training_image(i, self.variants[k])
-        image = self.source(i) if image is None else image
+        image = self.source(i) if image is None else self.source.prepare(image)
         if not self.masks:
             return self.transform(image), self.labels[k]
         mask = self.source.mask(i)
@@ -136,11 +156,36 @@ def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     return torch.tensor([n / (num_classes * c) if c else 0.0 for c in counts], dtype=torch.float32)
 
 
-def balanced_sampler(labels: Sequence[int], num_classes: int, generator: torch.Generator) -> Sampler[int]:
-    """Draws (with replacement) each class equally often on average; one epoch is ``len(labels)`` draws."""
-    counts = class_counts(labels, num_classes)
-    weights = torch.tensor([1.0 / counts[int(y)] for y in labels], dtype=torch.double)
+def draw_weights(labels: Sequence[int], sites: Sequence[str] | None = None, *, classes: bool = True
+                 ) -> list[float]:
+    """Each training item's chance of a draw (summing to 1): every class equally often (``classes``), every site
+    equally often (``sites``), or every class of every site equally often (both)."""
+    keys = [((s if sites is not None else ""), int(y) if classes else 0)
+            for s, y in zip(sites if sites is not None else [""] * len(labels), labels, strict=True)]
+    count = Counter(keys)
+    strata_per_site = Counter(site for site, _ in count)
+    n_sites = len(strata_per_site)
+    return [1.0 / (n_sites * strata_per_site[k[0]] * count[k]) for k in keys]
+
+
+def balanced_sampler(labels: Sequence[int], num_classes: int, generator: torch.Generator,
+                     sites: Sequence[str] | None = None, classes: bool = True) -> Sampler[int]:
+    """Draws (with replacement) each class equally often on average, or each site (``sites``, with ``classes``
+    False), or each class of each site (both); one epoch is ``len(labels)`` draws."""
+    weights = torch.tensor(draw_weights(labels, sites, classes=classes), dtype=torch.double)
     return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
+
+
+def drawn_class_weights(labels: Sequence[int], num_classes: int, draws: Sequence[float] | None) -> torch.Tensor:
+    """:func:`class_weights` of the class mix training actually sees: the labels weighted by their chance of a
+    draw (``draws``; ``None``: each item once)."""
+    if draws is None:
+        return class_weights(labels, num_classes)
+    mass = [0.0] * num_classes
+    for y, w in zip(labels, draws, strict=True):
+        mass[int(y)] += w
+    total = sum(mass)
+    return torch.tensor([total / (num_classes * m) if m else 0.0 for m in mass], dtype=torch.float32)
 
 
 def resolve_workers(workers: int, device: torch.device) -> int:

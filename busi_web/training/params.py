@@ -14,13 +14,14 @@ to 15 degrees, ImageNet normalisation.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from busi_web.data.datasets import check_data_dir
+from busi_web.data.scan import NORMALISATIONS
+from busi_web.data.sites import Source, dataset_label, open_sources
 from busi_web.errors import UserError
 from busi_web.explain.base import default_target_layer, resolve_layer
 from busi_web.plugins import PluginRegistry
@@ -56,6 +57,16 @@ TRAIN_PARAMS: tuple[Param, ...] = (
           "aspect ratios from 3:4 to 4:3, scaled to input_size.", minimum=0.05, maximum=1.0),
     Param("intensity", "float", 0.0, "Random brightness, contrast and gamma while training, each within "
           "+/- this fraction (0: off).", minimum=0.0, maximum=0.9),
+    Param("scanner", "float", 0.0, "Scanner augmentation: what another scanner would change (a depth gain ramp, a "
+          "coarser resolution, blur and speckle), each with probability one half, at this strength from 0 (off) "
+          "to 1.", minimum=0.0, maximum=1.0),
+    Param("scan_crop", "bool", False, "Crop each image to its ultrasound region before the model sees it (the "
+          "DICOM's SequenceOfUltrasoundRegions, else the lit rows and columns), in training and diagnosis alike."),
+    Param("scan_marks", "bool", False, "Paint over burned-in marks (calipers, text) that the mark detector finds "
+          "before the model sees the image, in training and diagnosis alike.", advanced=True),
+    Param("normalise", "choice", "none", "Intensity normalisation of each image before the model sees it: "
+          "'stretch' maps its 1st-99th percentiles to the full range, 'equalize' applies CLAHE, 'none' leaves it.",
+          choices=NORMALISATIONS),
     Param("mixup", "float", 0.0, "Mixup: blend each training image (and its lesion mask) with another image of "
           "its batch, in shares drawn from Beta(a, a) for this a, and blend their labels in the same shares (0: "
           "off; 0.2 to 0.4 is usual).", minimum=0.0, maximum=10.0, advanced=True),
@@ -71,6 +82,8 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("lesion_layers", "str", "", "Lesion guidance on more layers: comma-separated module names (e.g. "
           "layer2,layer3 for the ResNets) whose finer feature maps also learn the lesion's outline, besides the "
           "explained layer (empty: the explained layer only).", advanced=True),
+    Param("balance_sites", "bool", False, "With several datasets, draw each site equally often in training (and "
+          "each class of a site equally often when balance is 'oversample'), whatever its size."),
     Param("balance", "choice", "weighted_loss", "Class balancing: 'weighted_loss' weighs the loss by inverse "
           "class frequency, 'oversample' draws rare classes more often, 'none' does neither.", choices=BALANCING),
     Param("monitor", "choice", "val_macro_f1", "Validation metric that picks the best model and drives early "
@@ -160,11 +173,15 @@ def _check_paths(spec_params: tuple[Param, ...], values: dict[str, Any], what: s
         raise InvalidParameters(errors, what)
 
 
-def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
+def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str | Sequence[Source], *,
                        train: Mapping[str, Any] | None = None, backbone_params: Mapping[str, Any] | None = None,
                        dataset_params: Mapping[str, Any] | None = None,
                        data_dir: str | None = None) -> dict[str, Any]:
     """Validate a whole run before it is created: ``{"train": {...}, "backbone": {...}, "dataset": {...}}``.
+
+    ``dataset`` is a dataset's name (with ``dataset_params`` and ``data_dir``), or several
+    :class:`~busi_web.data.sites.Source` for a run that trains on several datasets at once; such a run's
+    parameters also hold ``"datasets"``, the sources with their typed parameters (``"dataset"`` is then empty).
 
     Raises :class:`~busi_web.plugins.UnknownPlugin` for a backbone or dataset
     no plugin registers, :class:`InvalidParameters` for bad values (a weights
@@ -172,19 +189,21 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
     (naming the path) when the data folder is missing or the dataset cannot
     train a classifier (e.g. a single class).
     """
+    sources = [Source(dataset, data_dir, dict(dataset_params or {}))] if isinstance(dataset, str) else list(dataset)
     bb_spec = registry.backbone(backbone)
-    ds_spec = registry.dataset(dataset)
+    for s in sources:
+        registry.dataset(s.dataset)
     train_values = validate_train_params(train)
     bb_values = bb_spec.validate(backbone_params)
     _check_paths(bb_spec.params, bb_values, backbone)
-    ds_values = ds_spec.validate(dataset_params)
-    _check_paths(ds_spec.params, ds_values, dataset)
-    check_data_dir(dataset, ds_spec.needs_data_dir, data_dir)
-    # Scanning the folder is cheap (nothing is decoded) and catches empty or one-class folders now.
-    ds = ds_spec.build(ds_values, root=data_dir)
+    # Scanning the folders is cheap (nothing is decoded) and catches empty or one-class folders now.
+    checked, ds = open_sources(registry, sources)
+    for s in checked:
+        _check_paths(registry.dataset(s.dataset).params, dict(s.params), s.dataset)
     ds.check_usable()
+    label = dataset_label([s.dataset for s in checked])
     if train_values["lesion_loss"] > 0 and not ds.has_masks():
-        raise InvalidParameters({"lesion_loss": f"dataset {dataset!r} has no lesion masks to learn from; set it to "
+        raise InvalidParameters({"lesion_loss": f"dataset {label!r} has no lesion masks to learn from; set it to "
                                                 "0, or add masks (NAME_mask.png beside NAME.png)"}, "training")
     # One build and one dry forward, so that a run that cannot start is refused now, not when it starts: a weights
     # file must fit the backbone, the output must be one logit per class, and the guided layers must exist.
@@ -202,7 +221,9 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str, *,
                                                   "weighs it); leave lesion_layers empty"}, "training")
     if train_values["lesion_layers"]:
         _check_lesion_layers(model, train_values, ds.channels, bb_spec)
-    return {"train": train_values, "backbone": bb_values, "dataset": ds_values}
+    if len(checked) == 1:
+        return {"train": train_values, "backbone": bb_values, "dataset": dict(checked[0].params)}
+    return {"train": train_values, "backbone": bb_values, "dataset": {}, "datasets": [s.to_dict() for s in checked]}
 
 
 def _check_output(model: torch.nn.Module, backbone: str, classes: int, channels: int, size: int) -> None:

@@ -15,18 +15,24 @@ import torch
 from busi_web.data.datasets import DatasetError
 from busi_web.data.fingerprints import data_hash
 from busi_web.data.preprocess import PreprocessConfig, eval_transform, train_transform
+from busi_web.data.scan import ScanSteps
+from busi_web.data.sites import open_sources, sources_of
 from busi_web.evaluation.metrics import classification_metrics, classification_report_text
 from busi_web.evaluation.plots import confusion_plot_png, history_plot_png, reliability_plot_png
+from busi_web.evaluation.sites import per_site
 from busi_web.explain.base import default_target_layer
+from busi_web.model.calibration import apply_temperature
 from busi_web.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from busi_web.model.device import hardware, resolve_device
+from busi_web.model.operating_point import DEFAULT_SENSITIVITY
 from busi_web.plugins import PluginRegistry
 from busi_web.store import run_files as art
 from busi_web.training.feeding import (
     TransformedImages,
     balanced_sampler,
     build_source,
-    class_weights,
+    draw_weights,
+    drawn_class_weights,
     make_loader,
     resolve_workers,
 )
@@ -34,7 +40,7 @@ from busi_web.training.loop import Engine, TrainingDiverged, build_optimizer, bu
 from busi_web.training.params import lesion_training, validate_train_params
 from busi_web.training.resume import epoch_seed, load_state, rng_state, save_state, seed_everything, set_rng_state
 from busi_web.training.splitting import run_split
-from busi_web.training.trust import checkpoint_extras, fit_trust
+from busi_web.training.trust import checkpoint_extras, fit_trust, operating_point
 
 
 class StopRequested(Exception):
@@ -90,38 +96,45 @@ class TrainingRun:
         params = self.run.get("params") or {}
         p = self.train = validate_train_params(params.get("train") or {})
         registry = self.registry
-        bb_spec, ds_spec = registry.backbone(self.run["backbone"]), registry.dataset(self.run["dataset"])
+        bb_spec = registry.backbone(self.run["backbone"])
         self.bb_params = bb_spec.validate(params.get("backbone") or {})
-        ds_params = self.ds_params = ds_spec.validate(params.get("dataset") or {})
+        sources = sources_of(self.run)
+        where = ", ".join(f"{s.dataset} ({s.data_dir or 'generated'})" for s in sources)
+        self.log(f"run {self.run_id}: {self.run['backbone']} on {where}")
+        self.sources, ds = open_sources(registry, sources)
+        self.dataset = ds
+        ds_params = self.ds_params = dict(self.sources[0].params) if len(self.sources) == 1 else {}
+        listed = [s.to_dict() for s in self.sources]
         root = self.run.get("data_dir")
-        if ds_spec.needs_data_dir and (not root or not Path(root).is_dir()):
-            raise DatasetError(f"data folder {root} does not exist; the {self.run['dataset']!r} dataset needs it")
-        self.log(f"run {self.run_id}: {self.run['backbone']} on {self.run['dataset']} ({root or 'generated'})")
-        ds = self.dataset = ds_spec.build(ds_params, root=root)
         ds.check_usable()
         self.classes = list(ds.classes)
-        self.modality = getattr(ds, "modality", None) or ds_spec.modality
+        self.modality = getattr(ds, "modality", None) or registry.dataset(self.sources[0].dataset).modality
         self.split, self.left_out = run_split(self.dir, ds, p, self.store, self.modality, self.log)
         device = resolve_device(p["device"])
         self.device_name = str(device)
         torch.backends.cudnn.benchmark = device.type == "cuda"  # fastest kernels; GPU runs are not bit-exact
         workers = self.workers = resolve_workers(p["workers"], device)
-        self.cfg = PreprocessConfig(input_size=p["input_size"], resize=p["resize"], channels=ds.channels)
+        steps = ScanSteps(crop=p["scan_crop"], marks=p["scan_marks"], normalise=p["normalise"])
+        self.cfg = PreprocessConfig(input_size=p["input_size"], resize=p["resize"], channels=ds.channels, scan=steps)
         art.write_json(self.dir / art.PARAMS_JSON, {
             "run_id": self.run_id, "name": self.run.get("name"), "backbone": self.run["backbone"],
             "dataset": self.run["dataset"], "data_dir": root, "params": {"train": p, "backbone": self.bb_params,
                                                                          "dataset": ds_params},
+            "datasets": listed, "sites": self.split.site_counts(ds),
             "classes": self.classes, "modality": self.modality, "preprocess": self.cfg.to_dict(),
             "device": self.device_name, "workers": workers, "counts": self.split.counts(ds),
-            "acceptance_left_out": self.left_out, "data_hash": data_hash(ds, ds_params), "hardware": hardware(device),
+            "acceptance_left_out": self.left_out, "hardware": hardware(device),
+            "data_hash": data_hash(ds, ds_params if len(listed) == 1 else {"datasets": listed}),
             "versions": {"torch": torch.__version__,
                          "backbone_plugin": registry.version_of("backbones", self.run["backbone"])},
         })
         seed_everything(p["seed"])
         model = bb_spec.build(self.bb_params, num_classes=len(self.classes), in_channels=ds.channels)
         self._raise_if_stopped()
+        if steps.active:
+            self.log(f"scan steps: {steps.describe()}")
         source = self.source = build_source(ds, self.split.train + self.split.val + self.split.test,
-                                           p["cache_mb"] * 2**20, self.log, self.stop_requested)
+                                           p["cache_mb"] * 2**20, self.log, self.stop_requested, steps)
         self._raise_if_stopped()
         labels = ds.labels
         # The dataset may draw each training sample more than once per epoch (its own augmentation/balancing).
@@ -132,10 +145,13 @@ class TrainingRun:
                      f"images (its augmentation and balancing)")
         train_labels = [labels[i] for i in train_idx]
         self.generator = torch.Generator()
-        sampler = (balanced_sampler(train_labels, len(self.classes), self.generator)
-                   if p["balance"] == "oversample" else None)
+        by_class, by_site = p["balance"] == "oversample", p["balance_sites"]
+        train_sites = [ds.site_of(i)[0] for i in train_idx] if by_site else None
+        sampler = (balanced_sampler(train_labels, len(self.classes), self.generator, train_sites, classes=by_class)
+                   if by_class or by_site else None)
+        draws = draw_weights(train_labels, train_sites, classes=by_class) if sampler is not None else None
         augment = train_transform(self.cfg, p["hflip"], p["rotation"], crop_scale=p["crop_scale"],
-                                  intensity=p["intensity"])
+                                  intensity=p["intensity"], scanner=p["scanner"])
         guided = p["lesion_loss"] > 0
         if guided and any(variants):
             raise DatasetError(f"lesion_loss cannot be used with dataset {self.run['dataset']!r}: it makes its own "
@@ -152,7 +168,8 @@ class TrainingRun:
                         for part in ("val", "test")}
         for loader in (self.train_loader, *self.loaders.values()):
             loader.worker_init_fn = _ignore_signals
-        weight = class_weights(train_labels, len(self.classes)) if p["balance"] == "weighted_loss" else None
+        weight = (drawn_class_weights(train_labels, len(self.classes), draws) if p["balance"] == "weighted_loss"
+                  else None)
         guide, segment_loss, what = lesion_training(model, bb_spec, p, ds.channels)
         if what:
             self.log(f"{what}; {sum(source.mask(i) is not None for i in self.split.train)} of "
@@ -297,10 +314,12 @@ class TrainingRun:
         return CheckpointMeta(
             backbone=self.run["backbone"], classes=self.classes, backbone_params=dict(self.bb_params),
             in_channels=self.cfg.channels, input_size=self.cfg.input_size, resize=self.cfg.resize,
+            scan=self.cfg.scan.to_dict(),
             mean=list(self.cfg.mean), std=list(self.cfg.std), modality=self.modality, dataset=self.run["dataset"],
             extra={"run_id": self.run_id, "epoch": epoch, "monitor": p["monitor"], "monitor_value": self.best,
                    "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
-                   "val_auc": metrics["auc"], "train_params": dict(p), "dataset_params": dict(self.ds_params)})
+                   "val_auc": metrics["auc"], "train_params": dict(p), "dataset_params": dict(self.ds_params),
+                   "datasets": [s.to_dict() for s in self.sources]})
 
     def _save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
         assert self.engine is not None
@@ -334,11 +353,13 @@ class TrainingRun:
         m = classification_metrics(y, probs, self.classes)
         title = (f"run {self.run_id}: {self.run['backbone']} on {self.run['dataset']}, test part, "
                  f"{self._kept_text()}")
-        calibration, ood = self._calibrate_and_reference(meta, probs, y)
+        calibration, ood, point, flagged = self._calibrate_and_reference(meta, probs, y)
+        sites = self._sites_report(y, apply_temperature(probs, calibration["temperature"]), flagged, point)
         art.write_json(self.dir / art.METRICS_JSON, {
             "run_id": self.run_id, "part": "test", "loss": test_loss, **m, "best_epoch": self.best_epoch,
             "monitor": self.train["monitor"], "best_value": self.best, "epochs_done": self.epoch,
             "counts": self.split.counts(self.dataset), "calibration": calibration, "ood": ood,
+            "operating_point": point, "sites": sites,
             "validation": self._kept_validation(), "train_seconds": self._train_seconds()})
         art.write_atomic(self.dir / art.REPORT_TXT, classification_report_text(m, title))
         art.write_atomic(self.dir / art.CONFUSION_PNG, confusion_plot_png(m["confusion_matrix"], self.classes,
@@ -362,10 +383,21 @@ class TrainingRun:
     def _train_seconds(self) -> float:
         return float(sum(h.get("epoch_time") or 0.0 for h in self.history))
 
+    def _sites_report(self, y: np.ndarray, probs: np.ndarray, flagged: np.ndarray,
+                      point: dict[str, Any] | None) -> dict[str, Any]:
+        """The test part's results per site (:func:`busi_web.evaluation.sites.per_site`), from calibrated
+        probabilities."""
+        ds, idx = self.dataset, self.split.test
+        where = [ds.site_of(i) for i in idx]
+        return per_site(y, probs, self.classes, [s for s, _ in where], [ds.samples[i].group for i in idx],
+                        [d for _, d in where], flagged=list(flagged),
+                        threshold=None if point is None else point["threshold"])
+
     def _calibrate_and_reference(self, meta: CheckpointMeta, test_probs: np.ndarray, test_y: np.ndarray
-                                 ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Fit the temperature and the out-of-distribution reference (:mod:`busi_web.training.trust`); save both
-        into ``best_model.pt`` and draw the test part's reliability diagram."""
+                                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, np.ndarray]:
+        """Fit the temperature, the out-of-distribution reference (:mod:`busi_web.training.trust`) and the
+        operating point; save them into ``best_model.pt`` and draw the test part's reliability diagram. Returns
+        ``(calibration, ood report, operating point, each test image's out-of-distribution verdict)``."""
         eng = self.engine
         assert eng is not None
         train_eval = make_loader(TransformedImages(self.source, self.split.train, self.dataset.labels,
@@ -374,15 +406,20 @@ class TrainingRun:
         train_eval.worker_init_fn = _ignore_signals
         val_y, val_probs, _ = eng.predict(self.loaders["val"])
         layer = meta.target_layer or default_target_layer(eng.eval_model, "")
-        calibration, reference, ood = fit_trust(
+        calibration, reference, ood, flagged = fit_trust(
             eng.eval_model, layer, eng.device, {"train": train_eval, **self.loaders}, (val_y, val_probs),
             (test_y, test_probs))
+        target = self.store.modality_settings(self.modality).get("operating_sensitivity") or DEFAULT_SENSITIVITY
+        point = operating_point(self.classes, (val_y, val_probs), calibration["temperature"], float(target))
         art.write_atomic(self.dir / art.RELIABILITY_PNG, reliability_plot_png(
             calibration["test"], f"run {self.run_id}: reliability on the test part"))
-        meta.extra.update(checkpoint_extras(calibration, reference))
+        meta.extra.update(checkpoint_extras(calibration, reference, point))
         save_checkpoint(self.dir / art.BEST_PT, eng.eval_model, meta, registry=self.registry)
         self.log(f"calibration: temperature {calibration['temperature']:.3f} (validation); test ECE "
                  f"{calibration['test']['ece_before']:.3f} -> {calibration['test']['ece_after']:.3f}; "
                  f"out-of-distribution threshold {reference.threshold:.3f} on {layer} "
                  f"({100 * (ood['test_flagged_share'] or 0):.1f}% of the test part above it)")
-        return calibration, ood
+        if point is not None:
+            self.log(f"operating point: p(malignant) >= {point['threshold']:.3f} keeps sensitivity "
+                     f"{point['sensitivity']:.3f} (target {point['target_sensitivity']:g}) on validation")
+        return calibration, ood, point, flagged

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, render_template
 
 from busi_web.data.datasets import DatasetError
+from busi_web.data.sites import Source
 from busi_web.errors import UserError
 from busi_web.services import services_of
 from busi_web.specs import InvalidParameters
@@ -42,28 +43,66 @@ def _body() -> dict[str, Any]:
     return body
 
 
+def _sources(listed: Any) -> list[Source]:
+    """``datasets``: a list of ``{"dataset", "data_dir", "params"}`` objects (a run on several sites)."""
+    example = '[{"dataset": "busi", "data_dir": "/data/busi"}, {"dataset": "busbra", "data_dir": "/data/busbra"}]'
+    if not isinstance(listed, list) or not listed:
+        raise UserError(f"datasets must be a list of objects, e.g. {example}", 400, {"datasets": "a list"})
+    data_dirs = current_app.config.get("DATA_DIRS") or {}
+    out = []
+    for k, item in enumerate(listed):
+        name = item.get("dataset") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            raise UserError(f"datasets[{k}] needs a dataset name, e.g. {example}", 400,
+                            {f"datasets.{k}.dataset": "required"})
+        params, data_dir = item.get("params") or {}, item.get("data_dir")
+        if not isinstance(params, dict) or (data_dir is not None and not isinstance(data_dir, str)):
+            raise UserError(f"datasets[{k}]: params must be an object and data_dir a string", 400,
+                            {f"datasets.{k}": "params an object, data_dir a string"})
+        out.append(Source(name.strip(), data_dir or data_dirs.get(name.strip()) or None, params))
+    return out
+
+
 @bp.post("/api/runs")
 @admin_required
 def start_run():
-    """Validate and queue a run: 201 with the run; 400 with ``fields`` (``train.epochs``, ...) on bad input."""
+    """Validate and queue a run: 201 with the run; 400 with ``fields`` (``train.epochs``, ...) on bad input.
+
+    One dataset: ``dataset`` (with ``data_dir`` and ``dataset_params``); several sites: ``datasets``, a list of
+    ``{"dataset", "data_dir", "params"}``."""
     body = _body()
-    backbone, dataset = (body.get("backbone") or "").strip(), (body.get("dataset") or "").strip()
-    missing = {k: "required" for k, v in (("backbone", backbone), ("dataset", dataset)) if not v}
+    backbone = (body.get("backbone") or "").strip()
+    several = body.get("datasets") is not None
+    dataset = "" if several else (body.get("dataset") or "").strip()
+    missing = {k: "required" for k, v in (("backbone", backbone), ("dataset", several or dataset)) if not v}
     if missing:
         raise UserError(f"choose a {' and a '.join(missing)}", 400, missing)
-    data_dir = body.get("data_dir") or (current_app.config.get("DATA_DIRS") or {}).get(dataset) or None
+    sources = _sources(body["datasets"]) if several else None
+    target: str | list[Source] = sources if sources is not None and len(sources) > 1 else (
+        sources[0].dataset if sources else dataset)
+    data_dir = (sources[0].data_dir if sources else
+                body.get("data_dir") or (current_app.config.get("DATA_DIRS") or {}).get(dataset) or None)
+    dataset_params = dict(sources[0].params) if sources else body.get("dataset_params") or {}
+    names = [s.dataset for s in sources] if sources else [dataset]
     try:
         run = services_of().submit_run(
-            backbone, dataset, train=body.get("train") or {}, backbone_params=body.get("backbone_params") or {},
-            dataset_params=body.get("dataset_params") or {}, data_dir=data_dir,
+            backbone, target, train=body.get("train") or {}, backbone_params=body.get("backbone_params") or {},
+            dataset_params=dataset_params, data_dir=data_dir,
             name=(body["name"].strip()[:200] or None) if body.get("name") else None, user=current_user.name)
     except InvalidParameters as exc:  # the form shows each message next to its field
         group = "train" if exc.spec_name == "training" else (
-            "backbone_params" if exc.spec_name == backbone else "dataset_params")
+            "backbone_params" if exc.spec_name == backbone else _dataset_field(exc.spec_name, names))
         raise UserError(str(exc), 400, {f"{group}.{k}": v for k, v in exc.errors.items()}) from None
     except DatasetError as exc:  # the data folder is missing, or does not hold a usable dataset
         raise UserError(str(exc), 400, {"data_dir": str(exc)}) from None
     return jsonify(run_json(run)), 201
+
+
+def _dataset_field(spec_name: str, names: list[str]) -> str:
+    """Where a dataset's parameter error shows: ``dataset_params``, or ``datasets.K.params`` for several."""
+    if len(names) == 1 or spec_name not in names:
+        return "dataset_params"
+    return f"datasets.{names.index(spec_name)}.params"
 
 
 @bp.post("/api/runs/<int:run_id>/cancel")

@@ -1,0 +1,126 @@
+"""Sites: leave-one-site-out and two-site training on BUSI (Cairo) and BUS-BRA (Rio de Janeiro).
+
+``make bench-sites`` runs the three experiments of the sites benchmark and
+prints one table per experiment, per site:
+
+1. trained on BUSI, scored on all of BUS-BRA (the site never seen);
+2. trained on BUS-BRA, scored on BUSI's lesion images (BUS-BRA has no normal class);
+3. trained on both, scored on each site's held-out test part.
+
+Each run uses the recommended recipe (``busi``'s, with the epochs budgeted for
+the number of images) and the project's own duplicate- and patient-aware
+split. Nothing is copied: the runs read ``../shared/data`` in place. When the
+data is absent the script says so and exits 0.
+
+    python benchmarks/sites.py                                  # all three (about 2 hours on 2 cores)
+    python benchmarks/sites.py --only busbra                    # one experiment: busi, busbra or both
+    python benchmarks/sites.py --only both --param seed=1       # another split of the two-site run
+    python benchmarks/sites.py --reuse busi=RUN_DIR --reuse both=RUN_DIR   # score runs trained before
+    python benchmarks/sites.py --param epochs=1 --out /tmp/s    # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+FOLDERS = {"busi": DATA / "busi" / "Dataset_BUSI_with_GT", "busbra": DATA / "busbra" / "BUSBRA"}
+# Which datasets each experiment trains on, and what it is scored on besides its own test part.
+EXPERIMENTS = {
+    "busi": (["busi"], [("busbra", {})]),
+    "busbra": (["busbra"], [("busi", {"classes": "benign,malignant"})]),
+    "both": (["busi", "busbra"], []),
+}
+# Epochs per experiment on the CPU: the recipe's 80 for BUSI's 434 training images, fewer for more images,
+# so that one run stays within about 45 minutes on 2 cores.
+EPOCHS = {"busi": 80, "busbra": 40, "both": 32}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", action="append", choices=sorted(EXPERIMENTS), help="run only these experiments")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "sites")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a training parameter of the recipe (e.g. seed=1)")
+    ap.add_argument("--backbone-param", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--reuse", action="append", default=[], metavar="EXPERIMENT=RUN_DIR",
+                    help="score this trained run folder instead of training the experiment")
+    ap.add_argument("--train-only", action="store_true", help="train and stop")
+    return ap.parse_args(argv)
+
+
+def _pairs(pairs: list[str]) -> dict[str, str]:
+    from busi_web.cli.common import parse_params
+    from busi_web.errors import UserError
+
+    try:
+        return parse_params(tuple(pairs))
+    except UserError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def train(name: str, args: argparse.Namespace, registry) -> Path:
+    """Train experiment ``name`` in a benchmark-local job store; returns the run folder."""
+    from busi_web.data.sites import Source, dataset_label
+    from busi_web.store import JobStore
+    from busi_web.training.params import prepare_run_params
+    from busi_web.training.trainer import run_training
+
+    names, _ = EXPERIMENTS[name]
+    rec = registry.dataset("busi").recommended or {}
+    backbone = rec.get("backbone", "resnet18")
+    train_params = {**(rec.get("train") or {}), "epochs": EPOCHS[name], **_pairs(args.param)}
+    bb_params = {**(rec.get("backbone_params") or {}), **_pairs(args.backbone_param)}
+    sources = [Source(n, str(FOLDERS[n])) for n in names]
+    params = prepare_run_params(registry, backbone, sources, train=train_params, backbone_params=bb_params)
+    store = JobStore(args.out / "busi.db", args.out / "runs")
+    label = dataset_label(names)
+    run = store.create_run(backbone, label, params, name=f"sites benchmark: {name}",
+                           data_dir=str(FOLDERS[names[0]]) if len(names) == 1 else None)
+    print(f"run {run['id']} ({name}): {backbone} {params['backbone']} on {label}, training {params['train']}",
+          flush=True)
+
+    def progress(event: dict) -> None:
+        if event.get("type") == "log":
+            print(event["line"], flush=True)
+
+    start = time.perf_counter()
+    final = run_training(store, run["id"], registry=registry, progress=progress)
+    print(f"training {final['status']} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    if final["status"] != "finished":
+        raise SystemExit(f"training {final['status']}: {final.get('error')}")
+    return Path(final["run_dir"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    absent = [str(p) for p in FOLDERS.values() if not p.is_dir()]
+    if absent:
+        print(f"skipped: {', '.join(absent)} absent (the sites benchmark needs ../shared/data)")
+        return 0
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
+    from busi_web.plugins import load_plugins
+
+    registry = load_plugins()
+    args.out.mkdir(parents=True, exist_ok=True)
+    reuse = dict(r.split("=", 1) for r in args.reuse)
+    results = {}
+    for name in args.only or list(EXPERIMENTS):
+        run_dir = Path(reuse[name]) if name in reuse else train(name, args, registry)
+        if args.train_only:
+            print(f"trained: {run_dir}")
+            continue
+        results[name] = {"run_dir": str(run_dir)}
+    (args.out / "sites.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
