@@ -99,6 +99,40 @@ def train(name: str, args: argparse.Namespace, registry) -> Path:
     return Path(final["run_dir"])
 
 
+def score(name: str, run_dir: Path, registry) -> dict:
+    """Score experiment ``name``'s run: on its own test part (per site), and on the site it never saw."""
+    from busi_web.evaluation.evaluate import evaluate_run
+    from busi_web.evaluation.operating import refit_operating_point
+    from busi_web.model.checkpoint import read_checkpoint
+
+    names, external = EXPERIMENTS[name]
+    if not read_checkpoint(run_dir / "best_model.pt")[0].extra.get("operating_point"):
+        print(f"fitting the operating point of {run_dir}: {refit_operating_point(run_dir, registry, 0.9)}")
+    own = evaluate_run(run_dir, None if len(names) > 1 else str(FOLDERS[names[0]]), None, registry=registry,
+                       part="test", explainers=[], log=lambda m: print(m, flush=True))
+    out = {"run_dir": str(run_dir), "trained_on": names, "home": own["sites"], "operating_point":
+           own["operating_point"], "external": {}}
+    for other, params in external:
+        report = evaluate_run(run_dir, str(FOLDERS[other]), other, registry=registry, dataset_params=params,
+                              explainers=[], log=lambda m: print(m, flush=True))
+        out["external"].update(report["sites"])
+    return out
+
+
+def table(results: dict) -> str:
+    """One Markdown table per experiment: each site's numbers, home test part and never-seen site."""
+    from busi_web.evaluation.sites import sites_markdown
+
+    lines = []
+    for r in results.values():
+        lines += [f"### Trained on {' + '.join(r['trained_on'])}", "", "Home test part:", ""]
+        lines += sites_markdown(r["home"])
+        if r["external"]:
+            lines += ["", "Never seen (external):", ""] + sites_markdown(r["external"])
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     absent = [str(p) for p in FOLDERS.values() if not p.is_dir()]
@@ -111,14 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     registry = load_plugins()
     args.out.mkdir(parents=True, exist_ok=True)
     reuse = dict(r.split("=", 1) for r in args.reuse)
+    unknown = sorted(set(reuse) - set(EXPERIMENTS))
+    if unknown:
+        raise SystemExit(f"--reuse names unknown experiment(s) {', '.join(unknown)}; use {', '.join(EXPERIMENTS)}")
     results = {}
     for name in args.only or list(EXPERIMENTS):
         run_dir = Path(reuse[name]) if name in reuse else train(name, args, registry)
         if args.train_only:
             print(f"trained: {run_dir}")
             continue
-        results[name] = {"run_dir": str(run_dir)}
-    (args.out / "sites.json").write_text(json.dumps(results, indent=1))
+        results[name] = score(name, run_dir, registry)
+    if results:
+        (args.out / "sites.json").write_text(json.dumps(results, indent=1))
+        text = table(results)
+        (args.out / "sites.md").write_text(text)
+        print(text)
     return 0
 
 

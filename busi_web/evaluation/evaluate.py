@@ -119,7 +119,7 @@ def _indices(ds: ImageDataset, run_dir: Path, part: str | None) -> list[int]:
 
 def _explainers(registry: PluginRegistry, names: Sequence[str] | None) -> list[str]:
     known = sorted(registry.explainers)
-    if not names:
+    if names is None:
         return known
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -149,7 +149,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None, dataset: str 
 
     ``dataset`` defaults to the one the model was trained on; for that same
     dataset the run's own dataset parameters are used unless
-    ``dataset_params`` are given. ``max_maps`` caps how many images an
+    ``dataset_params`` are given. ``explainers``: the explainers that map (``None``: every registered one; an
+    empty list: none, classification only). ``max_maps`` caps how many images an
     explainer maps (an int for all, or ``{name: n}``): Score-CAM needs one
     forward pass per feature channel, tens of seconds per image on a CPU. The capped
     images are spread evenly over the evaluation order; every image is still

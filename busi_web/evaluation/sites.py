@@ -10,6 +10,7 @@ page) gives per site:
 * sensitivity per class, and the share of lesions called normal;
 * the expected calibration error;
 * the share of images flagged out of distribution, and of the wrong answers flagged;
+* where a site has normal images, normal-versus-lesion AUC (``p(normal)``), and normals called a lesion;
 * at the operating point (a threshold on ``p(malignant)``): sensitivity and specificity for malignancy.
 
 95 % intervals come from a bootstrap that resamples patients where the data
@@ -87,6 +88,7 @@ def site_metrics(y: Sequence[int], probs: np.ndarray, classes: Sequence[str], *,
         normal = ~lesion
         out["normals_called_lesion"] = _ratio(int((pred[normal] != names.index(LESION_FREE)).sum()),
                                               int(normal.sum()))
+        out["auc_normal"] = binary_auc(p[:, names.index(LESION_FREE)], normal)
     out["auc_bm"] = None
     if POSITIVE in names:
         m = names.index(POSITIVE)
