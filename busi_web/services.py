@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
@@ -24,13 +25,15 @@ from busi_web.diagnosis.cache import PredictorCache
 from busi_web.errors import UserError
 from busi_web.evaluation.acceptance import choose_images, score_and_keep
 from busi_web.evaluation.card import is_demo, write_card
+from busi_web.evaluation.operating import refit_operating_point
+from busi_web.model.operating_point import DEFAULT_SENSITIVITY
 from busi_web.model.predictor import Predictor
 from busi_web.pacs.endpoints import Endpoint, endpoints_from
 from busi_web.pacs.handles import Handles
 from busi_web.plugins import PluginRegistry
 from busi_web.report.keeper import ReportKeeper
 from busi_web.store import JobStore
-from busi_web.store.acceptance import check_modality
+from busi_web.store.acceptance import check_modality, check_sensitivity
 from busi_web.training.params import prepare_run_params
 from busi_web.training.runner import JobRunner
 
@@ -152,6 +155,52 @@ class Services:
                                             dataset_params=values, data_dir=data_dir, share=share, seed=seed)
         row.pop("items")
         return {**row, "images": len(items)}
+
+    def record_validation(self, run_id: int, report: Mapping[str, Any], *, by: str | None,
+                          dataset_params: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """Keep an evaluation on data the model never trained on (``report["external"]``) as an external
+        validation of run ``run_id``, and refresh its card. ``None`` (nothing kept) for its own data."""
+        if not report.get("external"):
+            return None
+        row = self.store.add_validation(run_id, dataset=report["dataset"], data_dir=report.get("data_dir"),
+                                        dataset_params=dict(dataset_params or {}), sites=report["sites"],
+                                        n=report["classification"]["n"], report=Path(report["folder"]).name, by=by)
+        write_card(self.store, self.registry, run_id)
+        return row
+
+    def acceptance_from_validation(self, validation_id: int, *, by: str | None, name: str | None = None,
+                                   modality: str | None = None) -> dict[str, Any]:
+        """Make the data of external validation ``validation_id`` its modality's acceptance set (every image);
+        ``modality``, when given, must be the validated model's."""
+        found = self.store.validation(validation_id)
+        if found is None:
+            raise UserError(f"there is no external validation {validation_id}; `busi-web models validations` "
+                            "lists them", 404)
+        own = self.store.get_run(found["run_id"]).get("modality") or "ultrasound"
+        if modality is not None and modality != own:
+            raise UserError(f"validation {validation_id} is of a {own} model; it cannot define the {modality} "
+                            "acceptance set", 400, {"validation_id": f"a {own} validation"})
+        modality = own
+        return self.define_acceptance(modality, source="folder", dataset=found["dataset"], data_dir=found["data_dir"],
+                                      dataset_params=found["dataset_params"], by=by,
+                                      name=name or f"external validation {validation_id}: {found['dataset']}")
+
+    def refit_operating_point(self, run_id: int, *, by: str | None, sensitivity: float | None = None
+                              ) -> dict[str, Any]:
+        """Fit run ``run_id``'s operating point again for ``sensitivity`` (default: its modality's target), on its
+        validation part; the predictor cache reloads the model, the card follows, the act is audited."""
+        run = self.store.get_run(run_id)
+        if run["status"] != "finished":
+            raise UserError(f"run {run_id} is {run['status']}; only a finished run has a model to set", 409)
+        modality = run.get("modality") or "ultrasound"
+        target = sensitivity if sensitivity is not None else (
+            self.store.modality_settings(modality).get("operating_sensitivity") or DEFAULT_SENSITIVITY)
+        # best_model.pt is replaced atomically: the predictor cache sees a new file and reloads it.
+        point = refit_operating_point(run["run_dir"], self.registry, check_sensitivity(target))
+        self.store.audit("model.operating_point", user=by, run_id=run_id, threshold=point["threshold"],
+                         target_sensitivity=point["target_sensitivity"])
+        write_card(self.store, self.registry, run_id)
+        return point
 
     def score_acceptance(self, run_id: int, *, by: str | None) -> dict[str, Any]:
         """Score run ``run_id``'s model on its modality's acceptance set and keep the result (409 when the

@@ -110,13 +110,25 @@ def evaluate_command(run_id: int, data_dir: str | None, dataset: str | None, par
     if data_dir is None:  # the run's own folder for its own dataset, else the configured one
         data_dir = (run.get("data_dir") if dataset == run["dataset"] else None) or \
             (current_app.config.get("DATA_DIRS") or {}).get(dataset)
+    dataset_params = parse_params(params) or None
     report = evaluate_run(Path(run["run_dir"]), data_dir, dataset, registry=svc.registry, part=part,
                           explainers=[e.strip() for e in explainers.split(",") if e.strip()] or None,
-                          dataset_params=parse_params(params) or None, max_maps=_max_maps(max_maps),
+                          dataset_params=dataset_params, max_maps=_max_maps(max_maps),
                           device=device, log=lambda m: click.echo(m, err=True))
     c = report["classification"]
     auc = "n/a" if c["auc"] is None else f"{c['auc']:.4f}"
     click.echo(f"{c['n']} images: accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}, AUC {auc}")
+    for site, m in report["sites"].items():
+        op = m.get("operating_point")
+        at = (f"; at the operating point (p(malignant) >= {op['threshold']:.3f}) sensitivity "
+              f"{_num(op['sensitivity'])}, specificity {_num(op['specificity'])}") if op else ""
+        click.echo(f"site {site} ({m['n']} images): accuracy {_num(m['accuracy'])}, macro-F1 {_num(m['macro_f1'])}, "
+                   f"benign-vs-malignant AUC {_num(m['auc_bm'])}, ECE {_num(m['ece'])}, flagged out of distribution "
+                   f"{_num(m.get('ood_flagged_share'))} (of the wrong answers {_num(m.get('wrong_flagged_share'))})"
+                   + at)
+    recorded = svc.record_validation(run_id, report, by="cli", dataset_params=dataset_params)
+    if recorded is not None:
+        click.echo(f"recorded as external validation {recorded['id']} of run {run_id} (data it never trained on)")
     seg = report.get("segmentation")
     if seg and seg["n_lesion"]:
         normals = (f"; false lesions {seg['false_lesion_rate']:.3f} of {seg['n_normal']} normal images "
@@ -131,6 +143,10 @@ def evaluate_command(run_id: int, data_dir: str | None, dataset: str | None, par
     for name, why in (report.get("skipped") or {}).items():
         click.echo(f"{name:<10} skipped: {why}")
     click.echo(f"report: {Path(report['folder']) / 'report.md'}")
+
+
+def _num(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
 
 def _max_maps(values: tuple[str, ...]) -> int | dict[str, int] | None:

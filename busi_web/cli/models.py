@@ -88,10 +88,13 @@ def clear_default_command(modality: str, reason: str) -> None:
               help="A floor of the gate, e.g. macro_f1=0.7 or sensitivity_malignant=0.85 (ece is a ceiling). "
                    "Repeatable; any --floor replaces all floors.")
 @click.option("--clear-floors", is_flag=True, help="Remove every floor.")
+@click.option("--sensitivity", type=float, help="The sensitivity for malignancy that new models of MODALITY keep at "
+              "their operating point (the threshold on p(malignant) fitted on validation), e.g. 0.90.")
 @with_appcontext
 @user_errors
-def settings_command(modality: str, auto_promote: bool | None, floors: tuple[str, ...], clear_floors: bool) -> None:
-    """Show or change MODALITY's auto-promotion and floors."""
+def settings_command(modality: str, auto_promote: bool | None, floors: tuple[str, ...], clear_floors: bool,
+                     sensitivity: float | None) -> None:
+    """Show or change MODALITY's auto-promotion, floors and operating sensitivity."""
     store = services().store
     new_floors: dict[str, float] | None = {} if clear_floors else None
     for key, value in parse_params(floors, "--floor").items():
@@ -99,29 +102,75 @@ def settings_command(modality: str, auto_promote: bool | None, floors: tuple[str
             new_floors = {**(new_floors or {}), key: float(value)}
         except ValueError:
             raise UserError(f"--floor {key}={value}: the value must be a number from 0 to 1") from None
-    if auto_promote is not None or new_floors is not None:
-        store.update_modality_settings(modality, by="cli", auto_promote=auto_promote, floors=new_floors)
+    if auto_promote is not None or new_floors is not None or sensitivity is not None:
+        store.update_modality_settings(modality, by="cli", auto_promote=auto_promote, floors=new_floors,
+                                       operating_sensitivity=sensitivity)
     click.echo(json.dumps(store.modality_settings(modality), indent=2))
+
+
+@models_group.command("operating-point")
+@click.argument("run_id", type=RUN_ID)
+@click.option("--sensitivity", type=float, help="The sensitivity for malignancy to keep (default: the modality's).")
+@with_appcontext
+@user_errors
+def operating_point_command(run_id: int, sensitivity: float | None) -> None:
+    """Fit run RUN_ID's threshold on p(malignant) again, on its validation part, for a target sensitivity."""
+    point = services().refit_operating_point(run_id, by="cli", sensitivity=sensitivity)
+    spec = "n/a" if point["specificity"] is None else f"{point['specificity']:.3f}"
+    click.echo(f"run {run_id}: suspicious at p(malignant) >= {point['threshold']:.4f}; on validation sensitivity "
+               f"{point['sensitivity']:.3f} (target {point['target_sensitivity']:g}), specificity {spec}")
+
+
+@models_group.command("validations")
+@click.argument("run_id", type=RUN_ID, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_appcontext
+@user_errors
+def validations_command(run_id: int | None, as_json: bool) -> None:
+    """External validations (evaluations on data a model never trained on), of one run or all."""
+    rows = services().store.validations(run_id)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no external validations yet: `busi-web evaluate --run ID --dataset NAME --data-dir DIR` on data "
+                   "the model never trained on records one")
+    for v in rows:
+        for site, m in v["metrics"].items():
+            click.echo(f"validation {v['id']}: run {v['run_id']} on {v['dataset']} ({site}, {m['n']} images, "
+                       f"{', '.join(m.get('devices') or {}) or 'devices unknown'}) {v['created_at']} by "
+                       f"{v['created_by']}: accuracy {_num(m['accuracy'])}, benign-vs-malignant AUC "
+                       f"{_num(m['auc_bm'])}")
 
 
 @models_group.command("acceptance")
 @click.argument("modality")
-@click.option("--source", type=click.Choice(SOURCES), required=True,
+@click.option("--source", type=click.Choice(SOURCES),
               help="folder: every image of --data-dir; share: a share of a dataset, by the duplicate-aware splitter.")
-@click.option("--dataset", required=True, help="The dataset plugin that reads the images.")
+@click.option("--dataset", help="The dataset plugin that reads the images.")
 @click.option("--data-dir", type=click.Path(), help="The images' folder (for datasets that read one).")
 @click.option("--share", type=click.FloatRange(0, 0.5, min_open=True), help="With --source share: the fraction.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="With --source share.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A dataset parameter. Repeatable.")
 @click.option("--name", help="A name for the set.")
+@click.option("--from-validation", "validation_id", type=click.IntRange(1),
+              help="Use the data of this external validation (`busi-web models validations`) instead.")
 @with_appcontext
 @user_errors
-def acceptance_command(modality: str, source: str, dataset: str, data_dir: str | None, share: float | None,
-                       seed: int, params: tuple[str, ...], name: str | None) -> None:
+def acceptance_command(modality: str, source: str | None, dataset: str | None, data_dir: str | None,
+                       share: float | None, seed: int, params: tuple[str, ...], name: str | None,
+                       validation_id: int | None) -> None:
     """Define MODALITY's acceptance set; later runs on that data leave its images out."""
-    row = services().define_acceptance(modality, source=source, dataset=dataset, data_dir=data_dir,
-                                       dataset_params=parse_params(params, "--param"), share=share, seed=seed,
-                                       name=name, by="cli")
+    if validation_id is not None:
+        if source or dataset:
+            raise UserError("give --from-validation alone, or --source and --dataset, not both")
+        row = services().acceptance_from_validation(validation_id, by="cli", name=name, modality=modality)
+    else:
+        if not source or not dataset:
+            raise UserError("give --source and --dataset (or --from-validation ID)")
+        row = services().define_acceptance(modality, source=source, dataset=dataset, data_dir=data_dir,
+                                           dataset_params=parse_params(params, "--param"), share=share, seed=seed,
+                                           name=name, by="cli")
     click.echo(f"acceptance set {row['id']} for {modality}: {row['images']} images")
 
 

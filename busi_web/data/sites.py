@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from busi_web.data.datasets import DatasetError, ImageDataset, Sample, check_data_dir
-from busi_web.data.preprocess import to_channels
 from busi_web.plugins import PluginRegistry
 
 SEPARATOR = "+"  # the run's dataset label of several datasets: "busi+busbra"
@@ -103,14 +102,18 @@ class CombinedDataset(ImageDataset):
                 self._where.append((k, j))
         super().__init__(classes, samples, root=None)
 
+    def _channels(self, image: np.ndarray, ds: ImageDataset) -> np.ndarray:
+        from busi_web.data.preprocess import to_channels  # imports torch: not for `busi-web --help`
+
+        return image if ds.channels == self.channels else to_channels(image, self.channels)
+
     def _part(self, index: int) -> tuple[ImageDataset, int]:
         k, j = self._where[index]
         return self.parts[k], j
 
     def load_image(self, index: int) -> np.ndarray:
         ds, j = self._part(index)
-        image = ds.load_image(j)
-        return image if ds.channels == self.channels else to_channels(image, self.channels)
+        return self._channels(ds.load_image(j), ds)
 
     def load_mask(self, index: int) -> np.ndarray | None:
         ds, j = self._part(index)
@@ -130,7 +133,7 @@ class CombinedDataset(ImageDataset):
     def training_image(self, index: int, variant: int) -> np.ndarray | None:
         ds, j = self._part(index)
         image = ds.training_image(j, variant)
-        return image if image is None or ds.channels == self.channels else to_channels(image, self.channels)
+        return None if image is None else self._channels(image, ds)
 
     def official_split(self) -> dict[str, list[int]] | None:
         """The parts' own partitions, where they have one: a partial assignment (the other sites' images are

@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from busi_web.data.sites import dataset_names
+from busi_web.evaluation.sites import sites_markdown
 from busi_web.plugins import PluginRegistry, UnknownPlugin
 from busi_web.store import JobStore, utc_now
 from busi_web.store import run_files as art
@@ -23,17 +25,28 @@ __all__ = ["NOTICE", "build_card", "write_card", "card_markdown", "provenance", 
 
 NOTICE = ("Decision support, not a diagnosis: the result must be read by a qualified clinician together with "
           "the images and the patient's history.")
-INTENDED_USE = ("A second reader for breast imaging of the modality below: it proposes benign, malignant or "
-                "normal with a calibrated probability, and shows where the evidence lies. It does not replace a "
-                "radiologist's reading, and it is not a device cleared for diagnosis.")
+INTENDED_USE = ("A second reader for breast imaging of the modality below: it proposes {classes} with a calibrated "
+                "probability, and shows where the evidence lies. It does not replace a radiologist's reading, and it "
+                "is not a device cleared for diagnosis.")
+
+
+def intended_use(classes: list[str] | None) -> str:
+    """The intended-use statement for a model of ``classes`` (its own classes, in words)."""
+    names = list(classes or []) or ["a class"]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return INTENDED_USE.format(classes=listed)
 
 
 def is_demo(registry: PluginRegistry, dataset: str) -> bool:
-    """Whether a model of ``dataset`` is a demo: its dataset plugin says its images are synthetic."""
-    try:
-        return bool(registry.dataset(dataset).synthetic)
-    except UnknownPlugin:
-        return False
+    """Whether a model of ``dataset`` (a run's dataset label: one name, or several joined by ``+``) is a demo: a
+    dataset plugin it trained on says its images are synthetic."""
+    for name in dataset_names(dataset):
+        try:
+            if registry.dataset(name).synthetic:
+                return True
+        except UnknownPlugin:
+            continue
+    return False
 
 
 def _limits(run: dict[str, Any], params: dict[str, Any], demo: bool, acceptance: dict[str, Any] | None,
@@ -76,6 +89,9 @@ def build_card(store: JobStore, registry: PluginRegistry, run_id: int) -> dict[s
     train = (params.get("params") or {}).get("train") or run.get("params", {}).get("train") or {}
     cal = metrics.get("calibration") or None
     test = {k: metrics.get(k) for k in ("n", "accuracy", "macro_f1", "auc")} if metrics else None
+    validations = [{"id": v["id"], "dataset": v["dataset"], "n": v["n"], "created_at": v["created_at"],
+                    "created_by": v["created_by"], "sites": v["metrics"], "report": v["report"]}
+                   for v in store.validations(run_id)]
     return {
         "card_version": 1, "generated_at": utc_now(), "demo": demo,
         "model": {"run_id": run["id"], "name": run.get("name"), "status": run["status"], "backbone": run["backbone"],
@@ -85,6 +101,8 @@ def build_card(store: JobStore, registry: PluginRegistry, run_id: int) -> dict[s
         "data": {"dataset": run["dataset"], "data_dir": run.get("data_dir"), "data_hash": params.get("data_hash"),
                  "dataset_params": (params.get("params") or {}).get("dataset") or {},
                  "synthetic": demo, "counts": params.get("counts"),
+                 "sources": params.get("datasets") or [{"dataset": run["dataset"], "data_dir": run.get("data_dir")}],
+                 "sites": params.get("sites"),
                  "split_sizes": {part: sum(c.values()) for part, c in (params.get("counts") or {}).items()},
                  "left_out_for_acceptance": params.get("acceptance_left_out")},
         "training": {"params": train, "epochs_done": run.get("epochs_done"), "kept_epoch": metrics.get("best_epoch"),
@@ -97,8 +115,10 @@ def build_card(store: JobStore, registry: PluginRegistry, run_id: int) -> dict[s
                         "method": cal.get("method"), "temperature": cal.get("temperature"),
                         "ece_validation": [cal["val"]["ece_before"], cal["val"]["ece_after"]],
                         "ece_test": [cal["test"]["ece_before"], cal["test"]["ece_after"]]},
-                    "out_of_distribution": metrics.get("ood")},
-        "intended_use": {"statement": INTENDED_USE, "notice": NOTICE,
+                    "out_of_distribution": metrics.get("ood"),
+                    "operating_point": metrics.get("operating_point"), "sites": metrics.get("sites"),
+                    "external_validations": validations},
+        "intended_use": {"statement": intended_use(params.get("classes")), "notice": NOTICE,
                          "limits": _limits(run, params, demo, acceptance, accepted_set)},
         "promotion": {"default_of": modality if holds else None,
                       "set_by": default["set_by"] if holds else None, "set_at": default["set_at"] if holds else None,
@@ -133,8 +153,15 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += [f"> {card['intended_use']['notice']}", "", "## Model",
               f"- Modality: {m['modality']}", f"- Backbone: {m['backbone']} {m['backbone_params']}",
               f"- Input: {m['input_size']} px (resized to {m['resize']}), classes: {', '.join(m['classes'] or [])}",
-              "", "## Data", f"- Dataset: {d['dataset']} ({d['data_dir'] or 'generated'})",
+              "", "## Data",
+              "- Datasets: " + ", ".join(f"{x['dataset']} ({x.get('data_dir') or 'generated'})"
+                                         for x in d.get("sources") or [{"dataset": d["dataset"],
+                                                                        "data_dir": d["data_dir"]}]),
               f"- Content hash: `{d['data_hash']}`", f"- Split sizes: {d['split_sizes']}"]
+    for site, c in (d.get("sites") or {}).items():
+        devices = ", ".join(f"{k} ({v})" for k, v in (c.get("devices") or {}).items())
+        images = {part: sum(c[part].values()) for part in ("train", "val", "test") if part in c}
+        lines.append(f"- Site {site}: {devices or 'devices unknown'}; images {images}")
     if d.get("left_out_for_acceptance"):
         lines.append(f"- Left out for the acceptance set: {d['left_out_for_acceptance'].get('images')} images")
     lines += ["", "## Training", f"- Epochs: {t['epochs_done']}, kept epoch {t['kept_epoch']} ({t['chosen_by']})",
@@ -152,6 +179,16 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines += [f"- {k.replace('_', ' ')} {_ci(a, k)}" for k in sorted(a) if k.startswith("sensitivity_")]
     else:
         lines += ["", "Not evaluated on an acceptance set."]
+    if r.get("sites"):
+        lines += ["", "Test part, per site (calibrated probabilities):", ""] + sites_markdown(r["sites"])
+    op = r.get("operating_point")
+    if op:
+        lines += ["", f"Operating point: suspicious (consider biopsy) at p(malignant) >= {op['threshold']:.3f}, "
+                      f"chosen on validation to keep a sensitivity of {op['target_sensitivity']:g} (reached "
+                      f"{op['sensitivity']:.3f})."]
+    for v in r.get("external_validations") or []:
+        lines += ["", f"External validation {v['id']} on {v['dataset']} ({v['n']} images, {v['created_at']}, by "
+                      f"{v['created_by']}):", ""] + sites_markdown(v["sites"])
     c = r.get("calibration")
     if c:
         lines += ["", f"Calibration: temperature {c['temperature']:.3f}; ECE on test {c['ece_test'][0]:.3f} before, "

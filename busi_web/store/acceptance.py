@@ -53,6 +53,15 @@ def check_floors(floors: Any) -> dict[str, float]:
     return out
 
 
+def check_sensitivity(value: Any) -> float:
+    """A target sensitivity for malignancy: a number above 0.5 and at most 1; 400 otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.5 < value <= 1:
+        raise UserError(f"operating_sensitivity must be a number above 0.5 and at most 1 (e.g. 0.90), got {value!r}",
+                        400, {"operating_sensitivity": "above 0.5, at most 1"})
+    return float(value)
+
+
 def floor_failures(metrics: dict[str, Any], floors: dict[str, float]) -> list[str]:
     """What fails ``floors`` in ``metrics`` (a result's metric dict), one phrase each; empty when all pass."""
     failures = []
@@ -72,11 +81,12 @@ class AcceptanceMixin(AuditMixin):
 
     # -- settings ----------------------------------------------------------------------------------------
     def modality_settings(self, modality: str) -> dict[str, Any]:
-        """``{"modality", "auto_promote", "floors", "updated_at", "updated_by"}`` (off and no floors until set)."""
+        """``{"modality", "auto_promote", "floors", "operating_sensitivity", "updated_at", "updated_by"}`` (off, no
+        floors and no target sensitivity until set; the trainer then keeps 0.90)."""
         rows = self._rows("SELECT * FROM modality_settings WHERE modality = ?", [modality])
         if not rows:
-            return {"modality": modality, "auto_promote": False, "floors": {}, "updated_at": None,
-                    "updated_by": None}
+            return {"modality": modality, "auto_promote": False, "floors": {}, "operating_sensitivity": None,
+                    "updated_at": None, "updated_by": None}
         row = dict(rows[0])
         row["auto_promote"] = bool(row["auto_promote"])
         row["floors"] = json.loads(row["floors"] or "{}")
@@ -87,18 +97,22 @@ class AcceptanceMixin(AuditMixin):
                 for r in self._rows("SELECT modality FROM modality_settings ORDER BY modality", [])]
 
     def update_modality_settings(self, modality: str, *, by: str | None, auto_promote: bool | None = None,
-                                 floors: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Change auto-promotion and/or the floors of ``modality`` (audited)."""
+                                 floors: dict[str, Any] | None = None, operating_sensitivity: float | None = None
+                                 ) -> dict[str, Any]:
+        """Change auto-promotion, the floors and/or the sensitivity for malignancy that models of ``modality``
+        keep at their operating point (audited)."""
         check_modality(modality)
         clean = None if floors is None else check_floors(floors)
+        sensitivity = None if operating_sensitivity is None else check_sensitivity(operating_sensitivity)
         with self.transaction():
             now = self.modality_settings(modality)
             row = {"modality": modality, "updated_at": utc_now(), "updated_by": by,
                    "auto_promote": int(now["auto_promote"] if auto_promote is None else bool(auto_promote)),
-                   "floors": json.dumps(now["floors"] if clean is None else clean, sort_keys=True)}
+                   "floors": json.dumps(now["floors"] if clean is None else clean, sort_keys=True),
+                   "operating_sensitivity": now["operating_sensitivity"] if sensitivity is None else sensitivity}
             self.db["modality_settings"].insert(row, pk="modality", replace=True)
             self.audit("modality.settings", user=by, modality=modality, auto_promote=bool(row["auto_promote"]),
-                       floors=json.loads(row["floors"]))
+                       floors=json.loads(row["floors"]), operating_sensitivity=row["operating_sensitivity"])
         return self.modality_settings(modality)
 
     # -- acceptance sets ---------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from __future__ import annotations
 from busi_web.store.metrics import MetricsMixin
 from busi_web.store.models import ModelsMixin
 from busi_web.store.users import UsersMixin
+from busi_web.store.validations import ValidationsMixin
 
 
-class JobStore(ModelsMixin, UsersMixin, MetricsMixin):
+class JobStore(ModelsMixin, UsersMixin, MetricsMixin, ValidationsMixin):
     """All persistent state of busi-web: runs, metrics, active models, users, API tokens and the audit trail.
 
     Safe to share between threads; open one per process (see :mod:`busi_web.store.db`).

@@ -81,3 +81,14 @@ def m004_session_versions(db: Database) -> None:
 def m005_account_source(db: Database) -> None:
     """Where an account's password lives: ``local`` (here, hashed) or ``directory`` (LDAP; none kept here)."""
     db["users"].add_column("source", str, not_null_default="local")
+
+
+@MIGRATIONS()
+def m006_sites(db: Database) -> None:
+    """The sensitivity for malignancy each modality's operating point keeps; external validations, recorded."""
+    db["modality_settings"].add_column("operating_sensitivity", float)
+    db["validations"].create({
+        "id": int, "run_id": int, "dataset": str, "data_dir": str, "dataset_params": str, "sites": str, "n": int,
+        "metrics": str, "report": str, "created_at": str, "created_by": str,
+    }, pk="id", foreign_keys=[("run_id", "runs", "id")], not_null={"run_id", "dataset", "metrics", "created_at"})
+    db["validations"].create_index(["run_id"])
