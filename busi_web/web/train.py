@@ -99,10 +99,10 @@ def start_run():
 
 
 def _dataset_field(spec_name: str, names: list[str]) -> str:
-    """Where a dataset's parameter error shows: ``dataset_params``, or ``datasets.K.params`` for several."""
-    if len(names) == 1 or spec_name not in names:
-        return "dataset_params"
-    return f"datasets.{names.index(spec_name)}.params"
+    """Where a dataset's parameter error shows: ``dataset_params`` (the first dataset's), or ``datasets.K.params``
+    for the K-th of several (from 0)."""
+    k = names.index(spec_name) if spec_name in names else 0
+    return "dataset_params" if k == 0 else f"datasets.{k}.params"
 
 
 @bp.post("/api/runs/<int:run_id>/cancel")

@@ -5,6 +5,8 @@
  * its field errors ("train.epochs", "dataset_params.size", "data_dir", ...) are shown next to the fields.
  * A dataset spec may carry a `recommended` recipe (backbone, backbone_params, train): choosing that dataset
  * fills the form with it; choosing a dataset without one puts the training defaults back.
+ * "Add a site" trains on several datasets at once (BUSI and BUS-BRA, say): each added site has its dataset, its data
+ * folder and its parameters; the request then sends `datasets`, the first being the one chosen above.
  * On success the browser goes to the new run's page.
  */
 (function () {
@@ -124,11 +126,17 @@
     backboneSel.addEventListener("change", onBackbone);
     datasetSel.addEventListener("change", onDataset);
 
+    const sitesBox = el("div", { id: "extra-sites" });
+    const addSite = el("button", { type: "button", id: "add-site", class: "secondary" }, "Add a site");
+    addSite.addEventListener("click", () => addSiteRow(sitesBox));
+
     main.replaceChildren(
       field("name", "run name (optional)", el("input", { type: "text", name: "name", maxlength: "200" }), ""),
       el("fieldset", {}, el("legend", {}, "Model"), field("backbone", "backbone", backboneSel, ""), backboneDesc, boxes.bbMain),
       el("fieldset", {}, el("legend", {}, "Data"), field("dataset", "dataset", datasetSel, ""), datasetDesc, recipeNote, dataDirField,
-        boxes.dsMain),
+        boxes.dsMain, sitesBox,
+        el("p", {}, addSite, " ", el("small", { class: "muted" },
+          "Train on several datasets at once (one site each, e.g. BUSI and BUS-BRA): the split is made per site, and the run reports each site."))),
       el("fieldset", {}, el("legend", {}, "Training"), trainMain));
     advancedFields.replaceChildren(
       el("fieldset", {}, el("legend", {}, "Training"), trainAdv),
@@ -140,18 +148,63 @@
     root.dataset.ready = "1";
   }
 
+  /* One more site: its dataset, data folder and parameters, with keys `datasets.K.*` (K from 1; 0 is the one above). */
+  let siteCount = 0;
+  function addSiteRow(box) {
+    siteCount += 1;
+    const k = siteCount;
+    const sel = el("select", {}, specs.datasets.map((s) => el("option", { value: s.name }, `${s.title} (${s.name})`)));
+    const dir = el("input", { type: "text", placeholder: "folder with the dataset's images (on the server)" });
+    const dirField = field(`datasets.${k}.data_dir`, "data folder", dir, "");
+    const params = el("div", { class: "params" });
+    const remove = el("button", { type: "button", class: "secondary" }, "Remove this site");
+    const row = el("fieldset", { class: "site-row", dataset: { site: String(k) } },
+      el("legend", {}, `Site ${k + 1}`), field(`datasets.${k}.dataset`, "dataset", sel, ""), dirField, params, remove);
+    function onChange() {
+      const s = spec("datasets", sel.value);
+      dirField.hidden = !(s && s.needs_data_dir);
+      const configured = dataDirs[sel.value];
+      dir.placeholder = configured ? `default: ${configured}` : "folder with the dataset's images (on the server)";
+      params.replaceChildren(...(s ? s.params : []).map((p) => paramField(`datasets.${k}.params`, p)));
+    }
+    sel.addEventListener("change", onChange);
+    remove.addEventListener("click", () => row.remove());
+    box.append(row);
+    onChange();
+    sel.focus();
+  }
+
+  function values(group) {
+    const out = {};
+    form.querySelectorAll(`[data-group="${CSS.escape(group)}"][data-param]`).forEach((c) => {
+      const value = c.type === "checkbox" ? c.checked : c.value.trim();
+      if (value !== "") out[c.dataset.param] = value; // empty: the parameter's default
+    });
+    return out;
+  }
+
   function collect() {
-    const body = { backbone: $(fieldId("backbone")).value, dataset: $(fieldId("dataset")).value,
-      train: {}, backbone_params: {}, dataset_params: {} };
+    const body = { backbone: $(fieldId("backbone")).value, train: values("train"),
+      backbone_params: values("backbone_params") };
+    const dataset = $(fieldId("dataset")).value;
     const name = $(fieldId("name")).value.trim();
     if (name) body.name = name;
     const dataDir = $(fieldId("data_dir"));
-    if (!dataDir.closest(".field").hidden && dataDir.value.trim()) body.data_dir = dataDir.value.trim();
-    form.querySelectorAll("[data-group][data-param]").forEach((c) => {
-      const value = c.type === "checkbox" ? c.checked : c.value.trim();
-      if (value === "") return; // empty: the parameter's default
-      body[c.dataset.group][c.dataset.param] = value;
-    });
+    const dir = !dataDir.closest(".field").hidden && dataDir.value.trim() ? dataDir.value.trim() : null;
+    const rows = [...form.querySelectorAll(".site-row")];
+    if (!rows.length) {
+      body.dataset = dataset;
+      body.dataset_params = values("dataset_params");
+      if (dir) body.data_dir = dir;
+      return body;
+    }
+    body.datasets = [{ dataset, data_dir: dir, params: values("dataset_params") }].concat(rows.map((row) => {
+      const k = row.dataset.site;
+      const d = $(fieldId(`datasets.${k}.data_dir`));
+      return { dataset: $(fieldId(`datasets.${k}.dataset`)).value,
+        data_dir: !d.closest(".field").hidden && d.value.trim() ? d.value.trim() : null,
+        params: values(`datasets.${k}.params`) };
+    }));
     return body;
   }
 
