@@ -11,9 +11,11 @@ from flask.cli import with_appcontext
 
 from busi_web.cli.common import RUN_ID, parse_params, services, user_errors
 from busi_web.diagnosis.active import serving_run
+from busi_web.diagnosis.scanner import scanner_check
 from busi_web.diagnosis.uploads import decode_upload, modality_of
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, provenance
+from busi_web.report.content import operating_text
 from busi_web.store.acceptance import check_modality
 
 
@@ -51,15 +53,18 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
     results = []
     for image_path, upload in zip(images, uploads, strict=True):
         try:
-            pred = predictor.predict(upload.image, explainer=explainer, explainer_params=params)
+            pred = predictor.predict_batch([upload.image], explainer=explainer, explainer_params=params,
+                                           regions=[upload.scan_region])[0]
         except ValueError as exc:  # the image or the explainer's choice does not suit this model
             raise UserError(f"{image_path}: {exc}") from None
+        scanner = None if upload.dicom is None else scanner_check(
+            upload.dicom.manufacturer, upload.dicom.model_name, model["training_data"]["devices"])
         overlay_path = out / f"{Path(image_path).stem}_{explainer}.png"
         overlay_path.write_bytes(pred.overlay_png(alpha=alpha))
         results.append({"image": image_path, "label": pred.label, "probabilities": pred.probabilities,
                         "overlay": str(overlay_path), "caution": pred.caution, "ood": pred.ood,
-                        "lesion": pred.lesion_info(upload.spacing_mm),
-                        "dicom": None if upload.dicom is None else upload.dicom.describe()})
+                        "lesion": pred.lesion_info(upload.spacing_mm), "operating_point": pred.operating,
+                        "scanner": scanner, "dicom": None if upload.dicom is None else upload.dicom.describe()})
     if as_json:
         click.echo(json.dumps({"model": model, "notice": NOTICE, "results": results}, indent=2))
     else:
@@ -68,6 +73,10 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
         for r in results:
             probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
             click.echo(f"{r['image']}: {r['label']}  ({probs})  -> {r['overlay']}")
+            if r["operating_point"]:
+                click.echo(f"  {operating_text(r['operating_point'])}")
+            if r["scanner"] and r["scanner"]["message"]:
+                click.echo(f"  scanner {r['scanner']['model_name']}: {r['scanner']['message']}")
             if r["ood"] and r["ood"]["out_of_distribution"]:
                 click.echo(f"  warning: unlike the images this model was trained on (score {r['ood']['score']:.2f}, "
                            f"threshold {r['ood']['threshold']:.2f}); do not rely on this result")

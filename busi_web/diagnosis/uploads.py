@@ -73,6 +73,13 @@ class Upload:
             return None
         return (self.dicom.spacing_mm[0] / self.scale, self.dicom.spacing_mm[1] / self.scale)
 
+    @property
+    def scan_region(self) -> tuple[int, int, int, int] | None:
+        """The ultrasound region the DICOM file names, in pixels of :attr:`image`; ``None`` when not named."""
+        if self.dicom is None or self.dicom.scan_region is None:
+            return None
+        return tuple(int(round(v * self.scale)) for v in self.dicom.scan_region)  # type: ignore[return-value]
+
 
 def display_name(file: FileStorage, index: int = 0) -> str:
     """The name to show in messages: the client's file name, without folders."""

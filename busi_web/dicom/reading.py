@@ -58,6 +58,9 @@ class DicomInfo:
     spacing_mm: tuple[float, float] | None = None
     spacing_source: str | None = None
     header: Dataset = field(default_factory=Dataset, repr=False)
+    manufacturer: str | None = None  # the scanner (Manufacturer, ManufacturerModelName): not patient data
+    model_name: str | None = None
+    scan_region: tuple[int, int, int, int] | None = None  # the B-mode region (left, top, right, bottom), file pixels
 
     def describe(self) -> dict:
         """What an answer may say of the file: no identifiers, no UIDs."""
@@ -65,7 +68,9 @@ class DicomInfo:
                 "rows": self.rows, "columns": self.columns, "photometric": self.photometric,
                 "transfer_syntax": self.transfer_syntax, "sop_class": self.sop_class,
                 "pixel_spacing_mm": None if self.spacing_mm is None else list(self.spacing_mm),
-                "pixel_spacing_source": self.spacing_source}
+                "pixel_spacing_source": self.spacing_source, "manufacturer": self.manufacturer,
+                "model_name": self.model_name,
+                "scan_region": None if self.scan_region is None else list(self.scan_region)}
 
 
 def is_dicom(stream: BinaryIO) -> bool:
@@ -157,6 +162,30 @@ def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
         if found:
             return found, "SequenceOfUltrasoundRegions"
     return None, None
+
+
+def scan_region_of(ds: Dataset, rows: int, cols: int) -> tuple[int, int, int, int] | None:
+    """The largest tissue region of a ``SequenceOfUltrasoundRegions`` (RegionSpatialFormat 1, a 2-D image), as
+    ``(left, top, right, bottom)`` in pixels (right and bottom exclusive); ``None`` when the file names none."""
+    found = []
+    for r in ds.get("SequenceOfUltrasoundRegions") or []:
+        try:
+            if int(r.get("RegionSpatialFormat", 1)) != 1:
+                continue
+            x0, y0 = int(r.RegionLocationMinX0), int(r.RegionLocationMinY0)
+            x1, y1 = int(r.RegionLocationMaxX1), int(r.RegionLocationMaxY1)
+        except (AttributeError, TypeError, ValueError):
+            continue
+        left, right = sorted((max(0, min(x0, cols - 1)), max(0, min(x1, cols - 1))))
+        top, bottom = sorted((max(0, min(y0, rows - 1)), max(0, min(y1, rows - 1))))
+        if right > left and bottom > top:
+            found.append((left, top, right + 1, bottom + 1))
+    return max(found, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])) if found else None
+
+
+def _text(value: object) -> str | None:
+    text = str(value or "").strip()
+    return text[:64] or None
 
 
 def _to_uint8(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
@@ -264,4 +293,6 @@ def read_dicom(source: bytes | BinaryIO, name: str, *, max_pixels: int, frame: i
     return np.ascontiguousarray(image), DicomInfo(
         modality=MODALITIES.get(modality_code), dicom_modality=modality_code, frame=chosen, frames=frames,
         rows=rows, columns=cols, photometric=photometric, transfer_syntax=syntax.name, sop_class=sop_class,
-        spacing_mm=spacing, spacing_source=spacing_source, header=ds)
+        spacing_mm=spacing, spacing_source=spacing_source, header=ds,
+        manufacturer=_text(ds.get("Manufacturer")), model_name=_text(ds.get("ManufacturerModelName")),
+        scan_region=scan_region_of(ds, rows, cols))

@@ -210,7 +210,10 @@ def provenance(card: dict[str, Any]) -> dict[str, Any]:
     return {"run_id": card["model"]["run_id"], "name": card["model"]["name"], "modality": card["model"]["modality"],
             "backbone": card["model"]["backbone"], "demo": card["demo"],
             "training_data": {"dataset": card["data"]["dataset"], "data_hash": card["data"]["data_hash"],
-                              "synthetic": card["data"]["synthetic"]},
+                              "synthetic": card["data"]["synthetic"],
+                              "devices": sorted({d for c in (card["data"].get("sites") or {}).values()
+                                                 for d in c.get("devices") or {} if d != "unknown"})},
+            "operating_point": r.get("operating_point"),
             "acceptance": None if not a else {"set_id": a["set_id"], "n": a["n"], "macro_f1": a.get("macro_f1"),
                                               "macro_f1_ci": (a.get("ci") or {}).get("macro_f1")},
             "calibration": r.get("calibration"), "default_of": card["promotion"]["default_of"],

@@ -23,6 +23,7 @@ class CaseReport:
     notice: str
     explained: str
     warnings: list[str] = field(default_factory=list)
+    operating: str | None = None  # the operating point's verdict in words ("Suspicious: consider biopsy ...")
     lesion_statement: str | None = None
     measurements: list[tuple[str, str]] = field(default_factory=list)  # (name, value with unit)
     descriptors: list[tuple[str, str, str]] = field(default_factory=list)  # (name, value, the number behind it)
@@ -62,6 +63,17 @@ def _mm_or_px(m: dict[str, Any], key: str, squared: bool = False) -> str:
     return f"{px:.0f} px²" if squared else f"{px:.0f} px"
 
 
+def operating_text(op: dict[str, Any] | None) -> str | None:
+    """The operating point's verdict as a sentence (``None`` for a model without one)."""
+    if not op:
+        return None
+    head = "Suspicious: consider biopsy" if op["suspicious"] else "Below the biopsy threshold"
+    target = op.get("target_sensitivity")
+    return (f"{head}: p(malignant) {100 * op['p_malignant']:.1f}% against the threshold {100 * op['threshold']:.1f}%"
+            + (f", chosen to keep a sensitivity of {target:g} for malignancy on the model's validation images."
+               if target is not None else "."))
+
+
 def case_report(body: dict[str, Any], index: int, user: str, pictures: tuple[bytes, bytes]) -> CaseReport:
     """The report of result ``index`` of a ``/api/predict`` answer ``body``, made for ``user``;
     ``pictures`` are ``(original PNG, overlay-and-outline PNG)``."""
@@ -80,6 +92,11 @@ def case_report(body: dict[str, Any], index: int, user: str, pictures: tuple[byt
         report.warnings.append(f"Caution: {result['caution']}.")
     if body["model"].get("demo"):
         report.warnings.append("DEMO MODEL: trained on synthetic images; not for clinical use.")
+    scanner = result.get("scanner") or {}
+    if scanner.get("message"):
+        name = " ".join(x for x in (scanner.get("manufacturer"), scanner.get("model_name")) if x)
+        report.warnings.append(f"Scanner {name}: {scanner['message']}.")
+    report.operating = operating_text(result.get("operating_point"))
     report.image_lines.append(f"{result['width']} x {result['height']} px as analysed")
     dicom = result.get("dicom")
     if dicom:

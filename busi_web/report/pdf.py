@@ -62,6 +62,10 @@ def report_pdf_bytes(report: CaseReport) -> bytes:
     pdf.cell(WIDTH, 7, latin1(f"{report.filename}: {report.label} ({100 * report.probabilities[0][1]:.1f}%)"))
     pdf.ln(8)
     _rows(pdf, [(name, f"{100 * p:.1f}%") for name, p in report.probabilities], (60, 30))
+    if report.operating:
+        pdf.ln(1)
+        pdf.set_font("Helvetica", "B", 10)
+        pdf.multi_cell(WIDTH, 5, latin1(report.operating))
     if report.lesion_statement:
         pdf.ln(2)
         pdf.set_font("Helvetica", "B", 10)

@@ -45,6 +45,7 @@ from torch import nn
 
 from busi_web.diagnosis.active import serving_modality, serving_run
 from busi_web.diagnosis.roi import roi_crops, roi_info
+from busi_web.diagnosis.scanner import scanner_check
 from busi_web.diagnosis.uploads import Upload, fit_side, modality_of, read_uploads
 from busi_web.dicom.privacy import uid_digests
 from busi_web.errors import UserError
@@ -215,9 +216,12 @@ def _target(raw: str | None, classes: list[str]) -> int | None:
                     400, {"target": f"one of {', '.join(classes)}"})
 
 
-def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) -> dict[str, Any]:
+def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, model: dict[str, Any], roi=None
+            ) -> dict[str, Any]:
     # With a region of interest the model saw the crop: the images and the heatmap are of the crop.
     image = upload.image if roi is None else roi.image
+    scanner = None if upload.dicom is None else scanner_check(
+        upload.dicom.manufacturer, upload.dicom.model_name, model["training_data"]["devices"])
     out = {"filename": upload.filename, "label": pred.label, "index": pred.index,
            "probabilities": pred.probabilities, "target": pred.target_label, "target_index": pred.target,
            "explainer": pred.explainer, "width": int(image.shape[1]), "height": int(image.shape[0]),
@@ -226,7 +230,7 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, roi=None) 
            "overlay_png": None, "heatmap_png": None,
            "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict(),
            "analysed_region": None if pred.region is None else list(pred.region), "caution": pred.caution,
-           "ood": pred.ood, "outline_png": None}
+           "ood": pred.ood, "outline_png": None, "operating_point": pred.operating, "scanner": scanner}
     # A pixel of the answer's image is 1 / scale pixels of the upload. A region of interest is cut and resized
     # by its dataset's own code: its pixels have no known size, so its lesion sizes stay in pixels.
     out["dicom"] = None if upload.dicom is None else upload.dicom.describe()
@@ -347,7 +351,8 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
     try:
         with stage("model"):  # preparing the tensors, then waiting for the shared pass
             preds = services.batcher.predict(predictor, images, opts["explainer"], targets,
-                                             opts["explainer_params"])
+                                             opts["explainer_params"],
+                                             regions=None if rois is not None else [u.scan_region for u in uploads])
     except ValueError as exc:  # e.g. an image the preprocessing cannot take; the message says why
         raise UserError(str(exc), 400) from None
     count_diagnoses(served, model["modality"], len(preds))
@@ -356,7 +361,7 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
                      "acceptance": model["acceptance"],
                      "temperature": (model["calibration"] or {}).get("temperature")}
     with stage("render"):
-        results = [_result(upload, pred, opts, predictor, None if rois is None else rois[k])
+        results = [_result(upload, pred, opts, predictor, model, None if rois is None else rois[k])
                    for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))]
     with stage("audit"):  # one transaction for the request's rows
         services.store.audit_many("diagnose", user=current_user.name, run_id=served, rows=[
@@ -365,6 +370,7 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
              "probabilities": pred.probabilities, "explainer": pred.explainer, "target": pred.target_label,
              "stored": upload.stored_path, "modality": model["modality"], "demo": model["demo"], "ood": pred.ood,
              "model": audited_model, "lesion": results[k]["lesion"], "dicom": _audited_dicom(upload),
+             "operating_point": pred.operating, "scanner": results[k]["scanner"],
              **(audit_extra or {}), **({} if rois is None else {"roi": rois[k].to_dict()})}
             for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))])
     legend = None if opts["explainer"] is None else {

@@ -147,6 +147,25 @@
     return el("p", { class: "muted dicom-line", dataset: { frames: String(d.frames), frame: String(d.frame) } }, parts.join(" · "));
   }
 
+  /* The operating point: whether p(malignant) is at or above the threshold chosen for sensitivity. */
+  function operatingLine(result) {
+    const op = result.operating_point;
+    if (!op) return null;
+    return el("p", { class: "operating " + (op.suspicious ? "suspicious" : "below"), dataset: { suspicious: op.suspicious ? "1" : "0" } },
+      el("strong", {}, op.suspicious ? "Suspicious: consider biopsy" : "Below the biopsy threshold"),
+      ` — p(malignant) ${busi.pct(op.p_malignant)} against the threshold ${busi.pct(op.threshold)}, chosen to keep a `
+      + `sensitivity of ${busi.fmt(op.target_sensitivity, 2)} for malignancy on the model's validation images.`);
+  }
+
+  /* A DICOM whose scanner the training data did not include. */
+  function scannerLine(result) {
+    const sc = result.scanner;
+    if (!sc || sc.seen) return null;
+    return el("p", { class: "flash warning scanner-warning", role: "note" },
+      el("strong", {}, `Scanner ${[sc.manufacturer, sc.model_name].filter(Boolean).join(" ")}: `), sc.message,
+      sc.training_devices && sc.training_devices.length ? ` (trained on ${sc.training_devices.join(", ")}).` : ".");
+  }
+
   function render(result, opts = {}) {
     const alpha = opts.alpha === undefined ? 0.5 : opts.alpha;
     const title = el("h2", {},
@@ -159,7 +178,8 @@
     const card = el("article", { class: "card result", dataset: { filename: result.filename, label: result.label, explainer: result.explainer || "none" } },
       title, el("p", { class: "muted explained" }, explained, ` · ${result.width}×${result.height} px`,
         result.roi ? ` · region of interest: ${result.roi.side} px square centred at (${result.roi.x}, ${result.roi.y})` : ""),
-      dicomLine(result), probabilityBars(result, opts.classes), reportLinks(result));
+      operatingLine(result), dicomLine(result), scannerLine(result), probabilityBars(result, opts.classes),
+      reportLinks(result));
 
     if (result.ood && result.ood.out_of_distribution) {
       card.dataset.ood = "1";
