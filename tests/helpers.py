@@ -400,3 +400,11 @@ def write_busbra_folder(root: Path, cases: int = 12, size: int = 40, seed: int =
         header = "ID,Pathology,kFold," + ",".join(f"valid_{f}" for f in range(1, k + 1))
         (root / f"{k}-fold-cv.csv").write_text(header + "\n" + "\n".join(lines) + "\n")
     return root
+
+
+def start_trainer(store: JobStore, run_id: int) -> subprocess.Popen:
+    """The real trainer process (``python -m busi_web.training.trainer``) on run ``run_id`` of ``store``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "busi_web.training.trainer", "--db", str(store.db_path),
+                             "--runs-dir", str(store.runs_dir), "--run-id", str(run_id)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

@@ -202,6 +202,9 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str | S
         _check_paths(registry.dataset(s.dataset).params, dict(s.params), s.dataset)
     ds.check_usable()
     label = dataset_label([s.dataset for s in checked])
+    if train_values["balance_sites"] and len(checked) < 2:
+        raise InvalidParameters({"balance_sites": "balances several datasets, and this run has one; add a dataset "
+                                                  "or switch it off"}, "training")
     if train_values["lesion_loss"] > 0 and not ds.has_masks():
         raise InvalidParameters({"lesion_loss": f"dataset {label!r} has no lesion masks to learn from; set it to "
                                                 "0, or add masks (NAME_mask.png beside NAME.png)"}, "training")

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,18 +26,11 @@ from busi_web.store import run_files as art
 from busi_web.training.params import TRAIN_PARAMS, prepare_run_params, validate_train_params
 from busi_web.training.resume import load_state
 from busi_web.training.trainer import run_training
-from tests.helpers import PHANTOM, TINY, make_image_folder, new_run, wait_for
+from tests.helpers import PHANTOM, TINY, make_image_folder, new_run, start_trainer, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_recall_benign",
               "val_recall_malignant", "val_recall_normal", "lr", "images_per_s", "epoch_time"}
-
-
-def start_trainer(store: JobStore, run_id: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "busi_web.training.trainer", "--db", str(store.db_path),
-                             "--runs-dir", str(store.runs_dir), "--run-id", str(run_id)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def epoch_rows(store: JobStore, run_id: int) -> list[dict]:
