@@ -33,6 +33,7 @@ from busi_web.pacs.handles import Handles
 from busi_web.plugins import PluginRegistry
 from busi_web.report.keeper import ReportKeeper
 from busi_web.store import JobStore
+from busi_web.store import run_files as art
 from busi_web.store.acceptance import check_modality, check_sensitivity
 from busi_web.training.params import prepare_run_params
 from busi_web.training.runner import JobRunner
@@ -118,6 +119,51 @@ class Services:
         self.store.clear_default(modality, by=by, reason=reason)
         if previous is not None:
             write_card(self.store, self.registry, previous["run_id"])
+
+    def modalities(self) -> list[str]:
+        """Every modality a dataset plugin declares or the store knows (from runs, defaults and acceptance sets)."""
+        known = {s.modality for s in self.registry.datasets.values()}
+        known |= {d["modality"] for d in self.store.list_defaults()} | {s["modality"] for s in
+                                                                        self.store.acceptance_sets()}
+        known |= {r.get("modality") or "ultrasound" for r in self.store.list_runs()}
+        return sorted(known)
+
+    def modality_classes(self, modality: str) -> list[str]:
+        """The class names met in ``modality``: its acceptance set's and its finished models' (what a floor
+        ``sensitivity_<class>`` may name)."""
+        found: list[str] = []
+        accepted = self.store.acceptance_set(modality)
+        for item in (accepted or {}).get("items") or []:
+            if item["label"] not in found:
+                found.append(item["label"])
+        for run in self.store.list_runs(status="finished"):
+            if (run.get("modality") or "ultrasound") == modality:
+                params = art.read_json(run.get("run_dir"), art.PARAMS_JSON) or {}
+                found += [c for c in params.get("classes") or [] if c not in found]
+        return found
+
+    def update_settings(self, modality: str, *, by: str | None, auto_promote: bool | None = None,
+                        floors: Mapping[str, Any] | None = None, operating_sensitivity: float | None = None
+                        ) -> dict[str, Any]:
+        """Change ``modality``'s settings (see :meth:`JobStore.update_modality_settings`), refusing a modality
+        nobody declares and a floor on a class the modality has never had, with the valid names."""
+        check_modality(modality)
+        known = self.modalities()
+        if modality not in known:
+            raise UserError(f"there is no modality {modality!r}; the modalities are {', '.join(known)}", 404,
+                            {"modality": f"one of {', '.join(known)}"})
+        if floors is not None and isinstance(floors, Mapping):
+            classes = self.modality_classes(modality)
+            valid = ["accuracy", "auc", "ece", "macro_f1", *(f"sensitivity_{c}" for c in classes)]
+            wrong = [k for k in floors if k not in valid]
+            if wrong:
+                hint = "" if classes else (" (no sensitivity floor yet: no model or acceptance set of "
+                                           f"{modality} names its classes)")
+                raise UserError(f"unknown floor {', '.join(map(repr, wrong))} for {modality}; the floors are "
+                                f"{', '.join(valid)}{hint}", 400, {"floors": f"one of {', '.join(valid)}"})
+        return self.store.update_modality_settings(modality, by=by, auto_promote=auto_promote,
+                                                   floors=None if floors is None else dict(floors),
+                                                   operating_sensitivity=operating_sensitivity)
 
     def models_overview(self) -> dict[str, Any]:
         """Every modality (declared by a dataset plugin, or known to the store) with its default, settings and

@@ -137,6 +137,9 @@ def finished_run(store, *, dataset: str = "phantom", width: int = 8, seed: int =
                           **({"modality": modality} if modality else {}))
     save_checkpoint(Path(run["run_dir"]) / "best_model.pt", model, meta)
     (Path(run["run_dir"]) / "metrics.json").write_text('{"test": {"macro_f1": 0.5}}')
+    (Path(run["run_dir"]) / "params.json").write_text(json.dumps({"classes": CLASSES, "dataset": dataset}))
+    # It trained on no image: no acceptance image can be among its training or validation images.
+    (Path(run["run_dir"]) / "fingerprints.json").write_text('{"train": [], "val": []}')
     (Path(run["run_dir"]) / "training_log.txt").write_text("epoch 1 done\n")
     store.transition(run["id"], "running")
     store.add_metrics(run["id"], [{"epoch": 1, "key": "train_loss", "value": 1.0 - i / 10} for i in range(5)])

@@ -103,8 +103,8 @@ def settings_command(modality: str, auto_promote: bool | None, floors: tuple[str
         except ValueError:
             raise UserError(f"--floor {key}={value}: the value must be a number from 0 to 1") from None
     if auto_promote is not None or new_floors is not None or sensitivity is not None:
-        store.update_modality_settings(modality, by="cli", auto_promote=auto_promote, floors=new_floors,
-                                       operating_sensitivity=sensitivity)
+        services().update_settings(modality, by="cli", auto_promote=auto_promote, floors=new_floors,
+                                   operating_sensitivity=sensitivity)
     click.echo(json.dumps(store.modality_settings(modality), indent=2))
 
 

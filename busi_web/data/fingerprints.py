@@ -29,7 +29,8 @@ import numpy as np
 from busi_web.data.datasets import ImageDataset
 from busi_web.data.splits import DEFAULT_THRESHOLD, hamming, perceptual_hash
 
-__all__ = ["pixel_hash", "fingerprint", "fingerprints", "Overlap", "overlap", "data_hash"]
+__all__ = ["pixel_hash", "fingerprint", "fingerprints", "Overlap", "overlap", "data_hash", "part_fingerprints",
+           "count_overlap"]
 
 
 def pixel_hash(image: np.ndarray) -> str:
@@ -89,6 +90,33 @@ def overlap(dataset: ImageDataset, items: Sequence[dict[str, Any]], threshold: i
         elif any(hamming(ph, t) <= threshold for t in theirs):
             near.append(i)
     return Overlap(exact, near, phashes)
+
+
+def part_fingerprints(dataset: ImageDataset, parts: dict[str, Sequence[int]]) -> dict[str, list[list[str]]]:
+    """``{part: [[sha256, phash hex], ...]}`` of the images of each part (what a run keeps of its training and
+    validation images, so that an acceptance set defined later can be checked against them)."""
+    out: dict[str, list[list[str]]] = {}
+    for part, indices in parts.items():
+        out[part] = []
+        for i in indices:
+            sha, ph = fingerprint(dataset.load_image(i))
+            out[part].append([sha, f"{ph:016x}"])
+    return out
+
+
+def count_overlap(kept: Sequence[Sequence[str]], items: Sequence[dict[str, Any]],
+                  threshold: int = DEFAULT_THRESHOLD) -> tuple[int, int]:
+    """How many of the recorded ``items`` (an acceptance set) are among ``kept`` fingerprints: ``(identical,
+    near-duplicates)``, each item counted once."""
+    shas = {sha for sha, _ in kept}
+    hashes = np.array([int(ph, 16) for _, ph in kept], dtype=np.uint64)
+    exact = near = 0
+    for item in items:
+        if item["sha256"] in shas:
+            exact += 1
+        elif len(hashes) and int(np.bitwise_count(hashes ^ np.uint64(int(item["phash"], 16))).min()) <= threshold:
+            near += 1
+    return exact, near
 
 
 def data_hash(dataset: ImageDataset, params: dict[str, Any] | None = None) -> str:

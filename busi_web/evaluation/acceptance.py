@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from busi_web.data.fingerprints import fingerprints, pixel_hash
-from busi_web.data.splits import split_dataset
+from busi_web.data.fingerprints import count_overlap, fingerprints, part_fingerprints, pixel_hash
+from busi_web.data.sites import open_sources, sources_of
+from busi_web.data.splits import Split, split_dataset
 from busi_web.errors import UserError
-from busi_web.evaluation.evaluate import EvaluationError, build_dataset, label_map
+from busi_web.evaluation.evaluate import EvaluationError, build_dataset
 from busi_web.model.calibration import expected_calibration_error
 from busi_web.model.predictor import Predictor
 from busi_web.plugins import PluginRegistry
@@ -73,11 +74,17 @@ def score_model(predictor: Predictor, registry: PluginRegistry, accepted: dict[s
         raise EvaluationError(f"the model is a {meta.modality} model; the acceptance set is for "
                               f"{accepted['modality']}")
     ds = build_dataset(registry, accepted["dataset"], accepted.get("data_dir"), accepted.get("dataset_params"))
-    to_model = label_map(ds, meta.classes)
     where = {s.key: i for i, s in enumerate(ds.samples)}
-    indices = []
     folder = accepted.get("data_dir") or "the dataset"
-    for item in accepted["items"]:
+    # A model of fewer classes (benign and malignant only) is scored on the images of its classes; the others are
+    # counted as left out, and a floor on a class it lacks stays "not measured".
+    items = [it for it in accepted["items"] if it["label"] in meta.classes]
+    skipped = sorted({it["label"] for it in accepted["items"]} - set(meta.classes))
+    if not items:
+        raise EvaluationError(f"the model's classes ({', '.join(meta.classes)}) share no class with acceptance set "
+                              f"{accepted['id']} ({', '.join(skipped)}); it cannot be scored there", 409)
+    indices = []
+    for item in items:
         i = where.get(item["key"])
         if i is None:
             raise UserError(f"acceptance image {item['key']!r} is no longer in {folder}; restore it or define a new "
@@ -87,20 +94,56 @@ def score_model(predictor: Predictor, registry: PluginRegistry, accepted: dict[s
     for start in range(0, len(indices), BATCH):
         chunk = indices[start:start + BATCH]
         images = [ds.load_image(i) for i in chunk]
-        for i, img, item in zip(chunk, images, accepted["items"][start:start + BATCH], strict=True):
+        for img, item in zip(images, items[start:start + BATCH], strict=True):
             if pixel_hash(img) != item["sha256"]:
                 raise UserError(f"acceptance image {item['key']!r} changed since the set was defined (its pixels "
                                 "differ); restore it or define a new acceptance set", 409)
-            y.append(to_model[ds.samples[i].label])
+            y.append(meta.classes.index(item["label"]))
         for pred in predictor.predict_batch(images, explainer=None):
             rows.append([pred.probabilities[c] for c in meta.classes])
-    return gate_metrics(np.asarray(y), np.asarray(rows), list(meta.classes))
+    metrics = gate_metrics(np.asarray(y), np.asarray(rows), list(meta.classes))
+    if skipped:
+        metrics["left_out"] = {"classes": skipped, "images": len(accepted["items"]) - len(items),
+                               "why": f"the model has no class {', '.join(skipped)}"}
+    return metrics
+
+
+def training_overlap(run: dict[str, Any], registry: PluginRegistry, items: Sequence[dict[str, Any]]
+                     ) -> dict[str, int]:
+    """How many acceptance ``items`` run ``run`` trained or validated on (``{"identical", "near_duplicates",
+    "images"}``), by image fingerprints, not file names: from the run's ``fingerprints.json``, else from its data
+    and ``split.json``. Raises :class:`EvaluationError` (409) when neither can be read."""
+    folder = Path(run["run_dir"])
+    kept = art.read_json(folder, art.FINGERPRINTS_JSON)
+    if kept is None:
+        try:
+            _, ds = open_sources(registry, sources_of(run))
+            split = Split.load(folder / art.SPLIT_JSON, ds)
+        except (UserError, OSError, ValueError) as exc:
+            raise EvaluationError(f"run {run['id']}'s training images cannot be read to check that none of them is "
+                                  f"in the acceptance set ({exc}); restore its data folder, or score another run",
+                                  409) from None
+        kept = part_fingerprints(ds, {"train": split.train, "val": split.val})
+    exact, near = count_overlap([fp for part in ("train", "val") for fp in kept.get(part, [])], items)
+    return {"identical": exact, "near_duplicates": near, "images": len(items)}
 
 
 def score_and_keep(store: JobStore, predictor: Predictor, registry: PluginRegistry, run: dict[str, Any],
                    accepted: dict[str, Any], by: str | None) -> dict[str, Any]:
     """Score run ``run``'s model on ``accepted`` and keep the result: in the store (what the gate reads) and as
-    ``acceptance.json`` in the run folder. Returns the metrics."""
+    ``acceptance.json`` in the run folder. Returns the metrics.
+
+    Refused (409, nothing kept) when the run trained or validated on images of the set: a score on its own
+    training images would flatter it and could carry it through the gate."""
+    found = training_overlap(run, registry, accepted["items"])
+    if found["identical"] or found["near_duplicates"]:
+        raise EvaluationError(
+            f"run {run['id']} trained or validated on {found['identical'] + found['near_duplicates']} of the "
+            f"{found['images']} images of {accepted['modality']} acceptance set {accepted['id']} "
+            f"({found['identical']} identical, {found['near_duplicates']} near-duplicates): a score there would "
+            "flatter it. Score a model trained after the set was defined (training leaves the set's images out), "
+            "or define the acceptance set from data no candidate trained on", 409,
+            {"overlap": f"{found['identical']} identical, {found['near_duplicates']} near-duplicates"})
     metrics = score_model(predictor, registry, accepted)
     store.record_acceptance(run["id"], accepted["id"], metrics, by=by)
     art.write_json(Path(run["run_dir"]) / art.ACCEPTANCE_JSON, {"set_id": accepted["id"], **metrics})
@@ -135,7 +178,8 @@ def _point(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, fl
     precision = np.divide(hit, called, out=np.zeros(k), where=called > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
     aucs = [a for a in (_auc(probs[:, c], y == c) for c in range(k)) if a is not None]
-    out: dict[str, float | None] = {"accuracy": float(hit.sum() / len(y)), "macro_f1": float(f1.mean()),
+    present = true > 0  # macro-F1 over the classes the set has: an absent class is not an F1 of 0
+    out: dict[str, float | None] = {"accuracy": float(hit.sum() / len(y)), "macro_f1": float(f1[present].mean()),
                                     "auc": float(np.mean(aucs)) if aucs else None,
                                     "ece": expected_calibration_error(probs, y)}
     for c, name in enumerate(classes):

@@ -22,6 +22,7 @@ ACCEPTANCE_JSON = "acceptance.json"
 MODEL_CARD_JSON = "model_card.json"
 PARAMS_JSON = "params.json"
 SPLIT_JSON = "split.json"
+FINGERPRINTS_JSON = "fingerprints.json"  # the training and validation images' fingerprints (acceptance overlap)
 LOG_TXT = "training_log.txt"
 BEST_PT = "best_model.pt"
 LAST_PT = "last.pt"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from busi_web.data.datasets import DatasetError
-from busi_web.data.fingerprints import data_hash
+from busi_web.data.fingerprints import data_hash, part_fingerprints
 from busi_web.data.preprocess import PreprocessConfig, eval_transform, train_transform
 from busi_web.data.scan import ScanSteps
 from busi_web.data.sites import open_sources, sources_of
@@ -131,6 +131,9 @@ class TrainingRun:
         seed_everything(p["seed"])
         model = bb_spec.build(self.bb_params, num_classes=len(self.classes), in_channels=ds.channels)
         self._raise_if_stopped()
+        if not (self.dir / art.FINGERPRINTS_JSON).exists():  # what a later acceptance set is checked against
+            art.write_json(self.dir / art.FINGERPRINTS_JSON, part_fingerprints(
+                ds, {"train": self.split.train, "val": self.split.val}))
         if steps.active:
             self.log(f"scan steps: {steps.describe()}")
         source = self.source = build_source(ds, self.split.train + self.split.val + self.split.test,

@@ -102,13 +102,28 @@ def promote_run(run_id: int):
 @bp.put("/api/modalities/<modality>/settings")
 @admin_required
 def settings(modality: str):
-    """Switch auto-promotion on or off and set the floors of ``modality``."""
+    """Switch auto-promotion on or off, set the floors and the operating sensitivity of ``modality``."""
     check_modality(modality)
-    body = json_body('{"auto_promote": true, "floors": {"macro_f1": 0.7, "sensitivity_malignant": 0.85}}')
+    body = json_body('{"auto_promote": true, "floors": {"macro_f1": 0.7, "sensitivity_malignant": 0.85}, '
+                     '"operating_sensitivity": 0.9}')
+    unknown = sorted(set(body) - {"auto_promote", "floors", "operating_sensitivity"})
+    if unknown:
+        raise UserError(f"unknown setting(s) {', '.join(unknown)}; the settings are auto_promote, floors and "
+                        "operating_sensitivity", 400, {k: "unknown setting" for k in unknown})
     auto = body_arg(body, "auto_promote", AUTO_PROMOTE)
-    row = services_of().store.update_modality_settings(modality, by=current_user.name, auto_promote=auto,
-                                                       floors=body.get("floors"))
+    row = services_of().update_settings(modality, by=current_user.name, auto_promote=auto, floors=body.get("floors"),
+                                        operating_sensitivity=body.get("operating_sensitivity"))
     return jsonify(row)
+
+
+@bp.post("/api/runs/<int:run_id>/operating-point")
+@admin_required
+def operating_point(run_id: int):
+    """Fit run ``run_id``'s threshold on p(malignant) again on its validation part (``sensitivity``: default the
+    modality's operating sensitivity)."""
+    body = json_body('{"sensitivity": 0.9}')
+    value = body.get("sensitivity")
+    return jsonify(services_of().refit_operating_point(run_id, by=current_user.name, sensitivity=value))
 
 
 @bp.post("/api/modalities/<modality>/acceptance")
