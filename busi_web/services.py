@@ -120,6 +120,28 @@ class Services:
         if previous is not None:
             write_card(self.store, self.registry, previous["run_id"])
 
+    def verdict(self, run_id: int) -> dict[str, Any]:
+        """Whether run ``run_id``'s model is accepted to answer clinicians: ``{"accepted", "text"}``.
+
+        Accepted: the default of its modality (an administrator's act), or a model that passes its modality's
+        floors with a valid score on the current acceptance set. A modality without floors accepts its default
+        only; a demo model is never accepted unless it is the default."""
+        run = self.store.get_run(run_id)
+        modality = run.get("modality") or "ultrasound"
+        default = self.store.default_model(modality)
+        demo = is_demo(self.registry, run["dataset"])
+        if default is not None and default["run_id"] == int(run_id):
+            return {"accepted": True, "text": f"the default {modality} model" + (" (a demo)" if demo else "")}
+        if demo:
+            return {"accepted": False, "text": "not accepted: a demo model, trained on synthetic images"}
+        if not self.store.modality_settings(modality)["floors"]:
+            return {"accepted": False, "text": f"not accepted: {modality} has no acceptance floors, so only its "
+                                               "default answers clinicians"}
+        failures = self.store.gate_failures(int(run_id), modality)
+        if failures:
+            return {"accepted": False, "text": "not accepted: " + "; ".join(failures)}
+        return {"accepted": True, "text": f"passes the {modality} acceptance gate"}
+
     def modalities(self) -> list[str]:
         """Every modality a dataset plugin declares or the store knows (from runs, defaults and acceptance sets)."""
         known = {s.modality for s in self.registry.datasets.values()}

@@ -15,6 +15,7 @@ from busi_web.diagnosis.scanner import scanner_check
 from busi_web.diagnosis.uploads import decode_upload, modality_of
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, provenance
+from busi_web.model.shown import WITHHELD
 from busi_web.report.content import operating_text
 from busi_web.store.acceptance import check_modality
 
@@ -61,9 +62,11 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
             upload.dicom.manufacturer, upload.dicom.model_name, model["training_data"]["devices"])
         overlay_path = out / f"{Path(image_path).stem}_{explainer}.png"
         overlay_path.write_bytes(pred.overlay_png(alpha=alpha))
-        results.append({"image": image_path, "label": pred.label, "probabilities": pred.probabilities,
+        results.append({"image": image_path, "label": pred.shown_label, "withheld": WITHHELD if pred.withheld else None,
+                        "probabilities": pred.probabilities,
                         "overlay": str(overlay_path), "caution": pred.caution, "ood": pred.ood,
-                        "lesion": pred.lesion_info(upload.spacing_mm), "operating_point": pred.operating,
+                        "lesion": pred.lesion_info(upload.spacing_mm),
+                        "operating_point": None if pred.withheld else pred.operating,
                         "scanner": scanner, "dicom": None if upload.dicom is None else upload.dicom.describe()})
     if as_json:
         click.echo(json.dumps({"model": model, "notice": NOTICE, "results": results}, indent=2))
@@ -72,7 +75,10 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
         click.echo(f"model: run {model['run_id']} ({model['name']}), {model['modality']}{demo}")
         for r in results:
             probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
-            click.echo(f"{r['image']}: {r['label']}  ({probs})  -> {r['overlay']}")
+            if r["withheld"]:
+                click.echo(f"{r['image']}: {r['withheld']}  (probabilities, not an answer: {probs})  -> {r['overlay']}")
+            else:
+                click.echo(f"{r['image']}: {r['label']}  ({probs})  -> {r['overlay']}")
             if r["operating_point"]:
                 click.echo(f"  {operating_text(r['operating_point'])}")
             if r["scanner"] and r["scanner"]["message"]:

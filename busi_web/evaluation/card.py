@@ -203,6 +203,19 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def calibration_statement(cal: dict[str, Any] | None) -> str:
+    """What was measured and done about calibration, in words (never "calibrated" when nothing changed)."""
+    if not cal or cal.get("temperature") is None:
+        return "calibration not checked for this model"
+    t = float(cal["temperature"])
+    before, after = (cal.get("ece_validation") or [None, None])[:2]
+    if abs(t - 1.0) < 0.01:
+        measured = f"ECE {before:.2f} on validation" if before is not None else "on validation"
+        return f"calibration checked ({measured}): no adjustment needed"
+    change = f": ECE {before:.2f} -> {after:.2f} on validation" if before is not None and after is not None else ""
+    return f"probabilities softened by temperature {t:.2f}{change}"
+
+
 def provenance(card: dict[str, Any]) -> dict[str, Any]:
     """What every diagnosis carries about the model that made it: a summary of its card."""
     r = card["results"]
@@ -216,5 +229,6 @@ def provenance(card: dict[str, Any]) -> dict[str, Any]:
             "operating_point": r.get("operating_point"),
             "acceptance": None if not a else {"set_id": a["set_id"], "n": a["n"], "macro_f1": a.get("macro_f1"),
                                               "macro_f1_ci": (a.get("ci") or {}).get("macro_f1")},
-            "calibration": r.get("calibration"), "default_of": card["promotion"]["default_of"],
+            "calibration": r.get("calibration"), "calibration_statement": calibration_statement(r.get("calibration")),
+            "default_of": card["promotion"]["default_of"],
             "notice": NOTICE}

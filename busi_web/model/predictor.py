@@ -40,6 +40,7 @@ from busi_web.model.checkpoint import CheckpointMeta, load_checkpoint
 from busi_web.model.device import resolve_device
 from busi_web.model.ood import OodReference, first_batch, record_features
 from busi_web.model.operating_point import verdict
+from busi_web.model.shown import LESION_FREE, WITHHELD, is_withheld
 from busi_web.plugins import PluginFailure, PluginRegistry
 from busi_web.specs import Explanation
 from busi_web.store.run_files import PARAMS_JSON
@@ -76,14 +77,34 @@ class Prediction:
     lesion_threshold: float = 0.5
     operating: dict[str, Any] | None = None  # the operating point's verdict (model.operating_point.verdict)
 
+    @property
+    def withheld(self) -> bool:
+        """Whether the class is withheld: the image is out of distribution, so no class may headline it."""
+        return is_withheld(self.ood)
+
+    @property
+    def shown_label(self) -> str | None:
+        """The class a clinician is shown: :attr:`label`, or ``None`` when it is withheld."""
+        return None if self.withheld else self.label
+
     def lesion_info(self, spacing_mm: tuple[float, float] | None = None) -> dict[str, Any] | None:
         """The lesion finding as JSON (outline, measurements, descriptors, a plain statement), with mm when
         ``spacing_mm`` (row, column mm per pixel of :attr:`image`) is given; ``None`` for a model that does not
-        segment."""
+        segment.
+
+        Sizes and descriptors are shown only when the answer is a lesion and the outline is confident: an outline
+        on an image called normal, of low confidence, or on an image whose class is withheld, is described as
+        "no lesion outlined", with the reason (``found`` False, ``suppressed`` the reason)."""
         if self.lesion_map is None:
             return None
         if self.lesion is None:
             return describe_absent(float(self.lesion_map.max()), self.lesion_threshold)
+        why = ("the image is unlike the training images" if self.withheld else
+               f"the answer is {self.label}" if self.label == LESION_FREE else
+               "the outline is of low confidence" if self.lesion.low_confidence else None)
+        if why is not None:
+            return {"found": False, "suppressed": why, "peak": round(float(self.lesion.peak), 4),
+                    "statement": f"no lesion outlined: {why}"}
         if spacing_mm is None:
             return self.lesion.to_dict()
         return replace(self.lesion, spacing_mm=(float(spacing_mm[0]), float(spacing_mm[1]))).to_dict()
@@ -105,7 +126,8 @@ class Prediction:
         one was found: an RGB Pillow image."""
         if self.image is None:
             raise ValueError("this prediction keeps no image")
-        outline = None if self.lesion is None else self.lesion.polygon()
+        info = self.lesion_info()
+        outline = self.lesion.polygon() if self.lesion is not None and info and info["found"] else None
         return annotate(self.image, self.heatmap, alpha, colormap, self.region, outline)[0]
 
     def overlay_png(self, alpha: float = 0.5, colormap: str = "jet") -> bytes:
@@ -122,10 +144,12 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no arrays)."""
-        return {"label": self.label, "index": self.index, "probabilities": dict(self.probabilities),
+        return {"label": self.shown_label, "withheld": WITHHELD if self.withheld else None, "index": self.index,
+                "probabilities": dict(self.probabilities),
                 "target": self.target, "target_label": self.target_label, "explainer": self.explainer,
                 "region": None if self.region is None else list(self.region), "caution": self.caution,
-                "ood": self.ood, "lesion": self.lesion_info(), "operating_point": self.operating,
+                "ood": self.ood, "lesion": self.lesion_info(),
+                "operating_point": None if self.withheld else self.operating,
                 "seconds": round(self.seconds, 4)}
 
 

@@ -24,6 +24,7 @@ class CaseReport:
     explained: str
     warnings: list[str] = field(default_factory=list)
     operating: str | None = None  # the operating point's verdict in words ("Suspicious: consider biopsy ...")
+    withheld: str | None = None  # why no class is given (an image unlike the training images)
     lesion_statement: str | None = None
     measurements: list[tuple[str, str]] = field(default_factory=list)  # (name, value with unit)
     descriptors: list[tuple[str, str, str]] = field(default_factory=list)  # (name, value, the number behind it)
@@ -49,10 +50,17 @@ class CaseReport:
             lines.append(f"acceptance set: macro-F1 {acc['macro_f1']:.3f}{ci_text} on {acc.get('n')} images")
         else:
             lines.append("not evaluated on an acceptance set")
-        calibration = m.get("calibration") or {}
-        if calibration.get("temperature") is not None:
-            lines.append(f"probabilities calibrated (temperature {calibration['temperature']:.2f})")
+        if m.get("calibration_statement"):
+            lines.append(m["calibration_statement"])
+        if m.get("verdict"):
+            lines.append(f"acceptance: {m['verdict']['text']}")
         return lines
+
+
+# The numbers behind the descriptors, and where a pixel spacing came from, in words (never the keys).
+NUMBER_WORDS = {"ellipse_fit": "ellipse fit", "axis_ratio": "axis ratio", "solidity": "solidity",
+                "depth_width_ratio": "depth / width ratio", "roughness": "margin roughness"}
+SPACING_SOURCES = {"pixel_spacing": "as entered with the image"}
 
 
 def _mm_or_px(m: dict[str, Any], key: str, squared: bool = False) -> str:
@@ -83,8 +91,9 @@ def case_report(body: dict[str, Any], index: int, user: str, pictures: tuple[byt
                  else "no heatmap")
     report = CaseReport(
         title="busi-web case report", made_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), user=user,
-        filename=result["filename"], label=result["label"], probabilities=probs, model=body["model"],
-        notice=body["notice"], explained=explained, original_png=pictures[0], picture_png=pictures[1])
+        filename=result["filename"], label=result["label"] or "no reliable answer", probabilities=probs,
+        model=body["model"], notice=body["notice"], explained=explained, original_png=pictures[0],
+        picture_png=pictures[1], withheld=result.get("withheld"))
     ood = result.get("ood") or {}
     if ood.get("out_of_distribution"):
         report.warnings.append("This image is unlike the images the model was trained on: do not rely on the result.")
@@ -103,7 +112,8 @@ def case_report(body: dict[str, Any], index: int, user: str, pictures: tuple[byt
         frame = f", frame {dicom['frame']} of {dicom['frames']}" if dicom["frames"] > 1 else ""
         report.image_lines.append(f"DICOM {dicom.get('modality') or ''}{frame}; {dicom['photometric']}")
     if result.get("pixel_spacing_source"):
-        report.image_lines.append(f"pixel spacing from {result['pixel_spacing_source']}")
+        source = result["pixel_spacing_source"]
+        report.image_lines.append(f"pixel spacing {SPACING_SOURCES.get(source, f'from the DICOM header ({source})')}")
     lesion = result.get("lesion")
     if lesion:
         report.lesion_statement = lesion["statement"]
@@ -113,6 +123,7 @@ def case_report(body: dict[str, Any], index: int, user: str, pictures: tuple[byt
                                    ("Perpendicular diameter", _mm_or_px(m, "short_axis")),
                                    ("Area", _mm_or_px(m, "area", squared=True))]
             for name, d in lesion["descriptors"].items():
-                numbers = ", ".join(f"{k} {v}" for k, v in d.items() if k not in ("value", "rule"))
+                numbers = ", ".join(f"{NUMBER_WORDS.get(k, k.replace('_', ' '))} {v}" for k, v in d.items()
+                                    if k not in ("value", "rule"))
                 report.descriptors.append((name, d["value"], numbers))
     return report

@@ -59,8 +59,15 @@ def report_pdf_bytes(report: CaseReport) -> bytes:
         pdf.cell(side, 4, latin1(caption), align="C")
     pdf.set_xy(12, top + side + 7)
     pdf.set_font("Helvetica", "B", 13)
-    pdf.cell(WIDTH, 7, latin1(f"{report.filename}: {report.label} ({100 * report.probabilities[0][1]:.1f}%)"))
-    pdf.ln(8)
+    if report.withheld:
+        pdf.cell(WIDTH, 7, latin1(f"{report.filename}: no reliable answer"))
+        pdf.ln(8)
+        pdf.set_font("Helvetica", size=9)
+        pdf.multi_cell(WIDTH, 5, latin1(f"{report.withheld.capitalize()}: no class is given. The probabilities below "
+                                        "are not an answer."))
+    else:
+        pdf.cell(WIDTH, 7, latin1(f"{report.filename}: {report.label} ({100 * report.probabilities[0][1]:.1f}%)"))
+        pdf.ln(8)
     _rows(pdf, [(name, f"{100 * p:.1f}%") for name, p in report.probabilities], (60, 30))
     if report.operating:
         pdf.ln(1)

@@ -47,11 +47,12 @@ from busi_web.diagnosis.active import serving_modality, serving_run
 from busi_web.diagnosis.roi import roi_crops, roi_info
 from busi_web.diagnosis.scanner import scanner_check
 from busi_web.diagnosis.uploads import Upload, fit_side, modality_of, read_uploads
-from busi_web.dicom.privacy import uid_digests
+from busi_web.dicom.privacy import keyed_digest, uid_digests
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
 from busi_web.explain.render import annotate, fast_png, legend_stops, palette
 from busi_web.model.predictor import Prediction, Predictor
+from busi_web.model.shown import WITHHELD
 from busi_web.report.content import CaseReport, case_report
 from busi_web.services import services_of
 from busi_web.specs import Param
@@ -87,8 +88,11 @@ def page():
     ids = {d["run_id"]: d["modality"] for d in defaults}
     models = [{"id": r["id"], "name": r["name"], "backbone": r["backbone"], "dataset": r["dataset"],
                "modality": r.get("modality") or "ultrasound", "test_macro_f1": r.get("test_macro_f1"),
-               "default_of": ids.get(r["id"]), "demo": is_demo(reg, r["dataset"])}
+               "default_of": ids.get(r["id"]), "demo": is_demo(reg, r["dataset"]), "verdict": services.verdict(r["id"])}
               for r in services.store.list_runs(status="finished")]
+    # Clinicians choose among the accepted models; administrators may try any, marked "not accepted".
+    if not current_user.is_admin:
+        models = [m for m in models if m["verdict"]["accepted"]]
     modalities = sorted({d["modality"] for d in defaults} | {m["modality"] for m in models})
     preferred = "ultrasound" if "ultrasound" in ids.values() or not defaults else defaults[0]["modality"]
     return render_template("pages/diagnose.html", page="diagnose", defaults=defaults, models=models,
@@ -222,7 +226,9 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, model: dic
     image = upload.image if roi is None else roi.image
     scanner = None if upload.dicom is None else scanner_check(
         upload.dicom.manufacturer, upload.dicom.model_name, model["training_data"]["devices"])
-    out = {"filename": upload.filename, "label": pred.label, "index": pred.index,
+    # An image unlike the training images gets no class: it is withheld, and so is the operating point's verdict.
+    out = {"filename": upload.filename, "label": pred.shown_label, "withheld": WITHHELD if pred.withheld else None,
+           "index": pred.index,
            "probabilities": pred.probabilities, "target": pred.target_label, "target_index": pred.target,
            "explainer": pred.explainer, "width": int(image.shape[1]), "height": int(image.shape[0]),
            "scale": 1.0 if roi is not None else upload.scale,
@@ -230,7 +236,8 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, model: dic
            "overlay_png": None, "heatmap_png": None,
            "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict(),
            "analysed_region": None if pred.region is None else list(pred.region), "caution": pred.caution,
-           "ood": pred.ood, "outline_png": None, "operating_point": pred.operating, "scanner": scanner}
+           "ood": pred.ood, "outline_png": None, "operating_point": None if pred.withheld else pred.operating,
+           "scanner": scanner}
     # A pixel of the answer's image is 1 / scale pixels of the upload. A region of interest is cut and resized
     # by its dataset's own code: its pixels have no known size, so its lesion sizes stay in pixels.
     out["dicom"] = None if upload.dicom is None else upload.dicom.describe()
@@ -335,6 +342,11 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
     run_id, modality = arg("run_id", RUN_ID), modality_of(uploads, _modality())
     try:
         served = serving_run(services.store, run_id, modality)
+        verdict = services.verdict(served)
+        if not verdict["accepted"] and not current_user.is_admin:
+            raise UserError(f"run {served}'s model is {verdict['text']}; only accepted models answer clinicians: "
+                            "leave the model to the modality's default, or ask an administrator", 403,
+                            {"run_id": "not accepted"})
         predictor = services.predictor(served)
     except RunNotFound as exc:
         raise UserError(str(exc), 404, {"run_id": "no such run"}) from None
@@ -342,7 +354,7 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
         raise UserError(f"run {served} is a {predictor.checkpoint_meta.modality} model; choose a {modality} model "
                         "or leave the model to the modality's default", 400, {"run_id": f"not a {modality} model"})
     with stage("provenance"):
-        model = _provenance(served)
+        model = {**_provenance(served), "verdict": verdict}
     opts = _options(predictor.classes)
     rois = roi_crops(predictor, services.registry, [u.image for u in uploads], request.form,
                      uploads[0].scale if len(uploads) == 1 else 1.0)
@@ -358,6 +370,7 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
     count_diagnoses(served, model["modality"], len(preds))
     # What the audit keeps of the model beside its run id: enough to know later what answered, and how good.
     audited_model = {"name": model["name"], "training_data": model["training_data"]["dataset"],
+                     "accepted": verdict["accepted"],
                      "acceptance": model["acceptance"],
                      "temperature": (model["calibration"] or {}).get("temperature")}
     with stage("render"):
@@ -365,8 +378,10 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
                    for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))]
     with stage("audit"):  # one transaction for the request's rows
         services.store.audit_many("diagnose", user=current_user.name, run_id=served, rows=[
-            # A DICOM file's name may be its patient's (exports often are): the audit keeps the UID digests instead.
-            {"filename": upload.filename if upload.dicom is None else None, "label": pred.label,
+            # A file's name may be its patient's (exports often are): the audit keeps a keyed digest of it (the same
+            # name gives the same digest, so a case can still be traced), and a DICOM file's UID digests.
+            {"file_digest": keyed_digest(current_app.config["SECRET_KEY"], upload.filename), "label": pred.label,
+             "withheld": pred.withheld,
              "probabilities": pred.probabilities, "explainer": pred.explainer, "target": pred.target_label,
              "stored": upload.stored_path, "modality": model["modality"], "demo": model["demo"], "ood": pred.ood,
              "model": audited_model, "lesion": results[k]["lesion"], "dicom": _audited_dicom(upload),

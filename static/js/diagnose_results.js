@@ -119,11 +119,15 @@
     return el("div", { class: "provenance" + (model.demo ? " demo" : ""), dataset: { runId: model.run_id } },
       model.demo ? el("p", { class: "demo-label" }, el("strong", {}, "DEMO MODEL"),
         " — trained on synthetic images, not on scans. Its answers on real images mean nothing.") : null,
+      model.verdict && !model.verdict.accepted
+        ? el("p", { class: "flash warning not-accepted", role: "note" }, el("strong", {}, "Not accepted: "),
+          model.verdict.text.replace(/^not accepted: /, ""), ". An administrator is trying it; it does not answer clinicians.")
+        : null,
       el("p", { class: "model-line" }, "Model: ",
         el("a", { href: `/runs/${model.run_id}#model-card` }, `run ${model.run_id} — ${model.name}`),
         ` · ${model.modality} · trained on ${model.training_data.dataset}`,
         acc ? ` · acceptance macro-F1 ${busi.fmt(acc.macro_f1, 3)}${ci} on ${acc.n} images` : " · not evaluated on an acceptance set",
-        cal ? ` · probabilities calibrated (T = ${busi.fmt(cal.temperature, 2)})` : " · probabilities not calibrated"),
+        ` · ${model.calibration_statement || (cal ? `temperature ${busi.fmt(cal.temperature, 2)}` : "calibration not checked")}`),
       el("p", { class: "notice-support" }, notice || model.notice));
   }
 
@@ -168,18 +172,28 @@
 
   function render(result, opts = {}) {
     const alpha = opts.alpha === undefined ? 0.5 : opts.alpha;
-    const title = el("h2", {},
-      el("span", { class: "filename" }, result.filename), " ",
-      el("span", { class: `label label-${result.label}`, dataset: { label: result.label } }, result.label), " ",
-      el("span", { class: "muted" }, busi.pct(result.probabilities[result.label])));
+    // An image unlike the training images gets no class: the answer is withheld and the numbers folded away.
+    const withheld = !!result.withheld;
+    const title = withheld
+      ? el("h2", {}, el("span", { class: "filename" }, result.filename), " ",
+        el("span", { class: "label label-withheld", dataset: { label: "withheld" } }, "No reliable answer"))
+      : el("h2", {},
+        el("span", { class: "filename" }, result.filename), " ",
+        el("span", { class: `label label-${result.label}`, dataset: { label: result.label } }, result.label), " ",
+        el("span", { class: "muted" }, busi.pct(result.probabilities[result.label])));
+    const bars = withheld
+      ? el("details", { class: "withheld-probs" }, el("summary", {}, "Show the probabilities anyway (not an answer)"),
+        probabilityBars(result, opts.classes))
+      : probabilityBars(result, opts.classes);
     const explained = result.explainer
       ? `${result.explainer} heatmap for class “${result.target}”${result.target === result.label ? " (predicted)" : ""}`
       : "no heatmap (explainer: none)";
-    const card = el("article", { class: "card result", dataset: { filename: result.filename, label: result.label, explainer: result.explainer || "none" } },
+    const card = el("article", { class: "card result" + (withheld ? " withheld" : ""), dataset: { filename: result.filename, label: result.label || "withheld", explainer: result.explainer || "none" } },
       title, el("p", { class: "muted explained" }, explained, ` · ${result.width}×${result.height} px`,
         result.roi ? ` · region of interest: ${result.roi.side} px square centred at (${result.roi.x}, ${result.roi.y})` : ""),
-      operatingLine(result), dicomLine(result), scannerLine(result), probabilityBars(result, opts.classes),
-      reportLinks(result));
+      withheld ? el("p", { class: "flash error withheld-answer", role: "alert" }, el("strong", {}, "No reliable answer: "),
+        "this image is unlike the training images, so no class is given.") : null,
+      operatingLine(result), dicomLine(result), scannerLine(result), bars, reportLinks(result));
 
     if (result.ood && result.ood.out_of_distribution) {
       card.dataset.ood = "1";

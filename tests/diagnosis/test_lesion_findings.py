@@ -89,8 +89,11 @@ def test_the_api_gives_the_outline_measurements_descriptors_and_audits_them(trai
         lesion = res["lesion"]
         assert lesion["statement"]
         if not lesion["found"]:
-            assert lesion["statement"].startswith("no lesion found") and res["outline_png"] is None
+            assert lesion["statement"].startswith(("no lesion found", "no lesion outlined"))
+            assert res["outline_png"] is None and "descriptors" not in lesion
             continue
+        # Sizes and descriptors only for an answer that is a lesion, with a confident outline.
+        assert res["label"] not in (None, "normal") and not lesion["low_confidence"]
         m = lesion["measurements"]
         assert m["long_axis_mm"] == pytest.approx(m["long_axis_px"] * 0.1, abs=0.06)
         assert m["area_mm2"] == pytest.approx(m["area_px"] * 0.01, abs=0.06)
@@ -110,9 +113,11 @@ def test_the_api_gives_the_outline_measurements_descriptors_and_audits_them(trai
             x0, y0, x1, y1 = res["lesion"]["box"]
             assert mask[y0:y1, x0:x1].any(), res["filename"]
     audit = store.audit_log("diagnose")
-    by_file = {a["detail"]["filename"]: a["detail"] for a in audit}
+    from busi_web.dicom.privacy import keyed_digest
+
+    by_file = {a["detail"]["file_digest"]: a["detail"] for a in audit}
     for res in results:
-        assert by_file[res["filename"]]["lesion"] == res["lesion"]
+        assert by_file[keyed_digest(app.config["SECRET_KEY"], res["filename"])]["lesion"] == res["lesion"]
     # A DICOM file's own spacing sizes the lesion (its rows and columns 0.2 mm apart).
     from tests.dicom_phantoms import instance, to_bytes
 

@@ -33,7 +33,9 @@ def body(lesion=None, demo=False) -> dict:
         "model": {"run_id": 7, "name": "outline model", "modality": "ultrasound", "backbone": "segmenting_resnet",
                   "demo": demo, "training_data": {"dataset": "busi"},
                   "acceptance": {"n": 120, "macro_f1": 0.81, "macro_f1_ci": [0.74, 0.87]},
-                  "calibration": {"temperature": 1.3}}}
+                  "calibration": {"temperature": 1.3},
+                  "calibration_statement": "probabilities softened by temperature 1.30: ECE 0.12 -> 0.05 on validation",
+                  "verdict": {"accepted": True, "text": "the default ultrasound model"}}}
 
 
 def pdf_text(data: bytes) -> tuple[int, str]:
@@ -48,10 +50,13 @@ def test_the_pdf_holds_the_report_on_one_page():
     assert pages == 1
     for words in ("busi-web case report", "dr.who", "case.dcm: malignant (75.0%)", "benign", "20.0%",
                   "Decision support, not a diagnosis.", "12.0 x 8.0 mm", "Longest diameter", "12.0 mm",
-                  "75.4 mm", "oval", "ellipse_fit 0.93", "not a radiologist's reading", "outline model (run 7)",
-                  "macro-F1 0.810, 95% CI 0.740-0.870 on 120 images", "temperature 1.30", "frame 2 of 3",
-                  "DEMO MODEL", "pixel spacing from PixelSpacing"):
+                  "75.4 mm", "oval", "ellipse fit 0.93", "not a radiologist's reading", "outline model (run 7)",
+                  "macro-F1 0.810, 95% CI 0.740-0.870 on 120 images", "softened by temperature 1.30", "frame 2 of 3",
+                  "DEMO MODEL", "pixel spacing from the DICOM header (PixelSpacing)",
+                  "acceptance: the default ultrasound model"):
         assert words in text, words
+    for raw in ("ellipse_fit", "depth_width_ratio", "pixel_spacing"):
+        assert raw not in text, raw
     assert text.count("Decision support") >= 1
 
 

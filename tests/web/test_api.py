@@ -47,13 +47,18 @@ def test_predict_many_formats_gives_labels_probabilities_and_pngs_and_audits(app
         assert res["feature_maps_png"] is None
     audit = store.audit_log("diagnose")
     assert len(audit) == 4 and {a["user"] for a in audit} == {"clin"} and {a["run_id"] for a in audit} == {run["id"]}
-    assert {a["detail"]["filename"] for a in audit} == {"a.png", "b.jpg", "c.bmp", "d.tif"}
+    # A file's name may carry a patient's: the audit keeps its keyed digest, never the name.
+    from busi_web.dicom.privacy import keyed_digest
+
+    names = ("a.png", "b.jpg", "c.bmp", "d.tif")
+    assert {a["detail"]["file_digest"] for a in audit} == {keyed_digest(app.config["SECRET_KEY"], n) for n in names}
+    assert not any(n in json.dumps(a["detail"]) for a in audit for n in names)
     assert audit[0]["detail"]["probabilities"].keys() == set(CLASSES) and audit[0]["detail"]["label"] in CLASSES
     # Uploads are not kept unless STORE_UPLOADS says so.
     assert not (Path(app.instance_path) / "uploads").exists()
 
 
-def test_predict_options_target_explainer_none_feature_maps_and_run_choice(store, clinician_client):
+def test_predict_options_target_explainer_none_feature_maps_and_run_choice(store, clinician_client, admin_client):
     finished_run(store, promote=True)
     other = finished_run(store, seed=5, width=4)
     r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), target="normal",
@@ -61,10 +66,13 @@ def test_predict_options_target_explainer_none_feature_maps_and_run_choice(store
     res = r.get_json()["results"][0]
     assert r.status_code == 200 and res["target"] == "normal" and res["target_index"] == 2
     assert res["feature_layer"] and decode_png(res["feature_maps_png"]).size[0] > 0
-    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), target="1", explainer="none",
-                                                          run_id=str(other["id"])))
+    # A model that has not passed the gate answers no clinician; an administrator may try it, marked so.
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png"), run_id=str(other["id"])))
+    assert r.status_code == 403 and "only accepted models answer clinicians" in r.get_json()["error"]
+    r = admin_client.post("/api/predict", data=upload((image_bytes(), "a.png"), target="1", explainer="none",
+                                                      run_id=str(other["id"])))
     body = r.get_json()
-    assert body["run_id"] == other["id"]
+    assert body["run_id"] == other["id"] and body["model"]["verdict"]["accepted"] is False
     res = body["results"][0]
     assert res["overlay_png"] is None and res["heatmap_png"] is None and res["explainer"] is None
     assert decode_png(res["original_png"]).size == (64, 48)

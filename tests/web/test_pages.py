@@ -76,7 +76,8 @@ def test_diagnose_without_any_model_says_so_and_links_to_training(admin_client, 
     assert 'id="home-no-model"' in home and "An administrator has to train one and make it a" in home
 
 
-def test_diagnose_offers_each_modalitys_default_its_finished_models_and_the_notice(app, store, clinician_client):
+def test_diagnose_offers_each_modalitys_default_its_accepted_models_and_the_notice(app, store, clinician_client,
+                                                                                   admin_client):
     active = run_with_artifacts(store, promote=True)
     other = run_with_artifacts(store, seed=1, name="other model")
     store.create_run("tiny_cnn", "phantom", {})  # queued: not a model anyone can use
@@ -87,9 +88,16 @@ def test_diagnose_offers_each_modalitys_default_its_finished_models_and_the_noti
     assert modalities == ["ultrasound"]
     select = page.split('id="model"')[1].split("</select>")[0]
     options = re.findall(r'<option value="(\d*)"[^>]*>([^<]*)</option>', select)
-    assert [v for v, _ in options] == ["", str(other["id"]), str(active["id"])]
+    # A clinician is offered the accepted models only: the default, not the other one (no floors, no gate passed).
+    assert [v for v, _ in options] == ["", str(active["id"])]
     assert options[0][1].startswith(f"Default ultrasound model — run {active['id']}") and "[demo]" in options[0][1]
-    assert "other model" in options[1][1] and "default" in options[2][1]
+    assert "default" in options[1][1]
+    # An administrator may try every finished model, the ones that are not accepted marked so.
+    admin_select = html(admin_client.get("/diagnose")).split('id="model"')[1].split("</select>")[0]
+    admin_options = re.findall(r'<option value="(\d*)"[^>]*>([^<]*)</option>', admin_select)
+    assert [v for v, _ in admin_options] == ["", str(other["id"]), str(active["id"])]
+    assert "other model" in admin_options[1][1] and "NOT ACCEPTED" in admin_options[1][1]
+    assert "NOT ACCEPTED" not in admin_options[2][1]
     explainers = page.split('id="explainer"')[1].split("</select>")[0]
     assert re.search(r'value="gradcam"\s+selected', explainers) and 'value="none"' in explainers
     assert 'value="gradcampp"' in explainers
