@@ -50,6 +50,23 @@ def uid_digests(ds: Dataset, key: bytes | str) -> dict[str, str | None]:
     return out
 
 
+def identifiers(ds: Dataset) -> list[tuple[str, str]]:
+    """Who and what a DICOM instance is about, for a printed case report only (never stored, logged or sent in
+    an answer): the patient's name, ID and birth date, the accession number, the study's date and description."""
+    out = []
+    for label, keyword in (("Patient", "PatientName"), ("Patient ID", "PatientID"),
+                           ("Birth date", "PatientBirthDate"), ("Accession", "AccessionNumber"),
+                           ("Study date", "StudyDate"), ("Study", "StudyDescription")):
+        text = str(ds.get(keyword, "") or "").strip()
+        if keyword == "PatientName":
+            text = ", ".join(p for p in (x.strip() for x in text.split("^")[:2]) if p)
+        elif keyword.endswith("Date") and len(text) == 8 and text.isdigit():
+            text = f"{text[:4]}-{text[4:6]}-{text[6:]}"
+        if text:
+            out.append((label, text))
+    return out
+
+
 def deidentified(ds: Dataset) -> Dataset:
     """``ds`` de-identified in place by the basic profile (see the module's notes); returns it."""
     Anonymizer().anonymize(ds)

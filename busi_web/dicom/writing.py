@@ -18,7 +18,8 @@ from the answer of a diagnosis (plain JSON values), never from the model itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +37,7 @@ ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 PIXEL_UNIT = hd.sr.CodedConcept("{pixel}", "UCUM", "pixel")
 SQUARE_PIXEL_UNIT = hd.sr.CodedConcept("{pixel}2", "UCUM", "square pixel")
 PROCEDURES = {"US": codes.SCT.UltrasonographyOfBreast, "MG": codes.SCT.Mammography}
+IMPLEMENTATION_UID = generate_uid(entropy_srcs=["busi-web implementation class"])  # the same on every start
 
 
 def concept(value: str, meaning: str | None = None) -> hd.sr.CodedConcept:
@@ -45,13 +47,17 @@ def concept(value: str, meaning: str | None = None) -> hd.sr.CodedConcept:
 
 @dataclass
 class Answer:
-    """What is written back: one result of ``/api/predict`` (label, probabilities, lesion) and the model.
+    """What is written back: one result of ``/api/predict`` (label, probabilities, lesion) and the model, with
+    everything the page shows beside it.
 
     ``scale`` is the answer's pixels per source pixel (outlines are written in the source's pixels);
-    ``frame`` the 1-based frame that was diagnosed.
+    ``frame`` the 1-based frame that was diagnosed. ``label`` is ``None`` when the class is withheld (an image
+    unlike the training images). ``warnings`` are the page's: out of distribution, demo model, not accepted,
+    caution, unseen scanner. ``verdict`` is the model's acceptance verdict, ``operating`` the operating point's
+    verdict in words, ``confirmed_by`` who confirmed a write-back despite a demo model or a withheld class.
     """
 
-    label: str
+    label: str | None
     probabilities: dict[str, float]
     lesion: dict[str, Any] | None
     model_name: str
@@ -60,6 +66,11 @@ class Answer:
     frames: int = 1
     scale: float = 1.0
     notice: str = ""
+    warnings: list[str] = field(default_factory=list)
+    verdict: str = ""
+    operating: str | None = None
+    demo: bool = False
+    confirmed_by: str | None = None
 
     @property
     def description(self) -> str:
@@ -67,7 +78,10 @@ class Answer:
         return f"busi-web {self.model_name} (run {self.run_id})"[:64]
 
     def summary(self) -> str:
-        """One line: the class, its probability, and the lesion's size when one was outlined."""
+        """One line: the class and its probability (or that none is given), and the lesion's size when one was
+        outlined."""
+        if self.label is None:
+            return "no reliable answer: the image is unlike the training images"
         text = f"{self.label} {100 * self.probabilities.get(self.label, 0):.0f}%"
         lesion = self.lesion or {}
         if lesion.get("found"):
@@ -77,19 +91,63 @@ class Answer:
             text += f"; lesion {size}"
         return text
 
+    def lines(self) -> list[str]:
+        """Everything a reader of the PACS must see with the picture, as short lines."""
+        out = [f"busi-web: {self.summary()}"]
+        if self.operating:
+            out.append(self.operating)
+        out += [f"WARNING: {w}" for w in self.warnings]
+        out.append(f"model {self.model_name} (run {self.run_id}){' [DEMO]' if self.demo else ''}: {self.verdict}")
+        if self.confirmed_by:
+            out.append(f"written despite the warnings, confirmed by {self.confirmed_by}")
+        out.append(self.notice or "Decision support only; not a diagnosis.")
+        return out
+
+    def uid(self, source: Dataset, kind: str) -> str:
+        """A UID for object ``kind`` (``sc``, ``sr``, ``pdf``, or its series) made from the source instance, the
+        frame and the model: writing the same result back again gives the same UIDs, so the PACS never holds it
+        twice."""
+        return generate_uid(entropy_srcs=["busi-web", str(source.SOPInstanceUID), str(self.frame), str(self.run_id),
+                                          kind])
+
 
 def _now() -> tuple[str, str]:
     now = datetime.now()
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
 
+def _wrap(line: str, width: int, scale: float) -> list[str]:
+    """``line`` cut into pieces that fit ``width`` pixels at font ``scale`` (at word boundaries when it can)."""
+    words, out, current = line.split(" "), [], ""
+    for word in words:
+        trial = f"{current} {word}".strip()
+        if cv2.getTextSize(trial, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= width - 8 or not current:
+            current = trial
+        else:
+            out.append(current)
+            current = word
+    out.append(current)
+    # A single word wider than the picture: cut it by characters.
+    fitted = []
+    for piece in out:
+        while cv2.getTextSize(piece, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 8 and len(piece) > 1:
+            cut = max(1, int(len(piece) * (width - 8) / cv2.getTextSize(piece, cv2.FONT_HERSHEY_SIMPLEX, scale,
+                                                                        1)[0][0]))
+            fitted.append(piece[:cut])
+            piece = piece[cut:]
+        fitted.append(piece)
+    return fitted
+
+
 def captioned(picture: np.ndarray, lines: list[str]) -> np.ndarray:
-    """``picture`` (RGB ``uint8``) with a black band of white text lines under it."""
+    """``picture`` (RGB ``uint8``) with a black band of white text lines under it, each wrapped to the
+    picture's width so that nothing is cut off."""
     width = picture.shape[1]
     scale = max(0.35, min(1.0, width / 900))
     height = int(26 * scale) + 4
-    band = np.zeros((height * len(lines) + 6, width, 3), np.uint8)
-    for k, line in enumerate(lines):
+    wrapped = [piece for line in lines for piece in _wrap(line, width, scale)]
+    band = np.zeros((height * len(wrapped) + 6, width, 3), np.uint8)
+    for k, line in enumerate(wrapped):
         cv2.putText(band, line, (4, height * (k + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
     return np.concatenate([picture, band], axis=0)
@@ -98,13 +156,11 @@ def captioned(picture: np.ndarray, lines: list[str]) -> np.ndarray:
 def secondary_capture(source: Dataset, picture: np.ndarray, answer: Answer) -> Dataset:
     """A Secondary Capture of ``picture`` (RGB ``uint8``: the overlay and outline) with the answer written under
     it, in a new series of ``source``'s study."""
-    image = captioned(np.ascontiguousarray(picture[..., :3]), [
-        f"busi-web: {answer.summary()}", f"model {answer.model_name} (run {answer.run_id})",
-        answer.notice or "Decision support only; not a diagnosis."])
+    image = captioned(np.ascontiguousarray(picture[..., :3]), answer.lines())
     sc = hd.sc.SCImage.from_ref_dataset(
         source, pixel_array=image, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
-        patient_orientation=("A", "F"), series_instance_uid=generate_uid(), series_number=SC_SERIES,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER)
+        patient_orientation=("A", "F"), series_instance_uid=answer.uid(source, "sc series"), series_number=SC_SERIES,
+        sop_instance_uid=answer.uid(source, "sc"), instance_number=1, manufacturer=MANUFACTURER)
     # highdicom asks for an orientation; the picture has the source's, and an ultrasound image often none
     # (Patient Orientation is type 2: empty means unknown).
     sc.PatientOrientation = source.get("PatientOrientation", "")
@@ -137,7 +193,23 @@ def _measurements(answer: Answer) -> list[hd.sr.Measurement]:
 
 
 def _evaluations(answer: Answer) -> list[hd.sr.QualitativeEvaluation]:
-    out = [hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=concept(answer.label))]
+    # The class is busi-web's own concept ("Finding" is already the group's finding type).
+    klass = concept(answer.label) if answer.label is not None else concept("withheld", "no reliable answer")
+    out = [hd.sr.QualitativeEvaluation(name=concept("class", "busi-web class"), value=klass)]
+    if answer.operating:
+        suspicious = answer.operating.startswith("Suspicious")
+        out.append(hd.sr.QualitativeEvaluation(
+            name=concept("operating point", "Biopsy threshold"),
+            value=concept("suspicious", "suspicious: consider biopsy") if suspicious
+            else concept("below", "below the biopsy threshold")))
+    for w in answer.warnings:
+        out.append(hd.sr.QualitativeEvaluation(name=concept("warning", "Warning"), value=concept(_key(w), w[:64])))
+    out.append(hd.sr.QualitativeEvaluation(name=concept("acceptance", "Model acceptance"),
+                                           value=concept(_key(answer.verdict), answer.verdict[:64] or "unknown")))
+    if answer.confirmed_by:
+        out.append(hd.sr.QualitativeEvaluation(
+            name=concept("confirmed", "Written despite warnings"),
+            value=concept("confirmed", f"confirmed by {answer.confirmed_by}"[:64])))
     lesion = answer.lesion or {}
     for name, descriptor in (lesion.get("descriptors") or {}).items():
         out.append(hd.sr.QualitativeEvaluation(name=concept(name, f"BI-RADS {name}"),
@@ -146,6 +218,11 @@ def _evaluations(answer: Answer) -> list[hd.sr.QualitativeEvaluation]:
         out.append(hd.sr.QualitativeEvaluation(name=concept("confidence", "Outline confidence"),
                                                value=concept("low")))
     return out
+
+
+def _key(text: str) -> str:
+    """A short code value for a private concept: the text's first words, at most 16 characters."""
+    return (re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "none")[:16]
 
 
 def structured_report(source: Dataset, answer: Answer) -> Dataset:
@@ -158,9 +235,11 @@ def structured_report(source: Dataset, answer: Answer) -> Dataset:
     context = hd.sr.ObservationContext(observer_device_context=device)
     algorithm = hd.sr.AlgorithmIdentification(name="busi-web", version=str(answer.run_id))
     frames = [answer.frame] if answer.frames > 1 else None
-    tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="busi-web finding 1")
+    tracking = hd.sr.TrackingIdentifier(uid=answer.uid(source, "sr finding"), identifier="busi-web finding 1")
     lesion = answer.lesion or {}
-    common = dict(tracking_identifier=tracking, finding_type=codes.SCT.Lesion, algorithm_id=algorithm,
+    # The finding is a lesion only when one is outlined and shown; otherwise the report is about the breast.
+    finding = codes.SCT.Lesion if lesion.get("found") else codes.SCT.Breast
+    common = dict(tracking_identifier=tracking, finding_type=finding, algorithm_id=algorithm,
                   measurements=_measurements(answer), qualitative_evaluations=_evaluations(answer))
     if lesion.get("found") and len(lesion.get("outline") or []) >= 3:
         points = np.asarray(lesion["outline"] + lesion["outline"][:1], dtype=np.float64) / answer.scale
@@ -176,8 +255,8 @@ def structured_report(source: Dataset, answer: Answer) -> Dataset:
     report = hd.sr.MeasurementReport(observation_context=context,
                                      procedure_reported=PROCEDURES.get(modality, codes.SCT.UltrasonographyOfBreast),
                                      imaging_measurements=[group])
-    sr = hd.sr.ComprehensiveSR(evidence=[source], content=report, series_instance_uid=generate_uid(),
-                               series_number=SR_SERIES, sop_instance_uid=generate_uid(), instance_number=1,
+    sr = hd.sr.ComprehensiveSR(evidence=[source], content=report, series_instance_uid=answer.uid(source, "sr series"),
+                               series_number=SR_SERIES, sop_instance_uid=answer.uid(source, "sr"), instance_number=1,
                                manufacturer=MANUFACTURER, is_complete=True)
     sr.SeriesDescription = answer.description
     return sr
@@ -192,9 +271,11 @@ def encapsulated_pdf(source: Dataset, pdf: bytes, answer: Answer, title: str = "
             ds[keyword] = source[keyword]
         else:
             setattr(ds, keyword, "")  # type 2: present, empty
+    # The patient's name keeps its characters: the source's character set, else UTF-8.
+    ds.SpecificCharacterSet = source.get("SpecificCharacterSet") or "ISO_IR 192"
     day, time = _now()
-    ds.SOPClassUID, ds.SOPInstanceUID = ENCAPSULATED_PDF, generate_uid()
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), PDF_SERIES, 1
+    ds.SOPClassUID, ds.SOPInstanceUID = ENCAPSULATED_PDF, answer.uid(source, "pdf")
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = answer.uid(source, "pdf series"), PDF_SERIES, 1
     ds.Modality, ds.ConversionType, ds.Manufacturer = "DOC", "WSD", MANUFACTURER
     ds.SeriesDescription = answer.description
     ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = day, time, day + time
@@ -203,7 +284,11 @@ def encapsulated_pdf(source: Dataset, pdf: bytes, answer: Answer, title: str = "
     ds.ConceptNameCodeSequence = []
     ds.EncapsulatedDocument = pdf + (b"\0" if len(pdf) % 2 else b"")
     ds.EncapsulatedDocumentLength = len(pdf)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "BUSI_WEB_1"
+    ds.file_meta = meta
     return ds

@@ -24,8 +24,8 @@ from pydicom.uid import UID
 from busi_web.errors import UserError
 from busi_web.pacs.endpoints import Endpoint
 
-STUDY_FIELDS = ("StudyDate", "StudyTime", "StudyDescription", "ModalitiesInStudy", "AccessionNumber",
-                "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
+STUDY_FIELDS = ("StudyDate", "StudyTime", "StudyDescription", "ModalitiesInStudy", "AccessionNumber", "PatientName",
+                "PatientID", "PatientBirthDate", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
 INSTANCE_FIELDS = ("SeriesDescription", "SeriesNumber", "InstanceNumber", "Modality", "SOPClassUID", "Rows",
                    "Columns", "NumberOfFrames")
 
@@ -99,7 +99,8 @@ class Pacs:
                             f"({type(exc).__name__}); is {server} a DICOMweb root (url in PACS_SERVERS)?") from None
 
     def studies(self, *, date_from: str | None = None, date_to: str | None = None, modality: str | None = None,
-                accession: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+                accession: str | None = None, patient_id: str | None = None, limit: int = 50
+                ) -> list[dict[str, Any]]:
         """QIDO-RS studies (DICOM JSON), newest first as the PACS orders them; dates are ``YYYYMMDD``."""
         filters: dict[str, Any] = {}
         if date_from or date_to:
@@ -108,6 +109,8 @@ class Pacs:
             filters["ModalitiesInStudy"] = modality
         if accession:
             filters["AccessionNumber"] = accession
+        if patient_id:
+            filters["PatientID"] = patient_id
         with self._asking("searching studies"):
             return self.client.search_for_studies(search_filters=filters, fields=list(STUDY_FIELDS), limit=limit)
 
@@ -142,7 +145,7 @@ class Pacs:
                    for item in answer.get("FailedSOPSequence", [])]
         if not refused and len(stored) == len(datasets):
             # A PACS may answer "stored" for what a filter of its own then dropped (Orthanc does): ask it.
-            held = self._held(datasets)
+            held = self.held(datasets)
             refused = [names[uid] for uid in names if uid not in held]
             stored = [names[uid] for uid in names if uid in held]
         if refused or len(stored) < len(datasets):
@@ -151,8 +154,8 @@ class Pacs:
                             f"({kept}); ask an administrator whether busi-web may write to this PACS")
         return Stored(stored=stored, refused=refused)
 
-    def _held(self, datasets: Sequence[Dataset]) -> set[str]:
-        """Which of ``datasets`` the PACS now holds (QIDO-RS in each one's study)."""
+    def held(self, datasets: Sequence[Dataset]) -> set[str]:
+        """Which of ``datasets`` (by SOP instance UID) the PACS holds now (QIDO-RS in each one's study)."""
         held: set[str] = set()
         studies = {str(ds.StudyInstanceUID) for ds in datasets}
         with self._asking("checking what was stored"):

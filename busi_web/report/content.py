@@ -25,6 +25,8 @@ class CaseReport:
     warnings: list[str] = field(default_factory=list)
     operating: str | None = None  # the operating point's verdict in words ("Suspicious: consider biopsy ...")
     withheld: str | None = None  # why no class is given (an image unlike the training images)
+    identifiers: list[tuple[str, str]] = field(default_factory=list)  # a DICOM case's patient and study: printed only
+    legend: dict[str, Any] | None = None  # the heatmap's colour scale: {"stops": ["#rrggbb", ...], "meaning": ...}
     lesion_statement: str | None = None
     measurements: list[tuple[str, str]] = field(default_factory=list)  # (name, value with unit)
     descriptors: list[tuple[str, str, str]] = field(default_factory=list)  # (name, value, the number behind it)
@@ -82,9 +84,33 @@ def operating_text(op: dict[str, Any] | None) -> str | None:
                if target is not None else "."))
 
 
-def case_report(body: dict[str, Any], index: int, user: str, pictures: tuple[bytes, bytes]) -> CaseReport:
+def warnings_of(body: dict[str, Any], index: int) -> list[str]:
+    """The warnings that go with result ``index`` of a ``/api/predict`` answer wherever it is shown, printed or
+    written to the PACS: an image unlike the training images, a demo model, a model that is not accepted, a
+    caution about the heatmap, a scanner the training data did not include."""
+    result, model = body["results"][index], body["model"]
+    out = []
+    if (result.get("ood") or {}).get("out_of_distribution"):
+        out.append("This image is unlike the images the model was trained on: no class is given; do not rely on it.")
+    if model.get("demo"):
+        out.append("DEMO MODEL: trained on synthetic images; not for clinical use.")
+    verdict = model.get("verdict") or {}
+    if verdict and not verdict.get("accepted"):
+        out.append(f"Model {verdict.get('text')}.")
+    if result.get("caution"):
+        out.append(f"Caution: {result['caution']}.")
+    scanner = result.get("scanner") or {}
+    if scanner.get("message"):
+        name = " ".join(x for x in (scanner.get("manufacturer"), scanner.get("model_name")) if x)
+        out.append(f"Scanner {name}: {scanner['message']}.")
+    return out
+
+
+def case_report(body: dict[str, Any], index: int, user: str, pictures: tuple[bytes, bytes],
+                identifiers: list[tuple[str, str]] | None = None) -> CaseReport:
     """The report of result ``index`` of a ``/api/predict`` answer ``body``, made for ``user``;
-    ``pictures`` are ``(original PNG, overlay-and-outline PNG)``."""
+    ``pictures`` are ``(original PNG, overlay-and-outline PNG)``; ``identifiers`` the patient and study of a
+    DICOM case (printed on the report, kept nowhere else)."""
     result = body["results"][index]
     probs = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
     explained = (f"{result['explainer']} heatmap for class {result['target']}" if result.get("explainer")
@@ -93,18 +119,9 @@ def case_report(body: dict[str, Any], index: int, user: str, pictures: tuple[byt
         title="busi-web case report", made_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), user=user,
         filename=result["filename"], label=result["label"] or "no reliable answer", probabilities=probs,
         model=body["model"], notice=body["notice"], explained=explained, original_png=pictures[0],
-        picture_png=pictures[1], withheld=result.get("withheld"))
-    ood = result.get("ood") or {}
-    if ood.get("out_of_distribution"):
-        report.warnings.append("This image is unlike the images the model was trained on: do not rely on the result.")
-    if result.get("caution"):
-        report.warnings.append(f"Caution: {result['caution']}.")
-    if body["model"].get("demo"):
-        report.warnings.append("DEMO MODEL: trained on synthetic images; not for clinical use.")
-    scanner = result.get("scanner") or {}
-    if scanner.get("message"):
-        name = " ".join(x for x in (scanner.get("manufacturer"), scanner.get("model_name")) if x)
-        report.warnings.append(f"Scanner {name}: {scanner['message']}.")
+        picture_png=pictures[1], withheld=result.get("withheld"), identifiers=list(identifiers or []),
+        legend=body.get("legend") if result.get("explainer") else None)
+    report.warnings = warnings_of(body, index)
     report.operating = operating_text(result.get("operating_point"))
     report.image_lines.append(f"{result['width']} x {result['height']} px as analysed")
     dicom = result.get("dicom")

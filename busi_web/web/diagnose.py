@@ -36,7 +36,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ from busi_web.diagnosis.active import serving_modality, serving_run
 from busi_web.diagnosis.roi import roi_crops, roi_info
 from busi_web.diagnosis.scanner import scanner_check
 from busi_web.diagnosis.uploads import Upload, fit_side, modality_of, read_uploads
-from busi_web.dicom.privacy import keyed_digest, uid_digests
+from busi_web.dicom.privacy import identifiers, keyed_digest, uid_digests
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
 from busi_web.explain.render import annotate, fast_png, legend_stops, palette
@@ -303,6 +303,7 @@ class Diagnosis:
     body: dict[str, Any]
     predictions: list[Prediction]
     options: dict[str, Any]
+    identifiers: list[list[tuple[str, str]]] = field(default_factory=list)  # per result: printed reports only
 
     def report(self, index: int) -> CaseReport:
         """The case report of result ``index``, for the current user."""
@@ -326,10 +327,11 @@ class Diagnosis:
         result = {k: v for k, v in self.body["results"][index].items() if not k.endswith("_png")}
         body = {**{k: v for k, v in self.body.items() if k != "results"}, "results": [result]}
         user = current_user.name
+        who = self.identifiers[index] if index < len(self.identifiers) else []
 
         def make() -> CaseReport:
             picture = annotate(image, heat, alpha, colormap, region, outline)[0]
-            return case_report(body, 0, user, (fast_png(image), fast_png(picture)))
+            return case_report(body, 0, user, (fast_png(image), fast_png(picture)), who)
 
         return make, image.nbytes + (0 if heat is None else heat.nbytes) + 16_384
 
@@ -394,7 +396,8 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
                    "(right); not a probability. Outside a dashed frame: not seen by the model."}
     body = {"run_id": served, "classes": predictor.classes, "model": model, "notice": NOTICE, "legend": legend,
             "results": results}
-    diagnosis = Diagnosis(body=body, predictions=preds, options=opts)
+    diagnosis = Diagnosis(body=body, predictions=preds, options=opts,
+                          identifiers=[[] if u.dicom is None else identifiers(u.dicom.header) for u in uploads])
     for k, result in enumerate(results):  # each result's printable case report (made when first opened)
         result["report_id"] = diagnosis.keep_report(k)
     return diagnosis

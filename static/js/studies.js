@@ -26,12 +26,15 @@
     event.preventDefault();
     busi.showError($("studies-error"), "");
     const query = new URLSearchParams();
-    [["date_from", "date-from"], ["date_to", "date-to"], ["modality", "study-modality"], ["accession", "accession"]]
+    [["date_from", "date-from"], ["date_to", "date-to"], ["modality", "study-modality"], ["accession", "accession"],
+      ["patient_id", "patient-id"]]
       .forEach(([name, id]) => { if ($(id).value.trim()) query.set(name, $(id).value.trim()); });
     $("studies-busy").hidden = false;
     try {
       const data = await busi.api(`/api/pacs/${encodeURIComponent(server())}/studies?${query}`);
       list.tBodies[0].replaceChildren(...data.studies.map((s) => el("tr", { dataset: { handle: s.handle } },
+        el("td", { class: "patient" }, el("strong", {}, s.patient_name || "—"), el("br"),
+          el("span", { class: "muted" }, `ID ${s.patient_id || "—"} · born ${s.birth_date || "—"}`)),
         el("td", {}, s.date || ""), el("td", {}, s.time || ""), el("td", {}, (s.modalities || []).join(", ")),
         el("td", {}, s.description || ""), el("td", {}, s.accession || ""), el("td", {}, String(s.series ?? "")),
         el("td", {}, String(s.instances ?? "")),
@@ -47,6 +50,10 @@
 
   async function openStudy(study) {
     busi.showError($("study-error"), "");
+    // Whose study this is, in plain sight before anything is written back into it.
+    $("study-patient").replaceChildren(el("strong", {}, study.patient_name || "patient name not given"),
+      ` · ID ${study.patient_id || "—"} · born ${study.birth_date || "—"} · accession ${study.accession || "—"}`
+      + ` · ${study.date || ""} ${study.description || ""}`);
     $("written").hidden = true;
     results.replaceChildren();
     $("write-back").disabled = $("report-to-pacs").disabled = !writable();
@@ -69,13 +76,14 @@
     }
   }
 
-  async function diagnose(instance, frameInput) {
+  async function diagnose(instance, frameInput, confirm) {
     busi.showError($("study-error"), "");
     $("written").hidden = true;
     const fd = new FormData();
     if (frameInput && frameInput.value) fd.append("frame", frameInput.value);
     if ($("write-back").checked && writable()) fd.append("write_back", "true");
     if ($("report-to-pacs").checked && writable()) fd.append("report_pdf", "true");
+    if (confirm) fd.append("confirm", "true");
     fd.append("images", "original,heatmap");
     results.setAttribute("aria-busy", "true");
     try {
@@ -84,9 +92,24 @@
       results.replaceChildren(...data.results.map((r) => busi.diagnoseResults.render(r,
         { classes: data.classes, alpha: 0.5, legend: data.legend, model: data.model, notice: data.notice })));
       window.busiLastDiagnosis = data;
-      if (data.written) {
+      if (data.written) {  // the diagnosis stays on the screen whatever happened to the write-back
         const w = $("written");
-        w.textContent = `Written into the study as series “${data.written.series_description}”: ${data.written.objects.join(", ")}.`;
+        w.classList.toggle("error", !!data.written.error);
+        if (data.written.error) {
+          w.replaceChildren(el("strong", {}, "Not written back: "), data.written.error.replace(/^not written back: /, ""));
+          if (data.written.needs_confirmation) {
+            const again = el("button", { type: "button", id: "confirm-write-back", class: "danger" }, "Write it anyway");
+            again.addEventListener("click", () => {
+              if (window.confirm(`Write this result into the PACS although ${data.written.needs_confirmation.join(" and ")}? Your name is recorded with it.`)) {
+                diagnose(instance, frameInput, true);
+              }
+            });
+            w.append(" ", again);
+          }
+        } else {
+          w.textContent = `Written into the study as series “${data.written.series_description}”: ${data.written.objects.join(", ")}`
+            + (data.written.confirmed ? " (confirmed despite the warnings)." : ".");
+        }
         w.hidden = false;
       }
     } catch (err) {

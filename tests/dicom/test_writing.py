@@ -54,9 +54,10 @@ def test_the_report_holds_the_outline_measurements_and_finding():
     assert numbers["Area"] == (1600.0, "{pixel}2") and numbers["Probability of benign"] == (70.0, "%")
     codes_found = {(i.ConceptNameCodeSequence[0].CodeMeaning, i.ConceptCodeSequence[0].CodeMeaning)
                    for i in content if i.ValueType == "CODE"}
-    assert ("Finding", "benign") in codes_found and ("BI-RADS shape", "oval") in codes_found
+    assert ("busi-web class", "benign") in codes_found and ("BI-RADS shape", "oval") in codes_found
     assert ("Outline confidence", "low") in codes_found
-    assert ("Finding", codes.SCT.Lesion.meaning) in codes_found  # the finding type of the group
+    assert ("Finding", codes.SCT.Lesion.meaning) in codes_found  # the finding type of the group: a lesion outlined
+    assert [name for name, _ in codes_found].count("Finding") == 1  # listed once
     assert any(i.get("TextValue") == "busi-web finding 1" for i in content)
 
 
@@ -72,6 +73,9 @@ def test_no_lesion_refers_to_the_image_and_spacing_gives_mm():
     assert "Mammography" in str(sr.ConceptNameCodeSequence[0].CodeMeaning) or "Mammography" in str(sr)
     plain = reread(structured_report(source, Answer("normal", {"normal": 0.8, "benign": 0.2}, None, "m", 1)))
     assert not [i for i in items(plain) if i.ValueType == "SCOORD"]
+    found = {(i.ConceptNameCodeSequence[0].CodeMeaning, i.ConceptCodeSequence[0].CodeMeaning)
+             for i in items(plain) if i.ValueType == "CODE"}
+    assert ("Finding", codes.SCT.Breast.meaning) in found and ("Finding", codes.SCT.Lesion.meaning) not in found
     assert source.SOPInstanceUID in str(plain)  # the group still refers to the source image
 
 

@@ -111,3 +111,29 @@ def test_every_diagnosis_has_a_printable_report_and_a_pdf(app, clinician_client,
     assert r.status_code == 404
     r = clinician_client.get("/reports/not-a-report.pdf")
     assert r.status_code == 404 and "diagnose the image again" in r.get_data(as_text=True)
+
+
+def test_the_report_prints_the_colour_scale_the_patient_and_a_withheld_answer():
+    legend = {"colormap": "jet", "stops": ["#000080", "#00ff00", "#800000"],
+              "meaning": "relative evidence for the explained class, scaled per image; not a probability."}
+    greek = [("Patient", "ΠΑΠΑΔΟΠΟΥΛΟΣ, ΕΛΕΝΗ"), ("Patient ID", "GR-77"), ("Accession", "ACC-9")]
+    answer = {**body(), "legend": legend}
+    answer["results"][0] = {**answer["results"][0], "label": None, "withheld": "no reliable answer: this image is "
+                            "unlike the training images", "ood": {"out_of_distribution": True}}
+    report = case_report(answer, 0, "dr.who", (b"", b""), greek)
+    pages, text = pdf_text(report_pdf_bytes(report))
+    assert pages == 1
+    for words in ("ΠΑΠΑΔΟΠΟΥΛΟΣ, ΕΛΕΝΗ", "GR-77", "ACC-9", "case.dcm: no reliable answer", "not a probability",
+                  "low", "high", "no class is given", "unlike the images the model was trained on"):
+        assert words in text, words
+    assert "case.dcm: malignant" not in text
+
+
+def test_the_report_page_shows_the_colour_scale_without_inline_style(app, clinician_client):
+    store = app.extensions["busi_web"].store
+    finished_run(store, promote=True)
+    r = clinician_client.post("/api/predict", data=upload((image_bytes(rgb=True), "left.png")))
+    result = r.get_json()["results"][0]
+    html = clinician_client.get(f"/reports/{result['report_id']}").get_data(as_text=True)
+    legend = html.split('id="report-legend"')[1].split("</div>")[0]
+    assert "stop-color" in legend and "not a probability" in legend and "style=" not in legend
