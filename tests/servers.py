@@ -230,7 +230,9 @@ def orthanc(home: Path):
               "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
               "RegisteredUsers": {ORTHANC_USER[0]: ORTHANC_USER[1]}, "Plugins": [str(ORTHANC_PLUGIN)],
               "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
-              "LuaScripts": [str(home / "filter.lua")], "StorageCompression": False}
+              "LuaScripts": [str(home / "filter.lua")], "StorageCompression": False,
+              # Names in any script (a Greek patient's), as a hospital's PACS is set up.
+              "DefaultEncoding": "Utf8"}
     import json
 
     (home / "orthanc.json").write_text(json.dumps(config))

@@ -35,7 +35,7 @@ def pacs(tmp_path_factory):
                                    series_uid=series, region_cm=(0.01, 0.01)), RLELossless)
         loop.InstanceNumber = 2
         sr = report(study_uid=study)
-        sr.AccessionNumber, sr.StudyDate = ACCESSION, us_still.StudyDate
+        sr.AccessionNumber, sr.StudyDate, sr.PatientBirthDate = ACCESSION, us_still.StudyDate, "19700101"
         mammo = instance(phantom(seed=5).astype(np.uint16) * 16, modality="MG", window=(2048, 4096))
         mammo.StudyDate, mammo.AccessionNumber = "20240115", "ACC-MAMMO"
         locked = instance(phantom(seed=6))
@@ -77,10 +77,12 @@ def no_secrets(text: str, *datasets) -> None:
 
 
 def find(client, accession=None, **filters) -> list[dict]:
+    """The study list: it names each study's patient (so a clinician sees whose images these are), never a UID."""
     query = "&".join(f"{k}={v}" for k, v in {**filters, **({"accession": accession} if accession else {})}.items())
     r = client.get(f"/api/pacs/orthanc/studies?{query}")
     assert r.status_code == 200, r.get_json()
-    no_secrets(r.get_data(as_text=True))
+    text = r.get_data(as_text=True)
+    assert "1.2.826" not in text and "StudyInstanceUID" not in text
     return r.get_json()["studies"]
 
 
@@ -92,7 +94,13 @@ def test_search_open_diagnose_and_write_back(app, client, pacs):
     assert len(find(client, modality="US")) == 2  # the ultrasound study and the locked one, not the mammogram
     assert [s["modalities"] for s in find(client, modality="MG")] == [["MG"]]
     (study,) = find(client, ACCESSION)
-    assert study["accession"] == "…9812" and set(study["modalities"]) >= {"US"} and study["instances"] == 3
+    assert study["accession"] == ACCESSION and set(study["modalities"]) >= {"US"} and study["instances"] == 3
+    assert study["patient_name"] == "TESTPATIENT, JANE" and study["patient_id"] == PATIENT_ID
+    assert study["birth_date"] == "1970-01-01", study
+    assert [s["patient_id"] for s in find(client, patient_id=PATIENT_ID)] == [PATIENT_ID, PATIENT_ID]
+    assert find(client, patient_id="NOBODY") == []
+    r = client.get("/api/pacs/orthanc/studies?patientid=PID-1")
+    assert r.status_code == 400 and "unknown filter(s) patientid" in r.get_json()["error"]
     assert [s["date"] for s in find(client, date_from="2024-01-01", date_to="2024-01-31")] == ["2024-01-15"]
     r = client.get("/api/pacs/orthanc/studies?date_from=15/01/2024")
     assert r.status_code == 400 and "YYYY-MM-DD" in r.get_json()["error"]
@@ -104,10 +112,16 @@ def test_search_open_diagnose_and_write_back(app, client, pacs):
     by_frames = {i["frames"]: i for i in instances if i["diagnosable"]}
     assert set(by_frames) == {1, 3} and [i["sop_class"] for i in instances if not i["diagnosable"]] == [
         "Basic Text SR Storage"]
-    # Diagnose frame 2 of the cine loop, and write the results back with the case report.
+    # Diagnose frame 2 of the cine loop, and write the results back with the case report. The default model is a
+    # demo: writing its answer into the PACS is refused until the clinician confirms, and the diagnosis stays.
     loop = by_frames[3]
-    r = client.post(f"/api/pacs/orthanc/instances/{loop['handle']}/diagnose",
-                    data={"frame": "2", "write_back": "true", "report_pdf": "true"})
+    form = {"frame": "2", "write_back": "true", "report_pdf": "true"}
+    r = client.post(f"/api/pacs/orthanc/instances/{loop['handle']}/diagnose", data=form)
+    assert r.status_code == 200, r.get_json()
+    refused = r.get_json()
+    assert refused["results"][0]["probabilities"] and refused["written"]["refused"] is True
+    assert refused["written"]["needs_confirmation"] == ["the model is a demo, trained on synthetic images"]
+    r = client.post(f"/api/pacs/orthanc/instances/{loop['handle']}/diagnose", data={**form, "confirm": "true"})
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
     no_secrets(r.get_data(as_text=True), pacs["us"], pacs["loop"])
@@ -116,6 +130,10 @@ def test_search_open_diagnose_and_write_back(app, client, pacs):
     assert body["model"]["modality"] == "ultrasound"
     assert sorted(body["written"]["objects"]) == ["Comprehensive SR Storage", "Encapsulated PDF Storage",
                                                   "Secondary Capture Image Storage"]
+    assert body["written"]["confirmed"] is True
+    # The same result again: refused, nothing stored twice.
+    again = client.post(f"/api/pacs/orthanc/instances/{loop['handle']}/diagnose", data={**form, "confirm": "true"})
+    assert again.status_code == 200 and "already holds this result" in again.get_json()["written"]["error"]
     # Read back what the PACS now holds in that study.
     dicomweb = pacs["server"].client()
     us_study = str(pacs["us"].StudyInstanceUID)
@@ -139,6 +157,8 @@ def test_search_open_diagnose_and_write_back(app, client, pacs):
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == pacs["loop"].SOPInstanceUID
     text = str(sr)
     assert "Imaging Measurement Report" in text and "Finding" in text and result["label"] in text
+    # What the page carries, the PACS carries: the demo flag, the verdict, the notice, who confirmed.
+    assert "DEMO MODEL" in text and "the default ultrasound model" in text and "confirmed by clin" in text
     pdf = objects[ENCAPSULATED_PDF]
     assert pdf.EncapsulatedDocument.startswith(b"%PDF") and pdf.MIMETypeOfEncapsulatedDocument == "application/pdf"
     # The audit: the diagnosis (with the PACS and digests) and what was written; no identifiers.
@@ -148,7 +168,17 @@ def test_search_open_diagnose_and_write_back(app, client, pacs):
     actions = {row["action"]: row["detail"] for row in rows}
     assert actions["diagnose"]["pacs"] == "orthanc" and len(actions["diagnose"]["dicom"]["uids"]["study"]) == 32
     assert actions["pacs.store"]["study"] == actions["diagnose"]["dicom"]["uids"]["study"]
-    assert len(actions["pacs.store"]["objects"]) == 3
+    assert len(actions["pacs.store"]["objects"]) == 3 and actions["pacs.store"]["confirmed"] is True
+    refusals = [row["detail"] for row in store.audit_log(("pacs.store.refused",))]
+    assert sorted(r["reasons"][0] for r in refusals) == ["already written back",
+                                                          "the model is a demo, trained on synthetic images"]
+    # busi-web's own results are listed, not offered for diagnosis, and refused if asked for.
+    instances = client.get(f"/api/pacs/orthanc/studies/{study['handle']}").get_json()["instances"]
+    own = [i for i in instances if i["busi_web_result"]]
+    assert len(own) == 3 and not any(i["diagnosable"] for i in own)
+    sc_row = next(i for i in own if i["sop_class"] == "Secondary Capture Image Storage")
+    r = client.post(f"/api/pacs/orthanc/instances/{sc_row['handle']}/diagnose", data={})
+    assert r.status_code == 400 and "busi-web's own results" in r.get_json()["error"]
     # The mammogram goes to the mammography model.
     (mg_study,) = find(client, modality="MG")
     (mg,) = client.get(f"/api/pacs/orthanc/studies/{mg_study['handle']}").get_json()["instances"]
@@ -164,9 +194,11 @@ def test_every_way_a_pacs_fails_is_clear_and_stores_nothing(app, client, pacs):
     (one,) = client.get(f"/api/pacs/orthanc/studies/{locked['handle']}").get_json()["instances"]
     locked_study = str(pacs["locked"].StudyInstanceUID)
     before = len(dicomweb.search_for_instances(study_instance_uid=locked_study))
-    r = client.post(f"/api/pacs/orthanc/instances/{one['handle']}/diagnose", data={"write_back": "true"})
-    assert r.status_code == 502
-    error = r.get_json()["error"]
+    r = client.post(f"/api/pacs/orthanc/instances/{one['handle']}/diagnose",
+                    data={"write_back": "true", "confirm": "true"})
+    assert r.status_code == 200  # the diagnosis is answered; the write-back's failure is said beside it
+    assert r.get_json()["results"][0]["probabilities"]
+    error = r.get_json()["written"]["error"]
     assert "refused to store" in error and "nothing was stored" in error and "diagnosis itself was made" in error
     assert len(dicomweb.search_for_instances(study_instance_uid=locked_study)) == before
     store = app.extensions["busi_web"].store
@@ -204,3 +236,36 @@ def test_pacs_servers_are_checked_at_start(make_app):
         with pytest.raises(ValueError) as caught:
             make_app(PACS_SERVERS=bad)
         assert words in str(caught.value), str(caught.value)
+
+
+def test_a_legacy_time_and_a_greek_name_are_written_back_intact(app, client, pacs):
+    greek = instance(phantom(seed=8))
+    greek.SpecificCharacterSet = "ISO_IR 126"
+    greek.PatientName, greek.PatientID, greek.AccessionNumber = "ΠΑΠΑΔΟΠΟΥΛΟΣ^ΕΛΕΝΗ", "GR-77", "ACC-GREEK"
+    greek.StudyTime = "11:25:01"  # the old ACR-NEMA form some archives still hold
+    pacs["server"].load(greek)
+    (study,) = find(client, "ACC-GREEK")
+    assert study["patient_name"] == "ΠΑΠΑΔΟΠΟΥΛΟΣ, ΕΛΕΝΗ"
+    (one,) = client.get(f"/api/pacs/orthanc/studies/{study['handle']}").get_json()["instances"]
+    r = client.post(f"/api/pacs/orthanc/instances/{one['handle']}/diagnose",
+                    data={"write_back": "true", "report_pdf": "true", "confirm": "true"})
+    assert r.status_code == 200, r.get_json()
+    assert "objects" in r.get_json()["written"], r.get_json()["written"]
+    dicomweb = pacs["server"].client()
+    uid = str(greek.StudyInstanceUID)
+    held = dicomweb.search_for_instances(study_instance_uid=uid, fields=["SeriesDescription", "SOPClassUID"])
+    (doc,) = [h for h in held if h["00080016"]["Value"][0] == ENCAPSULATED_PDF]
+    pdf = dicomweb.retrieve_instance(uid, doc["0020000E"]["Value"][0], doc["00080018"]["Value"][0])
+    assert str(pdf.PatientName) == "ΠΑΠΑΔΟΠΟΥΛΟΣ^ΕΛΕΝΗ" and pdf.file_meta.ImplementationClassUID
+    assert "ΠΑΠΑΔΟΠΟΥΛΟΣ" in pdf_text_of(pdf.EncapsulatedDocument)  # the printed report names the patient
+    (sc,) = [h for h in held if h["00080016"]["Value"][0] == "1.2.840.10008.5.1.4.1.1.7"]
+    picture = dicomweb.retrieve_instance(uid, sc["0020000E"]["Value"][0], sc["00080018"]["Value"][0])
+    assert picture.Columns == greek.Columns  # the caption is wrapped under the picture, never wider than it
+
+
+def pdf_text_of(data: bytes) -> str:
+    import io
+
+    from pypdf import PdfReader
+
+    return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(bytes(data).rstrip(b"\0"))).pages)
