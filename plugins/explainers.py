@@ -52,7 +52,10 @@ def register_explainers() -> list[ExplainerSpec]:
         ExplainerSpec(
             name="scorecam", title="Score-CAM",
             description="Gradient-free: each channel weighted by the class score of the image masked by it. "
-                        "Needs one extra forward pass per channel (2048 for ResNet50): slow on a CPU.",
+                        "Needs one extra forward pass per channel (2048 for ResNet50): slow on a CPU (about 15 s "
+                        "per image for ResNet18). Its map can light the image's border: the mask hides tissue as "
+                        "mid-gray (the normalised image's zero), not as black, and channels that answer to the "
+                        "image's edge then score high on such nearly blank inputs. Read it beside another CAM.",
             factory=ScoreCAM,
             params=(Param("batch_size", "int", 32, "masked images per forward pass; lower it to save memory",
                           minimum=1, maximum=1024, advanced=True),),

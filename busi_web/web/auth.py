@@ -41,7 +41,8 @@ __all__ = ["init_auth", "admin_required", "current_user", "User", "bp", "csrf", 
            "PUBLIC_ENDPOINTS", "safe_next"]
 
 # The metrics decide themselves (an admin, or the METRICS_TOKEN): a scraper gets a 401, not the login page.
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "health.healthz", "health.readyz", "metrics.scrape"})
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "health.healthz", "health.readyz", "health.favicon",
+                              "metrics.scrape"})
 # What a user who still has a one-time password may reach (besides the public endpoints).
 CHANGE_PASSWORD_ALLOWED = frozenset({"auth.password", "auth.logout", "system.me"})
 DIRECTORY_EXTENSION = "busi_web.directory"

@@ -159,6 +159,8 @@ def register_error_handlers(app: Flask) -> None:
 
 # -- runs and models -------------------------------------------------------------------------------------------
 def _duration(run: dict[str, Any]) -> float | None:
+    """How long a run has trained: the time of its epochs (over every resume), plus the current epoch of a run
+    that is running; without epochs yet, the time since it (last) started."""
     start, end = run.get("started_at"), run.get("finished_at")
     if not start:
         return None
@@ -167,7 +169,14 @@ def _duration(run: dict[str, Any]) -> float | None:
         t1 = datetime.fromisoformat(end) if end else datetime.now(t0.tzinfo)
     except ValueError:
         return None
-    return round((t1 - t0).total_seconds(), 1)
+    epochs = services_of().store.metrics(run["id"], keys=["epoch_time"])
+    if not epochs:
+        return round((t1 - t0).total_seconds(), 1)
+    trained = sum(float(r["value"]) for r in epochs)
+    if run.get("status") == "running":  # the epoch under way, since the later of this start and the last epoch
+        last = max(t0.timestamp(), float(epochs[-1].get("time") or 0.0))
+        trained += max(0.0, datetime.now(t0.tzinfo).timestamp() - last)
+    return round(trained, 1)
 
 
 def default_ids() -> dict[int, str]:

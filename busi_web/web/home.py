@@ -17,8 +17,11 @@ def index():
     """Where to go next: Diagnose with the default models, or Train when there is none; recent runs."""
     services = services_of()
     recent = [run_view(r, default_ids()) for r in services.store.list_runs(limit=5)]
+    # The first-start demo becomes the default by itself when it finishes: say so while it trains.
+    demo = next((r for r in services.store.list_runs(status=["queued", "running"])
+                 if (r.get("params") or {}).get("first_start")), None)
     return render_template("home/index.html", page="home", registry=services.registry, defaults=defaults_info(),
-                           recent=recent, show_plugins=current_user.is_admin)
+                           recent=recent, show_plugins=current_user.is_admin, first_start=demo)
 
 
 @bp.get("/plugins")

@@ -136,9 +136,13 @@ def compare():
     active = default_ids()
     runs = [compare_row(store.get_run(i), active) for i in ids]
     best: dict[str, int | None] = {}
+    # Numbers on different test images cannot be ranked: only runs on the same data and split get a "best".
+    tested_on = {_test_set(store.get_run(i)) for i in ids}
+    comparable = len(tested_on) == 1 and None not in tested_on
     for key, _label, higher in COMPARE_ROWS:
         values = [(r[key], r["id"]) for r in runs if isinstance(r.get(key), (int, float))]
-        best[key] = (max(values) if higher else min(values))[1] if values and higher is not None else None
+        best[key] = (max(values) if higher else min(values))[1] if values and higher is not None and comparable \
+            else None
     # Only the parameters that differ between the runs are worth a row ("train.lr", "dataset.per_class", ...).
     flat = [{f"{group}.{k}": v for group in ("train", "backbone", "dataset")
              for k, v in (r[f"{group}_params"] or {}).items()} for r in runs]
@@ -148,4 +152,13 @@ def compare():
     differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in flat}) > 1]
     classes = sorted({c for r in runs for c in r["per_class"]})
     return render_template("pages/compare.html", page="runs", runs=runs, rows=COMPARE_ROWS, best=best,
-                           differing=differing, classes=classes, ids=ids)
+                           differing=differing, classes=classes, ids=ids, comparable=comparable)
+
+
+def _test_set(run: dict[str, Any]) -> str | None:
+    """What a run was tested on: its data's content hash and its split's test images (``None`` when unknown)."""
+    params = files.read_json(run.get("run_dir"), files.PARAMS_JSON) or {}
+    split = files.read_json(run.get("run_dir"), files.SPLIT_JSON) or {}
+    if not params.get("data_hash") or "test" not in split:
+        return None
+    return params["data_hash"] + ":" + ",".join(sorted(split["test"]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, current_app, g, jsonify
+from flask import Blueprint, current_app, g, jsonify, send_from_directory
 
 from busi_web.services import services_of
 from busi_web.training.params import TRAIN_PARAMS
@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("system", __name__, url_prefix="/api")
 probes = Blueprint("health", __name__)
+
+
+@probes.get("/favicon.ico")
+def favicon():
+    """The site's icon, where browsers look for it on every page (anonymous, cached for a day)."""
+    return send_from_directory(current_app.static_folder or "", "favicon.ico", max_age=86400)
 
 
 @probes.get("/healthz")

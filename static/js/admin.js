@@ -60,7 +60,11 @@
     if (button.dataset.act === "reset") {
       if (!window.confirm(`Give ${name} a new one-time password? Their current password stops working.`)) return;
       const answer = await act(() => busi.api(`${path}/reset-password`, { method: "POST" }));
-      if (answer) showPassword(name, answer.one_time_password);
+      if (answer) {
+        showPassword(name, answer.one_time_password);
+        const state = button.closest("tr[data-user]").querySelector("td.state");
+        if (state) state.textContent = "must choose a new password";  // the one-time password is all that opens it
+      }
     } else if (button.dataset.act === "expire") {
       if (!window.confirm(`Make ${name} choose a new password at the next login? Their sessions end now.`)) return;
       if (await act(() => busi.api(path, { method: "PATCH", json: { must_change_password: true } }))) reload();

@@ -105,6 +105,13 @@
     dropZone.classList.remove("dragging");
   }));
   dropZone.addEventListener("drop", (e) => setFiles(e.dataTransfer.files));
+  // The drop zone takes the keyboard's focus: Enter or Space opens the file picker, as a click does.
+  dropZone.addEventListener("keydown", (e) => {
+    if ((e.key === "Enter" || e.key === " ") && e.target === dropZone) {
+      e.preventDefault();
+      $("files").click();
+    }
+  });
 
   // -- the model's classes and layers ------------------------------------------------------------------------
   /* Only the models of the chosen modality are offered: its default first, then its finished models. */
@@ -222,6 +229,14 @@
     submit.disabled = true;
     busy.hidden = false;
     results.setAttribute("aria-busy", "true");
+    // Progress: the seconds so far, and what to expect from a slow explainer (Score-CAM runs one forward pass per
+    // feature channel: seconds per image on a CPU).
+    const started = Date.now();
+    const slow = explainerSel.value === "scorecam"
+      ? " (Score-CAM runs the model once per feature channel: about 15 s per image on a CPU)" : "";
+    const tick = () => { busy.textContent = `working… ${Math.round((Date.now() - started) / 1000)} s${slow}`; };
+    tick();
+    const timer = window.setInterval(tick, 1000);
     try {
       const data = await busi.api("/api/predict", { method: "POST", form: fd });
       results.replaceChildren(...data.results.map((r) => busi.diagnoseResults.render(r,
@@ -239,6 +254,7 @@
       const fields = Object.entries(err.fields || {}).map(([k, v]) => `${k}: ${v}`).join("; ");
       busi.showError(errorBox, err.message + (fields && !err.message.includes(fields) ? ` (${fields})` : ""));
     } finally {
+      window.clearInterval(timer);
       submit.disabled = false;
       busy.hidden = true;
       results.removeAttribute("aria-busy");

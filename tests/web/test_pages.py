@@ -28,12 +28,15 @@ def html(response) -> str:
     return response.get_data(as_text=True)
 
 
-def run_with_artifacts(store, *, promote: bool = False, seed: int = 0, name: str | None = None) -> dict:
-    """A finished run with a checkpoint, test metrics, report, log and two epochs of curves."""
+def run_with_artifacts(store, *, promote: bool = False, seed: int = 0, name: str | None = None,
+                       test: tuple[str, ...] = ("a.png", "b.png")) -> dict:
+    """A finished run with a checkpoint, test metrics, report, log and two epochs of curves, tested on ``test``."""
     run = finished_run(store, promote=promote, seed=seed)
     if name:
         store.update_run(run["id"], name=name)
     folder = Path(run["run_dir"])
+    art.write_json(folder / art.PARAMS_JSON, {"classes": CLASSES, "data_hash": "the same data"})
+    art.write_json(folder / art.SPLIT_JSON, {"train": [], "val": [], "test": list(test)})
     y = [0, 0, 1, 1, 2, 2]
     probs = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.8 + 0.2 / 3
     m = classification_metrics(y, probs, CLASSES)
@@ -195,7 +198,11 @@ def test_compare_page_tabulates_runs_and_marks_the_best(store, clinician_client)
     row = page.split('data-metric="test_loss"')[1].split("</tr>")[0]
     assert re.findall(r'<td class="(\w*)">([\d.]+)</td>', row) == [("", "1.6100"), ("best", "0.6100")]
     assert 'data-param="train.lr"' in page and 'data-param="train.epochs"' not in page
-    assert 'data-metric="recall_benign"' in page
+    assert 'data-metric="recall_benign"' in page and 'id="not-ranked"' not in page
+    # A run tested on other images is shown but nothing is ranked.
+    c = run_with_artifacts(store, seed=2, name="third", test=("c.png",))
+    page = html(clinician_client.get(f"/runs/compare?ids={a['id']},{c['id']}"))
+    assert 'id="not-ranked"' in page and 'class="best"' not in page
     for bad, words in [("1", "two or more runs"), ("", "two or more runs"), ("1,x", "run numbers separated by commas"),
                        (f"{a['id']},{a['id']}", "two or more runs")]:
         r = clinician_client.get(f"/runs/compare?ids={bad}")
