@@ -36,7 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_EXPLAINER": "gradcam",
     "BATCH_MAX_IMAGES": 32,  # images in one shared pass of the model at most
     "BATCH_WAIT_MS": 0,  # how long a pass waits for more requests to share it (0: it starts at once)
-    # Failed logins allowed per account and per client address before a 429 (Flask-Limiter's notation).
+    # Failed logins allowed per client address and account, and per client address, before that address gets a
+    # 429 (Flask-Limiter's notation); an account is never locked for everyone (busi_web/web/throttle.py).
     "LOGIN_LIMIT_ACCOUNT": "5 per minute;20 per hour",
     "LOGIN_LIMIT_ADDRESS": "30 per minute;200 per hour",
     "RATELIMIT_STORAGE_URI": "memory://",  # where the counters live: redis://host:6379 for several workers

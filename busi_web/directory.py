@@ -179,7 +179,9 @@ class Directory:
         if not member_of:
             raise UserError(f"{username} is known to the directory but is in none of busi-web's groups "
                             f"({', '.join(groups.values())}); ask IT to add you to one", 403)
-        return DirectoryUser(username, dn, ADMIN if ADMIN in member_of else CLINICIAN, display)
+        # The directory's own name for the person (its uid attribute), not the name as typed: ``Nurse.Kim`` and
+        # ``nurse.kim`` are one account.
+        return DirectoryUser(uid, dn, ADMIN if ADMIN in member_of else CLINICIAN, display)
 
     def _is_member(self, conn, group: str, dn: str, uid: str) -> bool:
         # ldap3 loads only when a directory is configured

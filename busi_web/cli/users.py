@@ -22,7 +22,7 @@ from busi_web.cli.common import services, user_errors
 from busi_web.config import ADMIN_PASSWORD_FILE, forget_admin_password_file
 from busi_web.errors import UserError
 from busi_web.store.passwords import RULES, one_time_password
-from busi_web.store.users import ROLES
+from busi_web.store.users import ROLES, check_user_name
 
 FIRST_ADMIN = "admin"
 
@@ -55,6 +55,7 @@ def users_group() -> None:
 @user_errors
 def users_add(name: str, role: str, password_stdin: bool) -> None:
     """Create user NAME with ROLE."""
+    name = check_user_name(name)  # the name's rules first: no password is asked for an account that cannot be
     if _store().get_user(name) is not None:
         raise click.ClickException(f"a user named {name!r} exists already; `busi-web users passwd {name}` "
                                    "changes the password")

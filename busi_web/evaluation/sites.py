@@ -194,7 +194,6 @@ def sites_markdown(sites: dict[str, dict[str, Any]]) -> list[str]:
                      f"{_with_ci(m, 'macro_f1', m['macro_f1'])} ({', '.join(m['classes_present'])}) | "
                      f"{_with_ci(m, 'auc_bm', m['auc_bm'])} | {sens} | {_pct(m.get('lesions_called_normal'))} | "
                      f"{_pct(m['ece'])} | {at_op} | {ood} |")
-    how = {m.get("ci_resamples") for m in sites.values()}
-    lines += ["", "95 % bootstrap intervals in brackets, resampling "
-              + (" or ".join(sorted(x for x in how if x)) or "images") + " (patients where the data has patient ids)."]
+    how = " or ".join(sorted({m.get("ci_resamples") or "images" for m in sites.values()}))
+    lines += ["", f"95 % bootstrap intervals in brackets, resampling {how} (patients where the data has patient ids)."]
     return lines

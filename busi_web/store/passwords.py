@@ -15,6 +15,11 @@ from functools import lru_cache
 from busi_web.errors import UserError
 
 MIN_LENGTH = 12
+ZXCVBN_MAX = 72  # zxcvbn refuses longer input; a longer passphrase is judged on its first 72 characters
+# The product's and the field's own words: the first guesses of anyone who attacks this server.
+PRODUCT_WORDS = ("busi", "web", "busiweb", "breast", "cancer", "ultrasound", "sono", "sonography", "mammo",
+                 "mammogram", "mammography", "radiology", "radiologist", "hospital", "clinic", "clinician", "admin",
+                 "lesion", "benign", "malignant", "normal", "tumor", "tumour", "biopsy", "birads", "password")
 # zxcvbn's score: 3 is "safely unguessable" (about 10^8 guesses or more), 4 "very unguessable".
 MIN_SCORE = 3
 RULES = (f"at least {MIN_LENGTH} characters, not a common password, not containing the user name, and not "
@@ -40,13 +45,24 @@ def password_problem(password: str, name: str | None = None) -> str | None:
         return "that is one of the most common passwords; choose another"
     if name and len(name) >= 3 and name.lower() in lowered:
         return "the password must not contain the user name"
+    letters = "".join(c for c in lowered if c.isalpha())
+    if letters and _made_of(letters, PRODUCT_WORDS + ((name.lower(),) if name else ())):
+        return "the password is made of this product's own words (busi-web, breast, cancer, ...); choose others"
     from zxcvbn import zxcvbn  # loaded at the first password check, not at every start
 
-    verdict = zxcvbn(password[:100], user_inputs=[name] if name else [])
+    verdict = zxcvbn(password[:ZXCVBN_MAX], user_inputs=[*PRODUCT_WORDS, *([name] if name else [])])
     if verdict["score"] < MIN_SCORE:
         hint = verdict["feedback"].get("warning") or "it follows a pattern that is easy to guess"
         return f"the password is too easy to guess ({hint.rstrip('.')}); try three or four unrelated words"
     return None
+
+
+def _made_of(letters: str, words: tuple[str, ...]) -> bool:
+    """Whether ``letters`` is a run of ``words`` end to end (a word may repeat)."""
+    reachable = [True] + [False] * len(letters)
+    for end in range(1, len(letters) + 1):
+        reachable[end] = any(reachable[end - len(w)] and letters.endswith(w, 0, end) for w in words if len(w) <= end)
+    return reachable[-1]
 
 
 def require_strong(password: str, name: str | None = None) -> None:

@@ -92,3 +92,24 @@ def m006_sites(db: Database) -> None:
         "metrics": str, "report": str, "created_at": str, "created_by": str,
     }, pk="id", foreign_keys=[("run_id", "runs", "id")], not_null={"run_id", "dataset", "metrics", "created_at"})
     db["validations"].create_index(["run_id"])
+
+
+@MIGRATIONS()
+def m007_name_keys_and_credential_versions(db: Database) -> None:
+    """User names are unique whatever their case (``name_key``: the case-folded NFKC name). A counter per user,
+    ``credential_version``, that every security event raises (disable, reset, password or role change); an API
+    token carries the one its user had when it was made, and stops working when it changes."""
+    import unicodedata
+
+    db["users"].add_column("name_key", str)
+    db["users"].add_column("credential_version", int, not_null_default=0)
+    seen: set[str] = set()
+    clash = False
+    for row in db.execute("SELECT id, name FROM users").fetchall():
+        key = unicodedata.normalize("NFKC", row[1]).casefold()
+        clash = clash or key in seen
+        seen.add(key)
+        db.execute("UPDATE users SET name_key = ? WHERE id = ?", [key, row[0]])
+    # Accounts that differ only in case (made before this rule) keep working; new ones cannot be made.
+    db["users"].create_index(["name_key"], unique=not clash)
+    db["api_tokens"].add_column("credential_version", int, not_null_default=0)

@@ -7,8 +7,11 @@ random secret that is shown once, when it is created.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import sqlite3
+import unicodedata
+from functools import lru_cache
 from typing import Any
 
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -20,6 +23,35 @@ from busi_web.store.passwords import one_time_password, require_strong
 
 ROLES = ("admin", "clinician")
 DIRECTORY = "directory"  # users.source of accounts whose password the directory checks (LDAP)
+# What every security event does to an account: its sessions end, and so do its API tokens.
+REVOKE = "session_version = session_version + 1, credential_version = credential_version + 1"
+# A user name: letters, digits, and . _ - @ inside (an e-mail address works), at most 64; NFKC first.
+USER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._@-]{0,62}[A-Za-z0-9])?$")
+USER_NAME_RULES = ("1 to 64 characters: ASCII letters and digits, and . _ - @ between them (no spaces, slashes, "
+                   "accents or invisible characters)")
+
+
+def name_key(name: str) -> str:
+    """What makes two names the same account: NFKC, then case-folded (``ADMIN`` is ``admin``)."""
+    return unicodedata.normalize("NFKC", name or "").casefold()
+
+
+def check_user_name(name: Any) -> str:
+    """A user name as every path that creates an account takes it (web, API, CLI, directory): NFKC-normalised
+    and stripped, then checked against :data:`USER_NAME`; a 400 that says the rule otherwise."""
+    if not isinstance(name, str):
+        raise UserError(f"a user name is text: {USER_NAME_RULES}", 400, {"name": USER_NAME_RULES})
+    clean = unicodedata.normalize("NFKC", name).strip()
+    if not USER_NAME.match(clean):
+        shown = clean.encode("unicode_escape").decode("ascii")[:80]
+        raise UserError(f"user name {shown!r} is not allowed: {USER_NAME_RULES}", 400, {"name": USER_NAME_RULES})
+    return clean
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """A password hash made once per process, checked for names that have no password here."""
+    return generate_password_hash(secrets.token_urlsafe(16))
 
 
 def _token_hash(token: str) -> str:
@@ -31,24 +63,34 @@ class UsersMixin(AuditMixin):
 
     def add_user(self, name: str, role: str, password: str, *, must_change_password: bool = False,
                  by: str | None = None) -> dict[str, Any]:
-        """Create an account (``by``: the admin who did, for the audit; else the account itself)."""
-        name = (name or "").strip()
-        if not name or len(name) > 64 or any(c.isspace() for c in name):
-            raise UserError("a user name is 1-64 characters with no spaces")
+        """Create an account (``by``: the admin who did, for the audit; else the account itself). The name must
+        follow :func:`check_user_name` and be new whatever its case."""
+        name = check_user_name(name)
         if role not in ROLES:
             raise UserError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
         require_strong(password, name)
-        try:
-            with self.transaction() as db:
-                db["users"].insert({"name": name, "role": role, "password_hash": generate_password_hash(password),
-                                    "created_at": utc_now(), "must_change_password": int(must_change_password)})
-        except sqlite3.IntegrityError:
-            raise UserError(f"a user named {name!r} exists already") from None
+        self._insert_user({"name": name, "role": role, "password_hash": generate_password_hash(password),
+                           "created_at": utc_now(), "must_change_password": int(must_change_password)})
         self.audit("user.add", user=by or name, target=name, role=role)
         return self.get_user(name)
 
+    def _insert_user(self, row: dict[str, Any]) -> None:
+        """Insert an account row, refusing a name that exists already in any case (409)."""
+        key = name_key(row["name"])
+        try:
+            with self.transaction() as db:
+                found = db.execute("SELECT name FROM users WHERE name_key = ?", [key]).fetchone()
+                if found is not None:
+                    raise UserError(f"a user named {found[0]!r} exists already (names are the same whatever their "
+                                    "case)", 409, {"name": "taken"})
+                db["users"].insert({**row, "name_key": key})
+        except sqlite3.IntegrityError:
+            raise UserError(f"a user named {row['name']!r} exists already", 409, {"name": "taken"}) from None
+
     def get_user(self, name: str) -> dict[str, Any] | None:
-        rows = self._rows("SELECT * FROM users WHERE name = ?", [name])
+        """The account named ``name``, whatever the case it is typed in (``Nurse.Kim`` is ``nurse.kim``)."""
+        rows = self._rows("SELECT * FROM users WHERE name_key = ? ORDER BY name = ? DESC LIMIT 1",
+                          [name_key(name or ""), name or ""])
         return dict(rows[0]) if rows else None
 
     def get_user_by_id(self, user_id: int) -> dict[str, Any] | None:
@@ -70,7 +112,8 @@ class UsersMixin(AuditMixin):
         unknown name)."""
         user = self.get_user(name or "")
         if user is None or user.get("source") == DIRECTORY:
-            check_password_hash(generate_password_hash("x"), password or "")  # similar time either way
+            # One hash check, as for a known name: the time of the answer does not tell a name exists.
+            check_password_hash(_dummy_hash(), password or "")
             return None
         if not check_password_hash(user["password_hash"], password or "") or user.get("disabled"):
             return None
@@ -85,18 +128,19 @@ class UsersMixin(AuditMixin):
             raise UserError(f"{name} is a local account here: log in with its local password (the directory "
                             "does not manage it)", 409)
         if user is None:
-            try:
-                with self.transaction() as db:  # no password is kept: only the directory can say it
-                    db["users"].insert({"name": name, "role": role, "source": DIRECTORY, "created_at": utc_now(),
-                                        "password_hash": generate_password_hash(secrets.token_hex(32))})
-            except sqlite3.IntegrityError:  # created by a parallel login of the same user
-                pass
+            try:  # no password is kept: only the directory can say it
+                self._insert_user({"name": check_user_name(name), "role": role, "source": DIRECTORY,
+                                   "created_at": utc_now(),
+                                   "password_hash": generate_password_hash(secrets.token_hex(32))})
+            except UserError:  # created by a parallel login of the same user
+                if self.get_user(name) is None:
+                    raise
             else:
                 self.audit("user.add", user=name, target=name, role=role, source=DIRECTORY)
             user = self.get_user(name)
         elif user["role"] != role:
             with self.transaction() as db:
-                db.execute("UPDATE users SET role = ?, session_version = session_version + 1 WHERE id = ?",
+                db.execute(f"UPDATE users SET role = ?, {REVOKE} WHERE id = ?",
                            [role, user["id"]])
             self.audit("user.role", user=None, target=name, role=role, previous=user["role"], source=DIRECTORY)
             user = self.get_user(name)
@@ -114,10 +158,12 @@ class UsersMixin(AuditMixin):
         require_strong(password, name)
         self._refuse_directory(name, "change it")
         with self.transaction() as db:
-            if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone() is None:
+            user = self.get_user(name)
+            if user is None:
                 raise UserError(f"there is no user {name!r}")
             db.execute("UPDATE users SET password_hash = ?, must_change_password = 0, "
-                       "session_version = session_version + 1 WHERE name = ?", [generate_password_hash(password), name])
+                       f"{REVOKE} WHERE id = ?",
+                       [generate_password_hash(password), user["id"]])
         self.audit("user.password", user=name)
 
     def delete_user(self, name: str) -> None:
@@ -151,7 +197,7 @@ class UsersMixin(AuditMixin):
                                 "there (it applies at their next login)", 409)
             if user["role"] == "admin" and role != "admin" and not self._other_enabled_admins(name):
                 raise UserError(f"{name} is the last enabled admin; make another admin first", 409)
-            db.execute("UPDATE users SET role = ?, session_version = session_version + 1 WHERE id = ?",
+            db.execute(f"UPDATE users SET role = ?, {REVOKE} WHERE id = ?",
                        [role, user["id"]])
             self.audit("user.role", user=by, target=name, role=role, previous=user["role"])
         return self._existing(name)
@@ -165,16 +211,16 @@ class UsersMixin(AuditMixin):
                 raise UserError("you cannot disable your own account; ask another admin", 409)
             if disabled and user["role"] == "admin" and not self._other_enabled_admins(name):
                 raise UserError(f"{name} is the last enabled admin; make another admin first", 409)
-            db.execute("UPDATE users SET disabled = ?, session_version = session_version + 1 WHERE id = ?",
+            db.execute(f"UPDATE users SET disabled = ?, {REVOKE} WHERE id = ?",
                        [int(bool(disabled)), user["id"]])
             self.audit("user.disable" if disabled else "user.enable", user=by, target=name)
         return self._existing(name)
 
     def end_sessions(self, name: str) -> None:
-        """End every session of ``name`` (a session carries the version it was opened with; this raises it).
-        A password change, a reset, a role change and disabling do it too."""
+        """End every session of ``name`` (a session carries the version it was opened with; this raises it): a
+        logout. A password change, a reset, a role change and disabling do it too, and end the API tokens."""
         with self.transaction() as db:
-            db.execute("UPDATE users SET session_version = session_version + 1 WHERE name = ?", [name])
+            db.execute("UPDATE users SET session_version = session_version + 1 WHERE name_key = ?", [name_key(name)])
 
     def invite_user(self, name: str, role: str, *, by: str | None) -> str:
         """Create an account with a one-time password (returned once), to be changed at the first login."""
@@ -194,7 +240,7 @@ class UsersMixin(AuditMixin):
         with self.transaction() as db:
             user = self._existing(name)
             db.execute("UPDATE users SET password_hash = ?, must_change_password = 1, "
-                       "session_version = session_version + 1 WHERE id = ?",
+                       f"{REVOKE} WHERE id = ?",
                        [generate_password_hash(password), user["id"]])
             self.audit("user.password.reset", user=by, target=name)
         return password
@@ -205,8 +251,7 @@ class UsersMixin(AuditMixin):
         self._refuse_directory(name, "ask IT to expire it")
         with self.transaction() as db:
             user = self._existing(name)
-            db.execute("UPDATE users SET must_change_password = 1, session_version = session_version + 1 "
-                       "WHERE id = ?", [user["id"]])
+            db.execute(f"UPDATE users SET must_change_password = 1, {REVOKE} WHERE id = ?", [user["id"]])
             self.audit("user.password.require_change", user=by, target=name)
         return self.public_user(name)
 
@@ -219,16 +264,21 @@ class UsersMixin(AuditMixin):
         token = "bw_" + secrets.token_urlsafe(32)
         with self.transaction() as db:
             db["api_tokens"].insert({"user_id": user["id"], "label": label, "token_hash": _token_hash(token),
-                                     "created_at": utc_now()})
+                                     "created_at": utc_now(), "credential_version": user["credential_version"]})
         self.audit("token.create", user=name, label=label)
         return token
 
     def user_for_token(self, token: str) -> dict[str, Any] | None:
-        """The enabled user a token acts as, or None. ``last_used_at`` is kept to the minute: a busy client
-        does not write to the database at every request."""
+        """The user a token acts as, or None. A token ends with every event that ends its user's sessions for a
+        reason of security (disabling, and enabling again, a password reset or change, a role change, a required
+        new password): it works only while the user's credential version is the one it was made with and the
+        account is enabled (while a new password is required, the login guard answers its requests with a 403).
+        A plain logout ends the browser sessions, not the scripts' tokens. ``last_used_at`` is kept to the
+        minute: a busy client does not write at every request."""
         rows = self._rows("SELECT users.*, api_tokens.id AS token_id, api_tokens.last_used_at AS token_used "
                           "FROM api_tokens JOIN users ON users.id = api_tokens.user_id "
-                          "WHERE token_hash = ? AND NOT users.disabled", [_token_hash(token or "")])
+                          "WHERE token_hash = ? AND NOT users.disabled "
+                          "AND api_tokens.credential_version IS users.credential_version", [_token_hash(token or "")])
         if not rows:
             return None
         user = dict(rows[0])
@@ -243,8 +293,8 @@ class UsersMixin(AuditMixin):
                "JOIN users ON users.id = api_tokens.user_id")
         args: list[Any] = []
         if name is not None:
-            sql += " WHERE users.name = ?"
-            args.append(name)
+            sql += " WHERE users.name_key = ?"
+            args.append(name_key(name))
         return [dict(r) for r in self._rows(sql + " ORDER BY api_tokens.id", args)]
 
     def revoke_token(self, token_id: int) -> bool:

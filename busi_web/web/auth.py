@@ -23,9 +23,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_login import AnonymousUserMixin, LoginManager, UserMixin, current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.security import check_password_hash
 
 from busi_web.config import forget_admin_password_file
 from busi_web.directory import directory_from_config
@@ -34,7 +35,6 @@ from busi_web.services import services_of
 from busi_web.store.passwords import MIN_LENGTH, RULES
 from busi_web.store.users import DIRECTORY
 from busi_web.web.helpers import wants_json
-from busi_web.web.live import socketio
 from busi_web.web.metrics import metrics_token_ok
 
 __all__ = ["init_auth", "admin_required", "current_user", "User", "bp", "csrf", "login_manager",
@@ -134,9 +134,15 @@ def _guard():
         # where Flask-Login looks for the current user instead of calling login_user().
         g._login_user = User(row)
         g.api_token = True
+        if row.get("must_change_password"):  # a token must not get round the one-time password
+            raise UserError(f"{row['name']} must choose a new password first (log in at /login); until then API "
+                            "tokens answer nothing", 403)
         return None
     if request.endpoint not in PUBLIC_ENDPOINTS and not current_user.is_authenticated:
         if request.path.startswith("/api/") or request.path == "/api" or wants_json():
+            if session.get("_user_id"):  # a browser whose session was ended (logout elsewhere, disabled, reset)
+                raise UserError("your session has ended (you were logged out, or an administrator changed your "
+                                "account): log in again", 401)
             raise UserError("login required: log in at /login, or send 'Authorization: Bearer <token>' "
                             "with an API token", 401)
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
@@ -172,12 +178,6 @@ def init_auth(app: Flask) -> None:
     app.before_request(_guard)
 
 
-@socketio.on("connect")
-def _socket_connect(auth=None):  # Socket.IO passes the client's auth payload; the session cookie decides
-    """Refuse Socket.IO clients that are not logged in (the live charts are for users only)."""
-    return bool(current_user.is_authenticated)
-
-
 def admin_required(view: F) -> F:
     """Decorator: only admins may call ``view``; a clinician gets 403 (JSON under /api, else the error page)."""
 
@@ -210,7 +210,10 @@ def login():
         except UserError as exc:  # the directory is down (503), or the user is in none of its groups (403)
             _store().audit("login.refused", user=username[:64] or None, ip=request.remote_addr, reason=str(exc))
             row, error, status = None, str(exc), exc.status
-        if row is None and error is None:
+        if row is None and error is None and _disabled_with_right_password(username, request.form.get("password")):
+            _store().audit("login.refused", user=username[:64] or None, ip=request.remote_addr, reason="disabled")
+            error, status = "this account is disabled; ask an administrator to enable it", 403
+        elif row is None and error is None:
             _store().audit("login.failed", user=username[:64] or None, ip=request.remote_addr)
             error, status = "wrong user name or password", 401
         elif row is not None:
@@ -222,6 +225,14 @@ def login():
                 return redirect(url_for("auth.password", next=next_url))
             return redirect(next_url)
     return render_template("auth/login.html", error=error, username=username, next=next_url), status
+
+
+def _disabled_with_right_password(username: str, password: str | None) -> bool:
+    """Whether ``username`` is a disabled local account and ``password`` is its password (only then may the
+    answer say the account is disabled: a stranger learns nothing from it)."""
+    user = _store().get_user(username)
+    return bool(user and user.get("disabled") and user.get("source") != DIRECTORY
+                and check_password_hash(user["password_hash"], password or ""))
 
 
 def _authenticate(username: str, password: str) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ import threading
 from typing import Any
 
 from flask import Flask, current_app, request
+from flask_login import current_user
 from flask_socketio import SocketIO, join_room, leave_room
 
 from busi_web.services import services_of
@@ -53,6 +54,7 @@ class LivePusher:
         self.cursors: dict[int, int] = {}  # run id -> last metric id pushed to the room
         self.statuses: dict[int, dict[str, Any]] = {}
         self.members: dict[int, set[str]] = {}
+        self.sessions: dict[str, tuple[int, int]] = {}  # sid -> (user id, session version it connected with)
         self._thread = None
 
     def status_of(self, run_id: int) -> dict[str, Any]:
@@ -99,7 +101,35 @@ class LivePusher:
             self.cursors[run_id] = rows[-1]["id"]
             socketio.emit("metrics", {"run_id": run_id, "rows": rows}, to=f"run:{run_id}")
 
+    def connect(self, sid: str, user_id: int, session_version: int) -> None:
+        """A logged-in client connected: remember whose session it carries."""
+        with self.lock:
+            self.sessions[sid] = (int(user_id), int(session_version))
+        self.ensure_started()
+
+    def forget(self, sid: str) -> None:
+        with self.lock:
+            self.sessions.pop(sid, None)
+
+    def revoked(self) -> list[str]:
+        """The connections whose session has ended since they connected (a logout anywhere, a password or role
+        change, a reset, the account disabled): read from the store, so it holds across workers and hosts."""
+        with self.lock:
+            sessions = dict(self.sessions)
+        ended, users = [], {}
+        for sid, (user_id, version) in sessions.items():
+            if user_id not in users:
+                users[user_id] = self.store.get_user_by_id(user_id)
+            row = users[user_id]
+            if row is None or row.get("disabled") or int(row.get("session_version") or 0) != version:
+                ended.append(sid)
+        return ended
+
     def tick(self) -> None:
+        for sid in self.revoked():  # revocation ends live connections at once, before any more rows go out
+            self.leave(sid)
+            self.forget(sid)
+            socketio.server.disconnect(sid, namespace="/")
         with self.lock:
             for run_id in list(self.members):
                 self._push_rows(run_id)
@@ -150,6 +180,16 @@ def _run_id(data: Any) -> int | None:
         return None
 
 
+@socketio.on("connect")
+def on_connect(auth=None):  # Socket.IO passes the client's auth payload; the session cookie decides
+    """Refuse Socket.IO clients that are not logged in (the live charts are for users only), and remember whose
+    session a connection carries, so that its end (logout, disabled, ...) ends the connection too."""
+    if not current_user.is_authenticated:
+        return False
+    pusher_of(current_app).connect(request.sid, current_user.id, current_user.session_version)
+    return True
+
+
 @socketio.on("join_run")
 def on_join(data):
     run_id = _run_id(data)
@@ -173,4 +213,6 @@ def on_leave(data):
 
 @socketio.on("disconnect")
 def on_disconnect(*_args):
-    pusher_of(current_app).leave(request.sid)
+    pusher = pusher_of(current_app)
+    pusher.leave(request.sid)
+    pusher.forget(request.sid)

@@ -17,7 +17,7 @@ from busi_web.store import STATES, TERMINAL, TRANSITIONS, IllegalTransition, Job
 from busi_web.store.models import GateRefused
 
 MIGRATED = ["m001_initial", "m002_modalities_defaults_acceptance", "m003_disabled_users", "m004_session_versions",
-            "m005_account_source", "m006_sites"]
+            "m005_account_source", "m006_sites", "m007_name_keys_and_credential_versions"]
 
 # A legal path from a new (queued) run to each state.
 PATH_TO = {"queued": [], "running": ["running"], "finished": ["running", "finished"], "failed": ["failed"],

@@ -74,8 +74,22 @@ def test_a_group_change_applies_at_the_next_login_and_ends_old_sessions(director
 def test_a_disabled_directory_user_stays_out(directory, make_app):
     app = make_app(**directory.settings())
     assert login(app.test_client(), *person("nurse.kim")).status_code == 302
-    app.extensions["busi_web"].store.set_disabled("nurse.kim", True, by="admin")
+    store = app.extensions["busi_web"].store
+    store.set_disabled("nurse.kim", True, by="admin")
     assert login(app.test_client(), *person("nurse.kim")).status_code == 401
+    # The directory's own name, not the one typed: Nurse.Kim is nurse.kim, and stays disabled.
+    users = store.count_users()
+    assert login(app.test_client(), "Nurse.Kim", LDAP_PEOPLE["nurse.kim"][0]).status_code == 401
+    assert store.count_users() == users and store.get_user("Nurse.Kim")["name"] == "nurse.kim"
+
+
+def test_directory_names_never_make_a_second_account_beside_a_local_one(directory, make_app):
+    app = make_app(**directory.settings())
+    store = app.extensions["busi_web"].store
+    users = store.count_users()
+    for typed in ("ADMIN", "Admin", "admin"):
+        assert login(app.test_client(), typed, LDAP_PEOPLE["admin"][0]).status_code == 401, typed
+    assert store.count_users() == users and store.get_user("ADMIN")["source"] == "local"
 
 
 def test_a_directory_that_is_down_or_silent_gives_a_clear_503_and_local_logins_go_on(directory, make_app):
