@@ -48,6 +48,9 @@ class DirectoryUnavailable(UserError):
     def __init__(self, url: str, why: str):
         super().__init__(f"the hospital directory ({url}) does not answer ({why}); local accounts can still log "
                          "in; try again in a few minutes or tell IT", 503)
+        # What a visitor who is not logged in may read: no address of the hospital's network.
+        self.public = ("the hospital directory does not answer; local accounts can still log in; try again in a "
+                       "few minutes or tell IT")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from flask.cli import with_appcontext
 
 from busi_web.cli.common import RUN_ID, parse_params, services, user_errors
 from busi_web.diagnosis.active import serving_run
+from busi_web.diagnosis.record import diagnosis_row
 from busi_web.diagnosis.scanner import scanner_check
 from busi_web.diagnosis.uploads import decode_upload, modality_of
 from busi_web.errors import UserError
@@ -48,16 +49,17 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
                                          frame=frame))
     served = serving_run(svc.store, run_id, modality_of(uploads, check_modality(modality) if modality else None))
     predictor = svc.predictor(served)
-    model = provenance(build_card(svc.store, svc.registry, served))
+    model = {**provenance(build_card(svc.store, svc.registry, served)), "verdict": svc.verdict(served)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, preds = [], []
     for image_path, upload in zip(images, uploads, strict=True):
         try:
             pred = predictor.predict_batch([upload.image], explainer=explainer, explainer_params=params,
                                            regions=[upload.scan_region])[0]
         except ValueError as exc:  # the image or the explainer's choice does not suit this model
             raise UserError(f"{image_path}: {exc}") from None
+        preds.append(pred)
         scanner = None if upload.dicom is None else scanner_check(
             upload.dicom.manufacturer, upload.dicom.model_name, model["training_data"]["devices"])
         overlay_path = out / f"{Path(image_path).stem}_{explainer}.png"
@@ -68,6 +70,11 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
                         "lesion": pred.lesion_info(upload.spacing_mm),
                         "operating_point": None if pred.withheld else pred.operating,
                         "scanner": scanner, "dicom": None if upload.dicom is None else upload.dicom.describe()})
+    # Every path that diagnoses writes the same audit row (the command line's user is "cli").
+    svc.store.audit_many("diagnose", user="cli", run_id=served, rows=[
+        diagnosis_row(upload, pred, model, current_app.config["SECRET_KEY"], lesion=r["lesion"],
+                      scanner=r["scanner"], extra={"path": "cli"})
+        for upload, pred, r in zip(uploads, preds, results, strict=True)])
     if as_json:
         click.echo(json.dumps({"model": model, "notice": NOTICE, "results": results}, indent=2))
     else:

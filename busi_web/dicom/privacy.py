@@ -3,6 +3,8 @@
 * :func:`uid_digests` is what the audit keeps of a DICOM instance: an HMAC (SHA-256, keyed with the app's
   secret) of its study, series and instance UIDs, so that rows about one study can be found together
   while the UIDs themselves, which a PACS can resolve to a patient, are never stored.
+* :func:`quiet` keeps the DICOM libraries' warnings, which quote attribute values such as a patient's name,
+  out of the server's log while a file is read or an object is made.
 * :func:`deidentified` applies the DICOM basic application-level confidentiality profile (PS3.15 E.1) to a
   whole dataset before ``STORE_UPLOADS`` keeps it: dicognito replaces names, IDs, addresses, equipment and
   UIDs with consistent made-up values and shifts dates; the free-text and private attributes the profile
@@ -14,6 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from dicognito.anonymizer import Anonymizer
 from pydicom.dataset import Dataset
@@ -30,7 +36,25 @@ REMOVED = (
     "RequestedProcedureDescription", "SeriesDescription", "StudyDescription",
 )
 PROFILE = ("113100", "DCM", "Basic Application Confidentiality Profile")
+log = logging.getLogger(__name__)
+# pydicom and highdicom log (besides warning) with attribute values in the text: never into the server's log.
+for _name in ("pydicom", "highdicom"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 UID_KEYS = (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID"), ("instance", "SOPInstanceUID"))
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Build DICOM objects without letting the libraries' warnings reach the server's log: highdicom's and
+    pydicom's warnings quote attribute values (a single-component patient or physician name, for one), which
+    must never be written there. What they said is logged as a count and the warning classes only."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    if caught:
+        kinds = sorted({w.category.__name__ for w in caught})
+        log.info("building DICOM objects: %d library warning(s) kept out of the log (%s)", len(caught),
+                 ", ".join(kinds))
 
 
 def keyed_digest(key: bytes | str, text: str) -> str:

@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 from pydicom.uid import UID
 
+from busi_web.dicom.privacy import quiet
 from busi_web.errors import UserError
 
 # DICOM Modality (0008,0060) to the modality names of busi-web's datasets and models.
@@ -221,6 +222,14 @@ def _to_uint8(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
 def read_dicom(source: bytes | BinaryIO, name: str, *, max_pixels: int, frame: int | None = None,
                hold: Callable[[int], AbstractContextManager] = lambda pixels: nullcontext()
                ) -> tuple[np.ndarray, DicomInfo]:
+    """:func:`_read` with the DICOM libraries' warnings kept out of the log (they quote attribute values)."""
+    with quiet():
+        return _read(source, name, max_pixels=max_pixels, frame=frame, hold=hold)
+
+
+def _read(source: bytes | BinaryIO, name: str, *, max_pixels: int, frame: int | None = None,
+          hold: Callable[[int], AbstractContextManager] = lambda pixels: nullcontext()
+          ) -> tuple[np.ndarray, DicomInfo]:
     """Check and decode ``frame`` (1-based; default the first) of the DICOM file ``source``: the frame as
     ``uint8`` ``(H, W)`` or ``(H, W, 3)``, and what the file says of it.
 

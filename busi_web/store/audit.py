@@ -35,14 +35,26 @@ def time_window(since: str | None, until: str | None) -> tuple[str | None, str |
     return out[0], out[1]
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(value: Any) -> str:
+    """A CSV cell a spreadsheet shows as text: one that starts like a formula (``=``, ``+``, ``-``, ``@``, tab or
+    CR; a user name typed at the login form can be anything) gets a leading apostrophe (OWASP's CSV injection
+    advice)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """Audit rows as CSV text with a header (``detail`` as JSON), for a spreadsheet or an archive."""
+    """Audit rows as CSV text with a header (``detail`` as JSON), for a spreadsheet or an archive; no cell can
+    run as a formula."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for row in rows:
-        writer.writerow([row["id"], row["time"], row["user"] or "", row["action"], row["run_id"] or "",
-                         json.dumps(row["detail"], sort_keys=True, default=str)])
+        writer.writerow([cell(v) for v in (row["id"], row["time"], row["user"], row["action"], row["run_id"],
+                                           json.dumps(row["detail"], sort_keys=True, default=str))])
     return out.getvalue()
 
 

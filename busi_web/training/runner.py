@@ -162,7 +162,8 @@ class JobRunner:
             cmd += ["--allowed-plugins", ",".join(self.allowed_plugins)]
         log_path = Path(run["run_dir"]) / "trainer_stderr.txt"
         try:
-            with open(log_path, "ab") as err:
+            # 0600: the trainer's output can hold server paths and tracebacks; only the server's user reads it.
+            with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as err:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                         start_new_session=True, env=self.env)
         except OSError as exc:

@@ -209,7 +209,8 @@ def login():
             row = _authenticate(username, request.form.get("password") or "")
         except UserError as exc:  # the directory is down (503), or the user is in none of its groups (403)
             _store().audit("login.refused", user=username[:64] or None, ip=request.remote_addr, reason=str(exc))
-            row, error, status = None, str(exc), exc.status
+            # The login page is for anonymous visitors: the directory's address stays in the audit and the log.
+            row, error, status = None, getattr(exc, "public", None) or str(exc), exc.status
         if row is None and error is None and _disabled_with_right_password(username, request.form.get("password")):
             _store().audit("login.refused", user=username[:64] or None, ip=request.remote_addr, reason="disabled")
             error, status = "this account is disabled; ask an administrator to enable it", 403

@@ -44,10 +44,11 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 from torch import nn
 
 from busi_web.diagnosis.active import serving_modality, serving_run
+from busi_web.diagnosis.record import diagnosis_row
 from busi_web.diagnosis.roi import roi_crops, roi_info
 from busi_web.diagnosis.scanner import scanner_check
 from busi_web.diagnosis.uploads import Upload, fit_side, modality_of, read_uploads
-from busi_web.dicom.privacy import identifiers, keyed_digest, uid_digests
+from busi_web.dicom.privacy import identifiers
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
 from busi_web.explain.render import annotate, fast_png, legend_stops, palette
@@ -275,14 +276,6 @@ def _spacing(upload: Upload, asked: float | None, roi: Any) -> tuple[tuple[float
     return None, None
 
 
-def _audited_dicom(upload: Upload) -> dict[str, Any] | None:
-    """What the audit keeps of a DICOM file: its description and keyed digests of its UIDs, no identifiers."""
-    if upload.dicom is None:
-        return None
-    return {**upload.dicom.describe(),
-            "uids": uid_digests(upload.dicom.header, current_app.config["SECRET_KEY"])}
-
-
 @bp.post("/api/predict")
 def predict():
     """Classify and explain the uploaded images; every diagnosis writes an audit row ``diagnose``."""
@@ -370,25 +363,14 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
     except ValueError as exc:  # e.g. an image the preprocessing cannot take; the message says why
         raise UserError(str(exc), 400) from None
     count_diagnoses(served, model["modality"], len(preds))
-    # What the audit keeps of the model beside its run id: enough to know later what answered, and how good.
-    audited_model = {"name": model["name"], "training_data": model["training_data"]["dataset"],
-                     "accepted": verdict["accepted"],
-                     "acceptance": model["acceptance"],
-                     "temperature": (model["calibration"] or {}).get("temperature")}
     with stage("render"):
         results = [_result(upload, pred, opts, predictor, model, None if rois is None else rois[k])
                    for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))]
     with stage("audit"):  # one transaction for the request's rows
+        key = current_app.config["SECRET_KEY"]
         services.store.audit_many("diagnose", user=current_user.name, run_id=served, rows=[
-            # A file's name may be its patient's (exports often are): the audit keeps a keyed digest of it (the same
-            # name gives the same digest, so a case can still be traced), and a DICOM file's UID digests.
-            {"file_digest": keyed_digest(current_app.config["SECRET_KEY"], upload.filename), "label": pred.label,
-             "withheld": pred.withheld,
-             "probabilities": pred.probabilities, "explainer": pred.explainer, "target": pred.target_label,
-             "stored": upload.stored_path, "modality": model["modality"], "demo": model["demo"], "ood": pred.ood,
-             "model": audited_model, "lesion": results[k]["lesion"], "dicom": _audited_dicom(upload),
-             "operating_point": pred.operating, "scanner": results[k]["scanner"],
-             **(audit_extra or {}), **({} if rois is None else {"roi": rois[k].to_dict()})}
+            diagnosis_row(upload, pred, model, key, lesion=results[k]["lesion"], scanner=results[k]["scanner"],
+                          extra={**(audit_extra or {}), **({} if rois is None else {"roi": rois[k].to_dict()})})
             for k, (upload, pred) in enumerate(zip(uploads, preds, strict=True))])
     legend = None if opts["explainer"] is None else {
         "colormap": opts["colormap"], "stops": legend_stops(opts["colormap"]),

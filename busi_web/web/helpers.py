@@ -114,7 +114,10 @@ def wants_json() -> bool:
 
 
 def reply_error(message: str, status: int, fields: dict | None = None, error_id: str | None = None):
-    """An error answer: ``{"error", "status", "fields"?, "error_id"?}`` as JSON, or the error page."""
+    """An error answer: ``{"error", "status", "fields"?, "error_id"?}`` as JSON, or the error page. Server paths
+    (a checkpoint's, a data folder's) are shown to administrators only."""
+    if not getattr(current_user, "is_admin", False):
+        message, fields = hide_paths(message), hide_paths(fields) if fields else fields
     if wants_json():
         body: dict[str, Any] = {"error": message, "status": status}
         if fields:

@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from busi_web.diagnosis.uploads import Upload, decode_upload
-from busi_web.dicom.privacy import uid_digests
+from busi_web.dicom.privacy import quiet, uid_digests
 from busi_web.dicom.writing import MANUFACTURER, Answer, encapsulated_pdf, secondary_capture, structured_report
 from busi_web.errors import UserError
 from busi_web.pacs.client import Pacs, value, values
@@ -260,11 +260,12 @@ def _write_back(pacs: Pacs, diagnosis: Diagnosis, upload: Upload, report_pdf: bo
     try:
         made = legacy_times_fixed(source)
         objects = []
-        if images:
-            picture = np.asarray(pred.picture(diagnosis.options["alpha"], diagnosis.options["colormap"]))
-            objects += [secondary_capture(made, picture, answer), structured_report(made, answer)]
-        if report_pdf:
-            objects.append(encapsulated_pdf(made, report_pdf_bytes(diagnosis.report(0)), answer))
+        with quiet():  # the libraries' warnings quote patient names: none reaches the log
+            if images:
+                picture = np.asarray(pred.picture(diagnosis.options["alpha"], diagnosis.options["colormap"]))
+                objects += [secondary_capture(made, picture, answer), structured_report(made, answer)]
+            if report_pdf:
+                objects.append(encapsulated_pdf(made, report_pdf_bytes(diagnosis.report(0)), answer))
         audit["objects"] = [UID(str(o.SOPClassUID)).name for o in objects]
         if {str(o.SOPInstanceUID) for o in objects} <= pacs.held(objects):
             store.audit("pacs.store.refused", user=user, run_id=body["run_id"], **audit,
