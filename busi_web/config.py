@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "RUNS_DIR": None,  # default: <instance>/runs
     "DATA_DIRS": {},  # dataset name -> default data folder
     "MAX_UPLOAD_MB": 20,  # request body limit for uploads
+    "MAX_PACS_MB": 300,  # an instance fetched from the PACS may be this large (full-field mammograms are 25-50 MB)
     "MAX_IMAGE_PIXELS": 40_000_000,  # larger images are refused (decompression-bomb guard)
     "MAX_IMAGE_SIDE": 1024,  # uploads are decoded no larger than this on their longer side (0: as they are)
     "DECODE_BUDGET_PIXELS": None,  # pixels decoded at the same time (None: MAX_IMAGE_PIXELS; 0: no limit)
@@ -53,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Numeric settings checked at start (a wrong value stops the start with the key's name, not at the first use).
 WHOLE_NUMBERS = {"MAX_IMAGE_PIXELS": int, "MAX_IMAGE_SIDE": int, "DECODE_BUDGET_PIXELS": int, "PROXY_FIX": int,
-                 "BATCH_MAX_IMAGES": int, "BATCH_WAIT_MS": float, "REPORT_CACHE_MB": float}
+                 "BATCH_MAX_IMAGES": int, "BATCH_WAIT_MS": float, "REPORT_CACHE_MB": float, "MAX_PACS_MB": float}
 
 
 def _parse_env_value(raw: str) -> Any:

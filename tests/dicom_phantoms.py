@@ -153,3 +153,36 @@ def report(study_uid: str | None = None) -> Dataset:
     ds.PatientName, ds.PatientID, ds.Modality = PATIENT_NAME, PATIENT_ID, "SR"
     ds.ValueType = "CONTAINER"
     return ds
+
+
+def with_unknown_syntax(ds: Dataset, syntax: str, fragment: bytes = b"\xff\x0a" + b"\x00" * 64) -> bytes:
+    """``ds`` as a Part 10 file whose pixel data claims ``syntax``, a transfer syntax pydicom cannot write (JPEG XL,
+    say): the file meta is written by hand, the dataset as explicit VR little endian with one encapsulated
+    fragment."""
+    import struct
+
+    from pydicom.encaps import encapsulate
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    def element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+        if len(value) % 2:
+            value += b"\0"
+        if vr in (b"OB", b"UN"):
+            return struct.pack("<HH", group, elem) + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+        return struct.pack("<HH", group, elem) + vr + struct.pack("<H", len(value)) + value
+
+    body = Dataset()
+    for elem in ds:
+        if elem.tag != 0x7FE00010:
+            body.add(elem)
+    body.PixelData = encapsulate([fragment])
+    body["PixelData"].VR = "OB"
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_dataset(out, body)
+    meta = (element(2, 1, b"OB", b"\0\1") + element(2, 2, b"UI", str(ds.SOPClassUID).encode())
+            + element(2, 3, b"UI", str(ds.SOPInstanceUID).encode()) + element(2, 0x10, b"UI", syntax.encode())
+            + element(2, 0x12, b"UI", b"1.2.3.4"))
+    return (b"\0" * 128 + b"DICM" + element(2, 0, b"UL", struct.pack("<I", len(meta))) + meta
+            + out.getvalue())

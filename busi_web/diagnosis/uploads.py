@@ -213,8 +213,14 @@ def decode_image(source: bytes | BinaryIO, name: str, max_pixels: int, max_bytes
     return arr, fmt, arr.shape[1] / width
 
 
-def check_size(stream: BinaryIO, name: str, max_bytes: int | None) -> int:
-    """The size of ``stream`` in bytes; :class:`UserError` when it is empty (400) or over ``max_bytes`` (413)."""
+UPLOAD_ADVICE = ("an administrator can raise MAX_UPLOAD_MB (a full-field mammogram is 25 to 50 MB); or open the "
+                 "image from the PACS on the Studies page, which takes the sizes modalities produce")
+
+
+def check_size(stream: BinaryIO, name: str, max_bytes: int | None, what: str = "uploads",
+               advice: str = UPLOAD_ADVICE) -> int:
+    """The size of ``stream`` in bytes; :class:`UserError` when it is empty (400) or over ``max_bytes`` (413,
+    saying ``what`` the limit is for and ``advice``, what an administrator can change)."""
     stream.seek(0, io.SEEK_END)
     size = stream.tell()
     stream.seek(0)
@@ -222,16 +228,18 @@ def check_size(stream: BinaryIO, name: str, max_bytes: int | None) -> int:
         raise UserError(f"{name} is empty (0 bytes); choose the image file again (it may not have finished "
                         "copying)", 400)
     if max_bytes is not None and size > max_bytes:
-        raise UserError(f"{name} is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB upload limit; "
-                        "send a smaller image (an administrator can raise MAX_UPLOAD_MB)", 413)
+        raise UserError(f"{name} is {size / 2**20:.1f} MB, over this server's {max_bytes / 2**20:g} MB limit for "
+                        f"{what}; {advice}", 413)
     return size
 
 
 def decode_upload(stream: BinaryIO, name: str, max_pixels: int, max_bytes: int | None = None, *,
-                  max_side: int = 0, budget: PixelBudget = UNLIMITED, frame: int | None = None) -> Upload:
+                  max_side: int = 0, budget: PixelBudget = UNLIMITED, frame: int | None = None,
+                  limit: tuple[str, str] | None = None) -> Upload:
     """One uploaded file as an :class:`Upload`: a DICOM instance (``frame``, 1-based, of a multi-frame one) or
-    an image file; shrunk to ``max_side``. Raises :class:`UserError` naming ``name`` and the fix."""
-    size = check_size(stream, name, max_bytes)
+    an image file; shrunk to ``max_side``. ``limit``: what ``max_bytes`` is for and who can raise it, when not
+    an upload's. Raises :class:`UserError` naming ``name`` and the fix."""
+    size = check_size(stream, name, max_bytes, *(limit or ()))
     if not is_dicom(stream):
         if frame not in (None, 1):
             raise UserError(f"{name} is not a DICOM file, so it has no frame {frame}; leave the frame out", 400,

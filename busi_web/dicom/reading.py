@@ -24,8 +24,9 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from busi_web.dicom.privacy import quiet
 from busi_web.errors import UserError
@@ -36,6 +37,8 @@ MODALITIES = {"US": "ultrasound", "MG": "mammography"}
 UNSTATED = frozenset({"", "OT", "SC"})
 MIN_SIDE = 8
 PREAMBLE = 128  # bytes before the "DICM" magic of a DICOM Part 10 file
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
+PIXEL_DATA = 0x7FE00010
 
 
 @dataclass
@@ -100,6 +103,32 @@ def _header(stream: BinaryIO, name: str) -> Dataset:
                         "export the instance from the PACS again", 400) from None
 
 
+def _frames_held(stream: BinaryIO, pixels: BinaryIO | Dataset, ds: Dataset, rows: int, cols: int,
+                 encapsulated: bool) -> int:
+    """How many frames the pixel data really holds: its fragments (compressed: at least one per frame), or its
+    length over one frame's bytes (native); a large number when it cannot be told here (the decoder decides)."""
+    unknown = 2**31
+    try:
+        if encapsulated:
+            data = pixels.PixelData if isinstance(pixels, Dataset) else b""
+            offsets = parse_basic_offsets(data)
+            table = 8 + 4 * len(offsets)  # the item tag and length, then the offsets
+            return len(offsets) or parse_fragments(data[table:])[0]
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frame_bytes = rows * cols * samples * max(1, int(ds.get("BitsAllocated", 8) or 8)) // 8
+        if isinstance(pixels, Dataset):
+            length = len(pixels.PixelData)
+        else:
+            stream.seek(0)
+            # Deferred reading leaves the pixel data unread: its raw element knows its length.
+            length = int(pydicom.dcmread(stream, defer_size=256).get_item(PIXEL_DATA, keep_deferred=True).length)
+        return length // frame_bytes if frame_bytes else unknown
+    except Exception:  # noqa: BLE001 - an odd layout: let the decoder say what is wrong
+        return unknown
+    finally:
+        stream.seek(0)
+
+
 def _decodable(syntax: UID) -> bool:
     """Whether an installed decoder reads pixel data compressed as ``syntax`` (MPEG and other video: none)."""
     try:
@@ -119,6 +148,20 @@ def _whole(stream: BinaryIO, name: str) -> Dataset:
         raise UserError(f"{name}: its pixel data is truncated or corrupt (the compressed frames end early); "
                         "export the instance from the PACS again", 400)
     return ds
+
+
+# Transfer syntaxes newer than the DICOM libraries here, by name (DICOM PS3.6, table A-1).
+NEWER_SYNTAXES = {"1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+                  "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression", "1.2.840.10008.1.2.4.112": "JPEG XL"}
+
+
+def syntax_name(uid: str) -> str:
+    """A transfer syntax as people name it, with its UID (``JPEG XL Lossless (1.2.840.10008.1.2.4.110)``)."""
+    uid = str(uid or "").strip()
+    if not uid or uid == "unknown":
+        return "an unknown transfer syntax"
+    name = NEWER_SYNTAXES.get(uid) or UID(uid).name
+    return f"{name} ({uid})" if name != uid else f"transfer syntax {uid}"
 
 
 def _uid_name(uid: object) -> str:
@@ -239,6 +282,10 @@ def _read(source: bytes | BinaryIO, name: str, *, max_pixels: int, frame: int | 
     """
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     ds = _header(stream, name)
+    meta = getattr(ds, "file_meta", None)
+    if str(meta.get("MediaStorageSOPClassUID", "") if meta is not None else "") == MEDIA_DIRECTORY:
+        raise UserError(f"{name} is a DICOMDIR (the index of a CD, DVD or USB export), not an image: open one of the "
+                        "image files it lists, in the folders beside it", 400)
     if "SOPClassUID" not in ds:  # pydicom stops quietly where a file is cut short
         raise UserError(f"{name} is an incomplete or damaged DICOM file (it has no SOP class); export the instance "
                         "from the PACS again", 400)
@@ -264,25 +311,34 @@ def _read(source: bytes | BinaryIO, name: str, *, max_pixels: int, frame: int | 
                         "(MAX_IMAGE_PIXELS); ask an administrator to raise the limit", 413)
     if min(rows, cols) < MIN_SIDE:
         raise UserError(f"{name} is only {cols}x{rows} pixels; busi-web needs at least {MIN_SIDE}x{MIN_SIDE}", 400)
-    chosen = 1 if frame is None else int(frame)
-    if not 1 <= chosen <= frames:
-        raise UserError(f"{name} has {frames} frame{'s' if frames != 1 else ''}; choose a frame from 1 to {frames}",
-                        400, {"frame": f"1 to {frames}"})
     try:
         compressed, encapsulated = syntax.is_compressed, syntax.is_encapsulated
     except ValueError:  # private or damaged: not a transfer syntax pydicom knows
-        raise UserError(f"{name} declares a transfer syntax this server does not know; export it uncompressed or as "
-                        "JPEG, JPEG-LS, JPEG 2000 or RLE", 400) from None
+        raise UserError(f"{name} is encoded as {syntax_name(str(syntax))}, which this server cannot decode; export "
+                        "it uncompressed or as JPEG, JPEG-LS, JPEG 2000 or RLE", 400) from None
     if compressed and not _decodable(syntax):
         raise UserError(f"{name} is compressed as {syntax.name}, which this server cannot decode; export it "
                         "uncompressed or as JPEG, JPEG-LS, JPEG 2000 or RLE", 400)
     pixels: BinaryIO | Dataset = stream
-    if encapsulated:  # compressed frames: read whole (as sent, no larger) to see that none is cut
+    # Compressed frames are read whole (as sent, no larger) to see that none is cut; a deflated file is inflated
+    # as a whole too (its pixels cannot be read from the stream where they lie).
+    if encapsulated or syntax == DeflatedExplicitVRLittleEndian:
         pixels = _whole(stream, name)
+    # A file may claim more frames than it holds (NumberOfFrames 10,000, one frame of pixels): it offers the ones
+    # it holds, and one that holds none is truncated.
+    declared = frames
+    frames = min(frames, _frames_held(stream, pixels, ds, rows, cols, encapsulated))
+    if frames < 1:
+        raise UserError(f"{name}: its pixel data is truncated (not one whole frame); export the instance from the "
+                        "PACS again", 400)
+    chosen = 1 if frame is None else int(frame)
+    if not 1 <= chosen <= frames:
+        raise UserError(f"{name} has {frames} frame{'s' if frames != 1 else ''}; choose a frame from 1 to {frames}",
+                        400, {"frame": f"1 to {frames}"})
     stream.seek(0)
     try:
         with hold(rows * cols):
-            raw = pixel_array(pixels, index=chosen - 1 if frames > 1 else None)
+            raw = pixel_array(pixels, index=chosen - 1 if declared > 1 else None)
             image = _to_uint8(raw, ds, photometric)
     except (NotImplementedError, RuntimeError) as exc:
         raise UserError(f"{name}: its pixel data ({syntax.name}, {photometric}) cannot be decoded here "

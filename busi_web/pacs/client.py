@@ -21,6 +21,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from busi_web.dicom.reading import syntax_name
 from busi_web.errors import UserError
 from busi_web.pacs.endpoints import Endpoint
 
@@ -69,9 +70,15 @@ class Pacs:
             session.auth = (endpoint.username or "", endpoint.password or "")
         headers = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.auth == "bearer" else None
         self.client = DICOMwebClient(endpoint.url, session=session, headers=headers, timeout=endpoint.timeout)
+        # One attempt per request: dicomweb-client's own retries (five, with growing waits, on any exception)
+        # turned a PACS that is down into a 30 s wait and a silent one into 45 s. An answer now comes within the
+        # endpoint's timeout (10 s by default), and the clinician decides whether to try again.
+        self.client.set_http_retry_params(retry=False)
 
     @contextmanager
-    def _asking(self, what: str) -> Iterator[None]:
+    def _asking(self, what: str, searching: bool = False) -> Iterator[None]:
+        """Turn the ways a request fails into a :class:`PacsError`; ``searching``: the request was a search of a
+        collection, where a 404 means the URL is not a DICOMweb service, not that something is gone."""
         name, server = self.endpoint.name, self.endpoint.public()["server"]
         try:
             yield
@@ -89,6 +96,10 @@ class Pacs:
             if code in (401, 403):
                 raise PacsError(f"PACS {name} refused busi-web's credentials (HTTP {code}) while {what}; an "
                                 "administrator corrects the username and password or token in PACS_SERVERS") from None
+            if code == 404 and searching:
+                raise PacsError(f"{server} answered HTTP 404 to a DICOMweb search while {what}: it does not look like "
+                                f"a DICOMweb service. An administrator checks PACS {name}'s url in PACS_SERVERS: it is "
+                                "the DICOMweb root (e.g. http://pacs:8042/dicom-web)") from None
             if code == 404:
                 raise PacsError(f"PACS {name} no longer has what was asked for while {what}; search the studies "
                                 "again", 404) from None
@@ -111,7 +122,7 @@ class Pacs:
             filters["AccessionNumber"] = accession
         if patient_id:
             filters["PatientID"] = patient_id
-        with self._asking("searching studies"):
+        with self._asking("searching studies", searching=True):
             return self.client.search_for_studies(search_filters=filters, fields=list(STUDY_FIELDS), limit=limit)
 
     def instances(self, study_uid: str) -> list[dict[str, Any]]:
@@ -120,12 +131,27 @@ class Pacs:
             return self.client.search_for_instances(study_instance_uid=study_uid, fields=list(INSTANCE_FIELDS))
 
     def retrieve(self, study_uid: str, series_uid: str, instance_uid: str) -> bytes:
-        """WADO-RS: one instance as a DICOM Part 10 file."""
+        """WADO-RS: one instance as a DICOM Part 10 file. An instance in a transfer syntax this server cannot
+        write (JPEG XL, say) is asked for again uncompressed, which a PACS that transcodes answers; one that does
+        not gets a 400 that names the encoding and what to do."""
         with self._asking("fetching an instance"):
             ds = self.client.retrieve_instance(study_uid, series_uid, instance_uid)
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        return buf.getvalue()
+        try:
+            return _part10(ds)
+        except ValueError:
+            syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "unknown")
+        try:
+            with self._asking("fetching an instance uncompressed"):
+                plain = self.client.retrieve_instance(study_uid, series_uid, instance_uid, media_types=(
+                    ("application/dicom", "1.2.840.10008.1.2.1"),))
+            if not _holds_native_pixels(plain):  # relabelled, not decoded: the same compressed bytes
+                raise ValueError("not transcoded")
+            return _part10(plain)
+        except (PacsError, ValueError):
+            raise UserError(f"PACS {self.endpoint.name} holds this instance encoded as {syntax_name(syntax)}, which "
+                            "this server cannot decode, and did not send it uncompressed; ask the PACS "
+                            "administrator to store or transcode it as uncompressed, JPEG, JPEG-LS, JPEG 2000 or "
+                            "RLE", 400) from None
 
     def store(self, datasets: Sequence[Dataset]) -> Stored:
         """STOW-RS ``datasets`` in one request, then a QIDO-RS check that the PACS holds them. Raises
@@ -163,6 +189,24 @@ class Pacs:
                 for item in self.client.search_for_instances(study_instance_uid=study, fields=["SOPInstanceUID"]):
                     held.add(str(value(item, "SOPInstanceUID")))
         return held
+
+
+def _holds_native_pixels(ds: Dataset) -> bool:
+    """Whether ``ds``'s pixel data is as long as uncompressed frames of its size must be (a PACS that cannot
+    transcode may send the compressed bytes under an uncompressed label)."""
+    try:
+        frame = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * \
+            max(1, int(ds.get("BitsAllocated", 8) or 8)) // 8
+        return len(ds.PixelData) >= frame
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _part10(ds: Dataset) -> bytes:
+    """``ds`` as a Part 10 file; ``ValueError`` when its transfer syntax is one pydicom cannot write."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def _kind(ds: Dataset) -> str:

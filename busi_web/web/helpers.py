@@ -23,6 +23,7 @@ from flask import Flask, jsonify, render_template, request
 from flask_login import current_user
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from busi_web.diagnosis.uploads import UPLOAD_ADVICE
 from busi_web.errors import UserError
 from busi_web.evaluation.card import build_card, is_demo
 from busi_web.plugins import PluginFailure
@@ -134,8 +135,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):
         limit = app.config["MAX_UPLOAD_MB"]
-        return reply_error(f"the upload is larger than the {limit} MB limit; send a smaller image "
-                           "(an administrator can raise MAX_UPLOAD_MB)", 413)
+        return reply_error(f"the upload is larger than this server's {limit} MB limit; {UPLOAD_ADVICE}", 413)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

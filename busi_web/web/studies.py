@@ -31,7 +31,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from busi_web.diagnosis.uploads import Upload, decode_upload
+from busi_web.diagnosis.uploads import Upload, decode_budget, decode_upload
 from busi_web.dicom.privacy import quiet, uid_digests
 from busi_web.dicom.writing import MANUFACTURER, Answer, encapsulated_pdf, secondary_capture, structured_report
 from busi_web.errors import UserError
@@ -196,9 +196,13 @@ def diagnose_instance(name: str, handle: str):
     config = current_app.config
     with stage("decode"):
         data = pacs.retrieve(study_uid, series_uid, instance_uid)
+        # The sizes modalities produce (a full-field mammogram is 25-50 MB): MAX_PACS_MB, not the upload limit;
+        # memory stays bounded by MAX_IMAGE_PIXELS and the decode budget.
         upload = decode_upload(io.BytesIO(data), f"PACS {name} instance", int(config["MAX_IMAGE_PIXELS"]),
-                               int(config["MAX_CONTENT_LENGTH"]), max_side=int(config.get("MAX_IMAGE_SIDE") or 0),
-                               frame=arg("frame", FRAME))
+                               int(float(config["MAX_PACS_MB"]) * 2**20),
+                               max_side=int(config.get("MAX_IMAGE_SIDE") or 0), frame=arg("frame", FRAME),
+                               budget=decode_budget(current_app._get_current_object()),
+                               limit=("instances from the PACS", "an administrator can raise MAX_PACS_MB"))
     header = upload.dicom.header  # what names the image on the page: series and image numbers, no identifier
     if is_own_result(header):
         raise UserError("this instance is one of busi-web's own results (a picture or a report it wrote back), not "

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from tests.dicom_phantoms import ACCESSION, PATIENT_ID, PATIENT_NAME, compressed, instance, phantom
+from tests.dicom_phantoms import ACCESSION, PATIENT_ID, compressed, instance, phantom
 from tests.helpers import CLINICIAN, shot, wait_runs
 from tests.helpers import browser_login as login
 from tests.servers import orthanc, served
 
 pytestmark = pytest.mark.browser
+SINGLE_NAME, SINGLE_PHYSICIAN = "ONECOMPONENTPATIENT", "ONECOMPONENTDOCTOR"
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,8 @@ def pacs_server(chromium_path, tmp_path_factory):
     with orthanc(home / "orthanc") as pacs:
         loop = compressed(instance(np.stack([phantom(seed=k) for k in range(3)]), spacing=(0.1, 0.1)),
                           JPEG2000Lossless)
+        # Names of one component: the DICOM libraries warn about them, quoting them (never into the server's log).
+        loop.PatientName, loop.ReferringPhysicianName = SINGLE_NAME, SINGLE_PHYSICIAN
         pacs.load(loop)
         settings = {"BUSI_WEB_PACS_SERVERS": json.dumps({"ward": pacs.settings(title="Ward PACS")})}
         with served(home, settings) as server:
@@ -38,25 +41,36 @@ def test_a_clinician_diagnoses_a_pacs_study_and_writes_it_back(pacs_server, new_
     login(page, server, CLINICIAN, "/studies")
     assert page.locator("#nav-studies").is_visible()
     assert "Ward PACS" in page.inner_text("#pacs")
-    page.fill("#accession", ACCESSION)
+    page.fill("#patient-id", PATIENT_ID)
     page.click("#search-studies")
     page.wait_for_selector("#study-list tbody tr")
-    assert page.locator("#study-list tbody tr").count() == 1 and "…9812" in page.inner_text("#study-list")
+    # Whose study it is, in plain sight: name, ID, birth date, accession.
+    listed = page.inner_text("#study-list")
+    assert page.locator("#study-list tbody tr").count() == 1 and ACCESSION in listed
+    assert SINGLE_NAME in listed and PATIENT_ID in listed and "1970-01-01" in listed
     page.click("#study-list .open-study")
     page.wait_for_selector("#instance-list tbody tr .diagnose-instance")
+    assert SINGLE_NAME in page.inner_text("#study-patient")
     page.fill("#instance-list .frame", "2")
     page.check("#write-back")
     page.click("#instance-list .diagnose-instance")
-    page.wait_for_selector("#written:not([hidden])")
-    assert "Secondary Capture Image Storage" in page.inner_text("#written")
+    # The model is the phantom demo: not written back until the clinician confirms; the diagnosis is on screen.
+    page.wait_for_selector("#written:not([hidden]) #confirm-write-back")
+    page.wait_for_selector(".result[data-ready='1']")
+    assert "demo" in page.inner_text("#written")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#confirm-write-back")
+    page.wait_for_function("document.querySelector('#written').innerText.includes('Secondary Capture')")
+    assert "confirmed" in page.inner_text("#written")
     page.wait_for_selector(".result[data-ready='1']")
     assert "frame 2 of 3" in page.inner_text(".result .dicom-line")
     text = page.content()
-    for secret in (PATIENT_NAME, PATIENT_ID, ACCESSION, str(loop.StudyInstanceUID), str(loop.SOPInstanceUID)):
+    for secret in (str(loop.StudyInstanceUID), str(loop.SOPInstanceUID)):
         assert secret not in text, secret
     shot(page, "studies_written_back")
     log = server.log.read_text()  # the access log has the searches' paths, not their queries
-    assert "/api/pacs/ward/studies" in log and ACCESSION not in log and PATIENT_NAME not in log
+    assert "/api/pacs/ward/studies" in log and ACCESSION not in log and PATIENT_ID not in log
+    assert SINGLE_NAME not in log and SINGLE_PHYSICIAN not in log  # nor what the DICOM libraries warned about
     # The PACS now holds the two new objects in the study.
     held = pacs_server["pacs"].client().search_for_instances(study_instance_uid=str(loop.StudyInstanceUID))
     assert len(held) == 3
