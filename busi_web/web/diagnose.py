@@ -60,7 +60,7 @@ from busi_web.specs import Param
 from busi_web.store import RunNotFound
 from busi_web.store.acceptance import check_modality
 from busi_web.web.auth import current_user
-from busi_web.web.helpers import RUN_ID, arg, defaults_info
+from busi_web.web.helpers import RUN_ID, arg, defaults_info, hide_paths
 from busi_web.web.metrics import count_diagnoses, stage
 
 bp = Blueprint("diagnose", __name__)
@@ -141,8 +141,8 @@ def active_model():
                                            "test_accuracy", "finished_at")}}
     try:
         predictor = services.predictor(row["run_id"])
-    except UserError as exc:  # no checkpoint, or an unreadable one: say so, with no choices
-        out.update(error=str(exc), classes=[], layers=[])
+    except UserError as exc:  # no checkpoint, or an unreadable one: say so, with no choices (paths for admins)
+        out.update(error=str(exc) if current_user.is_admin else hide_paths(str(exc)), classes=[], layers=[])
         return jsonify(out)
     return jsonify({**out, **_model_info(predictor), "model": _provenance(row["run_id"])})
 

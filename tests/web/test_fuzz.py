@@ -183,6 +183,16 @@ REPORTED = [
     ("POST", "/api/runs", "json", {"backbone": "tiny_cnn", "dataset": "imagefolder", "data_dir": ["/tmp"]}),
     ("POST", "/api/runs", "json", {"backbone": "resnet18", "dataset": "phantom",
                                    "backbone_params": {"pretrained_path": "/etc/passwd"}}),
+    # The second attack's cases (issue 29): names, settings and the sites' new fields.
+    ("POST", "/api/users", "json", {"name": "a/b", "role": "clinician"}),
+    ("POST", "/api/users", "json", {"name": "nul\x00name", "role": "clinician"}),
+    ("POST", "/api/users", "json", {"name": "cl\u0131n", "role": "clinician"}),
+    ("PUT", "/api/modalities/ultrasound/settings", "json", {"floors": {"sensitivity_malignent": 0.7}}),
+    ("PUT", "/api/modalities/nosuchmodality/settings", "json", {"floors": {"accuracy": 0.7}}),
+    ("PUT", "/api/modalities/ultrasound/settings", "json", {"operating_sensitivity": 2}),
+    ("POST", "/api/runs", "json", {"backbone": "tiny_cnn", "datasets": "busi"}),
+    ("POST", "/api/runs", "json", {"backbone": "tiny_cnn", "datasets": [{"dataset": "phantom"}, {"dataset": 5}]}),
+    ("POST", "/api/runs/1/operating-point", "json", {"sensitivity": BIG}),
 ]
 
 
