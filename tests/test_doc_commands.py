@@ -210,3 +210,11 @@ def test_the_commands_of_a_document_run(doc, tmp_path):
             continue
         done.add(command)
         _runner(command)(command, ctx)
+
+
+def test_the_readme_is_for_users_and_operators():
+    """At most 350 lines; the references it points at exist."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 350
+    for link in re.findall(r"\]\((docs/[\w.-]+\.md)\)", text):
+        assert (ROOT / link).is_file(), link
