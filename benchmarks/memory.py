@@ -13,6 +13,10 @@ now, ``VmHWM`` the peak so far):
 3. ``--stream`` ordinary diagnoses (512x512 PNG phantoms, 4 clients): the
    memory after the first tenth and at the end; the **growth** between them.
 
+4. ``--dicom`` clients each send one full-field-sized 16-bit DICOM (4096x3328,
+   26 MB: what a mammography unit produces, and what the Studies page fetches
+   from a PACS under ``MAX_PACS_MB``) at the same moment: the **peak**.
+
 Goals (issue 18): peak under 1.5 GB, growth under 20 MB, no errors. Beside
 it, in the same run, a server with the early downscaling, the decode budget
 and the worker's malloc settings turned off takes ``--compare-big`` big uploads
@@ -74,6 +78,28 @@ def big_png(side: int, seed: int) -> bytes:
     image = Image.fromarray(small).resize((side, side), Image.BILINEAR)
     buf = io.BytesIO()
     image.save(buf, "PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def big_dicom(rows: int = 4096, cols: int = 3328) -> bytes:
+    """A 16-bit grayscale DICOM of a full-field mammogram's size (about 26 MB), uncompressed, labelled US so the
+    benchmark's ultrasound model answers (the decoding is the same for MG)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(1)
+    pixels = (rng.integers(0, 4096, (rows // 8, cols // 8), dtype=np.uint16).repeat(8, 0).repeat(8, 1))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "US"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 
@@ -148,7 +174,8 @@ UNBOUNDED_ENV = {"MALLOC_MMAP_THRESHOLD": "0", "MALLOC_ARENA_MAX_WORKER": "0", "
 
 def measure(inst: Path, tmp: Path, args, *, big: int, diagnoses: int, unbounded: bool, bodies: dict) -> dict:
     """Start a server on ``inst``, warm it up, send the burst and the stream; the worker's memory figures."""
-    (inst / "config.py").write_text(UNBOUNDED_CONFIG if unbounded else "")
+    # The DICOM burst needs more than the 20 MB upload limit (a PACS instance has MAX_PACS_MB instead).
+    (inst / "config.py").write_text(UNBOUNDED_CONFIG if unbounded else "MAX_UPLOAD_MB = 64\n")
     from busi_web.store import JobStore
 
     headers = {"Authorization": f"Bearer {JobStore(inst / 'busi.db', inst / 'runs').create_token('bench', 'b')}"}
@@ -170,13 +197,18 @@ def measure(inst: Path, tmp: Path, args, *, big: int, diagnoses: int, unbounded:
                                lambda: marks.setdefault("tenth", memory_mb(worker))) if diagnoses else []
         stream_s = time.perf_counter() - t0
         end = memory_mb(worker)
+        dicom_errors: list[str] = []
+        if not unbounded and args.dicom:
+            dicom_errors = burst(port, headers, bodies["dicom"], args.dicom)
+        after_dicom = memory_mb(worker)
     finally:
         proc.terminate()
         proc.wait(60)
     tenth = marks.get("tenth", after_burst)
     return {"base": base, "after_burst": after_burst, "burst_s": burst_s, "tenth": tenth, "end": end,
             "stream_s": stream_s, "growth": end["rss"] - tenth["rss"], "big_errors": big_errors,
-            "stream_errors": stream_errors, "errors": errors + big_errors + stream_errors,
+            "stream_errors": stream_errors, "errors": errors + big_errors + stream_errors + dicom_errors,
+            "after_dicom": after_dicom, "dicom_errors": dicom_errors,
             "log": log.read_text(errors="replace")[-1500:]}
 
 
@@ -190,6 +222,9 @@ def report(name: str, m: dict, args, big: int, diagnoses: int) -> None:
         print(f"[{name}] {diagnoses} diagnoses: RSS {m['tenth']['rss']:.0f} MB after the first tenth, "
               f"{m['end']['rss']:.0f} MB at the end: growth {m['growth']:+.1f} MB "
               f"({diagnoses / m['stream_s']:.1f} diagnoses/s), {len(m['stream_errors'])} errors")
+    if args.dicom and name == "bounded":
+        print(f"[{name}] {args.dicom} concurrent 26 MB full-field DICOMs: peak {m['after_dicom']['peak']:.0f} MB, "
+              f"RSS after {m['after_dicom']['rss']:.0f} MB, {len(m['dicom_errors'])} errors")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", type=int, default=6000, help="side of the big images")
     ap.add_argument("--stream", type=int, default=1000, help="ordinary diagnoses after the burst")
     ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--dicom", type=int, default=8, help="concurrent full-field 16-bit DICOMs (26 MB) at the end")
     ap.add_argument("--compare-big", type=int, default=4,
                     help="concurrent big uploads for the unbounded server beside it (0: do not run it); the "
                          "attack report used 4, and 16 unbounded ones need about 10 GB")
@@ -220,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             buf = io.BytesIO()
             Image.fromarray(img).save(buf, "PNG")
             small.append(multipart(buf.getvalue(), f"phantom_{i}.png", "gradcam", "original,heatmap"))
-        bodies = {"big": multipart(png, "big.png", "gradcam", "original,overlay,heatmap"), "small": small}
+        bodies = {"big": multipart(png, "big.png", "gradcam", "original,overlay,heatmap"), "small": small,
+                  "dicom": multipart(big_dicom(), "ffdm.dcm", "gradcam", "original,heatmap")}
         print(f"big image: {args.side}x{args.side} RGB PNG, {len(png) / 2**20:.1f} MB", flush=True)
         bounded = measure(inst, Path(tmp), args, big=args.big, diagnoses=args.stream, unbounded=False,
                           bodies=bodies)
@@ -231,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                                 bodies=bodies)
             report("unbounded", unbounded, args, args.compare_big, 0)
 
-    peak = bounded["after_burst"]["peak"]
+    peak = max(bounded["after_burst"]["peak"], bounded["after_dicom"]["peak"])
     out = {"baseline_mb": round(bounded["base"]["rss"]), "burst_peak_mb": round(peak),
            "after_burst_mb": round(bounded["after_burst"]["rss"]), "growth_mb": round(bounded["growth"], 1),
            "errors": len(bounded["errors"])}
