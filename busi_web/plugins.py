@@ -25,7 +25,7 @@ import pluggy
 
 from busi_web import hookspecs
 from busi_web.errors import UserError
-from busi_web.specs import BackboneSpec, DatasetSpec, ExplainerSpec, Spec
+from busi_web.specs import CONTRACT_VERSION, BackboneSpec, DatasetSpec, ExplainerSpec, Spec
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class PluginInfo:
     builtin: bool
     status: str = "loaded"  # loaded | failed | disabled
     errors: list[str] = field(default_factory=list)
+    entry_point: bool = False  # loaded through an installed entry point (else registered in-process, by a test)
+    contract: str | None = None  # the contract version the plugin says it was written for
     registers: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k, _ in _KINDS.values()})
 
     def fail(self, message: str) -> None:
@@ -88,6 +90,7 @@ class PluginInfo:
             "status": self.status,
             "errors": list(self.errors),
             "registers": {k: list(v) for k, v in self.registers.items()},
+            "contract": self.contract,
         }
 
 
@@ -133,9 +136,10 @@ class PluginRegistry:
         except BaseException as exc:  # a plugin's import may raise anything, even SystemExit
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            info.fail(f"import failed: {type(exc).__name__}: {exc}")
+            info.fail(f"import failed{where(exc, ep.value)}: {type(exc).__name__}: {one_line(exc)}")
             _report(info.name, "failed to import", exc)
             return
+        info.entry_point = True
         self.register(obj, info)
 
     def register(self, obj: Any, info: PluginInfo | None = None) -> PluginInfo:
@@ -149,10 +153,20 @@ class PluginRegistry:
                 builtin=False,
             )
             self.plugins.append(info)
+        problem = contract_problem(obj)
+        if problem is not None:
+            info.fail(problem)
+            log.warning("plugin %s refused: %s", info.name, problem)
+            return info
+        info.contract = getattr(obj, "BUSI_WEB_CONTRACT", None)
         try:
             self.pm.register(obj, name=info.name)
+        except pluggy.PluginValidationError as exc:  # a hook with arguments the contract's hook does not have
+            info.fail(f"{one_line(exc)}{where_hook(obj, exc)}")
+            _report(info.name, "implements a hook wrongly", exc)
+            return info
         except Exception as exc:
-            info.fail(f"registration failed: {type(exc).__name__}: {exc}")
+            info.fail(f"registration failed: {type(exc).__name__}: {one_line(exc)}")
             _report(info.name, "could not be registered", exc)
             return info
         try:
@@ -160,7 +174,7 @@ class PluginRegistry:
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(obj)
             known = ", ".join(sorted(n for n, f in vars(hookspecs).items() if hasattr(f, f"{GROUP}_spec")))
-            info.fail(f"{exc}; the hooks are: {known}")
+            info.fail(f"{one_line(exc)}{where_hook(obj, exc)}; the hooks are: {known}")
             _report(info.name, "implements an unknown hook", exc)
             return info
         staged: dict[str, dict[str, Spec]] = {k: {} for k, _ in _KINDS.values()}
@@ -171,7 +185,8 @@ class PluginRegistry:
             try:
                 specs = impls[0].function()
             except Exception as exc:
-                info.fail(f"{hook_name}() raised {type(exc).__name__}: {exc}")
+                info.fail(f"{hook_name}() raised{where(exc, getattr(obj, '__name__', ''))} "
+                          f"{type(exc).__name__}: {one_line(exc)}")
                 _report(info.name, f"{hook_name}() failed", exc)
                 continue
             if specs is None:
@@ -186,9 +201,16 @@ class PluginRegistry:
                 table: dict[str, Spec] = getattr(self, kind)
                 if spec.name in table or spec.name in staged[kind]:
                     owner = self.owner_of(kind, spec.name) or info.name
-                    info.fail(f"{kind[:-1]} name {spec.name!r} is already registered by plugin {owner!r}; skipped")
+                    info.fail(f"{kind[:-1]} name {spec.name!r} is already registered by plugin {owner!r}")
                     continue
+                for problem in spec.problems():
+                    info.fail(f"{kind[:-1]} {spec.name!r}: {problem}")
                 staged[kind][spec.name] = spec
+        if info.status == "failed":
+            # All or nothing: a plugin with a fault registers none of its specs (half a plugin is worse).
+            self.pm.unregister(obj)
+            info.errors.append("nothing of this plugin was registered; fix the errors above")
+            return info
         for kind, specs in staged.items():
             getattr(self, kind).update(specs)
             info.registers[kind].extend(specs)
@@ -245,6 +267,19 @@ class PluginRegistry:
                         p.fail(f"startup(app) raised {type(exc).__name__}: {exc}")
                 _report(impl.plugin_name, "startup(app) failed", exc)
 
+    def unknown_allowed(self) -> list[str]:
+        """Names in ``ALLOWED_PLUGINS`` that no installed plugin answers to (a typo disables the plugin it meant)."""
+        if self.allowed is None:
+            return []
+        known = {p.name for p in self.plugins} | {p.distribution for p in self.plugins if p.distribution}
+        return sorted(self.allowed - known)
+
+    def in_process_only(self, kind: str, name: str) -> bool:
+        """Whether spec ``name`` comes from a plugin registered in this process only (``busi_web.testing``), not
+        through an installed entry point: a trainer process, which loads the installed plugins, lacks it."""
+        owner = self.owner_of(kind, name)
+        return any(p.name == owner and not p.entry_point for p in self.plugins)
+
     def allowed_list(self) -> list[str] | None:
         """The allow-list this registry was loaded with (``None``: every installed plugin)."""
         return None if self.allowed is None else sorted(self.allowed)
@@ -256,6 +291,50 @@ class PluginRegistry:
             "explainers": [s.to_dict() for s in self.explainers.values()],
             "datasets": [s.to_dict() for s in self.datasets.values()],
         }
+
+
+def contract_problem(obj: object) -> str | None:
+    """Why a plugin's declared contract version (``BUSI_WEB_CONTRACT``) rules it out, or ``None``."""
+    declared = getattr(obj, "BUSI_WEB_CONTRACT", None)
+    if declared is None:
+        return None
+    major = str(declared).split(".")[0]
+    if major != CONTRACT_VERSION.split(".")[0]:
+        return (f"it was written for plugin contract {declared}, and this busi-web has contract {CONTRACT_VERSION}; "
+                "see docs/CHANGELOG.md for what changed, and update the plugin")
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line (pluggy's messages span several)."""
+    return " ".join(str(exc).split())
+
+
+def where(exc: BaseException, module: str) -> str:
+    """`` at FILE:LINE``: the deepest frame of ``exc``'s traceback in the plugin's own package (``module`` names
+    it, ``pkg.mod:attr`` accepted), else the deepest frame outside busi-web's; empty when there is none."""
+    package = module.split(":")[0].split(".")[0]
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    own = [f for f in frames if package and f"/{package}/" in f.filename.replace("\\", "/")]
+    outside = [f for f in frames if "/busi_web/" not in f.filename and "importlib" not in f.filename]
+    frame = (own or outside or [None])[-1]
+    return "" if frame is None else f" at {frame.filename}:{frame.lineno}"
+
+
+def where_hook(obj: object, exc: BaseException) -> str:
+    """`` at FILE:LINE`` of the hook function a pluggy validation error is about (its name is in the message)."""
+    import inspect
+
+    text = str(exc)
+    for name, fn in vars(obj).items() if hasattr(obj, "__dict__") else ():
+        if callable(fn) and hasattr(fn, f"{GROUP}_impl") and (repr(name) in text or f"{name}(" in text):
+            try:
+                return f" at {inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+            except (OSError, TypeError):
+                return ""
+    return ""
 
 
 def _is_builtin(ep: metadata.EntryPoint) -> bool:

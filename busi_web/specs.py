@@ -20,6 +20,43 @@ from busi_web.errors import UserError
 if TYPE_CHECKING:  # the contract is read without torch; only the annotations name it
     from torch import Tensor
 
+CONTRACT_VERSION = "1.0"
+"""The plugin contract's version: ``MAJOR.MINOR``. A plugin declares the version it was written for as a module
+attribute ``BUSI_WEB_CONTRACT = "1.0"`` (beside its hooks); a plugin written for another major version is refused
+when it loads, one that declares none is loaded with a note. docs/CHANGELOG.md records every change."""
+
+# Every name a plugin may import, and where from: the contract. docs/plugins.md is checked against it (a test);
+# anything else in busi_web may change without notice.
+PUBLIC_API: dict[str, str] = {
+    "hookimpl": "busi_web.hookspecs",
+    "CONTRACT_VERSION": "busi_web.specs",
+    "Param": "busi_web.specs",
+    "BackboneSpec": "busi_web.specs",
+    "ExplainerSpec": "busi_web.specs",
+    "DatasetSpec": "busi_web.specs",
+    "Explanation": "busi_web.specs",
+    "InvalidParameters": "busi_web.specs",
+    "ImageDataset": "busi_web.data.datasets",
+    "Sample": "busi_web.data.datasets",
+    "DatasetError": "busi_web.data.datasets",
+    "read_image": "busi_web.data.datasets",
+    "CamExplainer": "busi_web.explain.base",
+    "CamInputs": "busi_web.explain.base",
+    "normalise_maps": "busi_web.explain.base",
+    "UserError": "busi_web.errors",
+}
+# Names that moved, for one contract version: (old module, name) -> new module. The old import still works,
+# with a DeprecationWarning that says the new place.
+MOVED: dict[tuple[str, str], str] = {
+    ("busi_web.explain", "Explanation"): "busi_web.specs",
+    ("busi_web.datasets", "ImageDataset"): "busi_web.data.datasets",
+    ("busi_web.datasets", "Sample"): "busi_web.data.datasets",
+    ("busi_web.datasets", "DatasetError"): "busi_web.data.datasets",
+    ("busi_web.datasets", "read_image"): "busi_web.data.datasets",
+}
+# What the core passes to a factory itself: a spec must not declare these as parameters.
+RESERVED_PARAMS = {"backbone": ("num_classes", "in_channels"), "dataset": ("root",), "explainer": ()}
+
 PARAM_TYPES = ("int", "float", "str", "bool", "choice", "path")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -176,6 +213,25 @@ class Spec:
     def build(self, values: Mapping[str, Any] | None = None, **extra: Any) -> Any:
         """Validate ``values`` and call the factory with them plus ``extra``."""
         return self.factory(**self.validate(values), **extra)
+
+    def problems(self) -> list[str]:
+        """What is wrong with the spec itself, checked when its plugin loads: a parameter the core passes itself,
+        two parameters of one name, a default that its own parameter refuses."""
+        found = []
+        names = [p.name for p in self.params]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            found.append(f"parameter {dup!r} is declared twice")
+        for reserved in RESERVED_PARAMS.get(self.kind, ()):
+            if reserved in names:
+                found.append(f"parameter {reserved!r} is passed by busi-web itself; remove it from params")
+        for p in self.params:
+            if p.default is None:
+                continue
+            try:
+                p.coerce(p.default)
+            except ValueError as exc:
+                found.append(f"parameter {p.name!r}: its default {p.default!r} is refused by its own rules ({exc})")
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -306,7 +306,7 @@ def test_mammography_model_diagnoses_a_clicked_region_of_a_full_mammogram(app, t
                                             "roi_x": "5", "roi_y": "5"})
     assert two.status_code == 400 and "one mammogram at a time" in two.get_json()["error"]
 
-    whole = finished_run(store)
+    whole = finished_run(store, promote=True)  # the default ultrasound model: accepted, and it takes whole images
     r = post(run_id=str(whole["id"]), roi_x="5", roi_y="5")
     assert r.status_code == 400 and "takes no region of interest" in r.get_json()["error"]
 

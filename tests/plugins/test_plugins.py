@@ -79,9 +79,10 @@ def test_broken_plugins_are_reported_and_skipped(third_party):
     clash = by_name(registry, "name_clash")
     assert clash.status == "failed"
     assert any("'phantom' is already registered by plugin 'phantom'" in e for e in clash.errors)
-    # The taken name keeps its owner; the clashing plugin's free name still registers.
+    # The taken name keeps its owner, and nothing of the clashing plugin registers: half a plugin is worse.
     assert registry.dataset("phantom").title != "Impostor"
-    assert clash.registers["datasets"] == ["clash_fresh"]
+    assert clash.registers["datasets"] == [] and "clash_fresh" not in registry.datasets
+    assert any("nothing of this plugin was registered" in e for e in clash.errors)
     # Everything else still loads.
     assert by_name(registry, "sample").status == "loaded"
     assert by_name(registry, "phantom").status == "loaded"
