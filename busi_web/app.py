@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,6 +13,8 @@ from busi_web.config import DEFAULTS, ROOT, env_overrides, finalise, instance_pa
 from busi_web.plugins import load_plugins
 from busi_web.services import EXTENSION, make_services
 from busi_web.web import init_web
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: Mapping[str, Any] | None = None, plugins: Iterable[object] = ()) -> Flask:
@@ -40,7 +43,12 @@ def create_app(config: Mapping[str, Any] | None = None, plugins: Iterable[object
 
     registry = load_plugins(app.config["ALLOWED_PLUGINS"])
     for plugin in plugins:
-        registry.register(plugin)
+        if not registry.pm.is_registered(plugin):  # an installed plugin passed again (a plugin's tests)
+            registry.register(plugin)
+    for name in registry.unknown_allowed():
+        log.warning("ALLOWED_PLUGINS names %r, which no installed plugin is called: a typo disables the plugin it "
+                    "meant (installed: %s)", name, ", ".join(sorted(p.name for p in registry.plugins if not p.builtin))
+                    or "none")
     app.extensions[EXTENSION] = make_services(app.config, registry)
     init_web(app)
     register_commands(app)

@@ -14,6 +14,7 @@ process builds its own).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
 from collections.abc import Iterable
@@ -293,6 +294,11 @@ class PluginRegistry:
         }
 
 
+def owner_module(registry: PluginRegistry, plugin: str) -> str:
+    """The module a plugin was loaded from (for :func:`where`), empty when unknown."""
+    return next((p.module for p in registry.plugins if p.name == plugin), "")
+
+
 def contract_problem(obj: object) -> str | None:
     """Why a plugin's declared contract version (``BUSI_WEB_CONTRACT``) rules it out, or ``None``."""
     declared = getattr(obj, "BUSI_WEB_CONTRACT", None)
@@ -325,8 +331,6 @@ def where(exc: BaseException, module: str) -> str:
 
 def where_hook(obj: object, exc: BaseException) -> str:
     """`` at FILE:LINE`` of the hook function a pluggy validation error is about (its name is in the message)."""
-    import inspect
-
     text = str(exc)
     for name, fn in vars(obj).items() if hasattr(obj, "__dict__") else ():
         if callable(fn) and hasattr(fn, f"{GROUP}_impl") and (repr(name) in text or f"{name}(" in text):

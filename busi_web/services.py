@@ -86,15 +86,29 @@ class Services:
         params = prepare_run_params(self.registry, backbone, dataset, train=train or {},
                                     backbone_params=backbone_params or {}, dataset_params=dataset_params or {},
                                     data_dir=data_dir)
+        names = [dataset] if isinstance(dataset, str) else [d["dataset"] for d in params["datasets"]]
+        self._check_trainable(backbone, names)
         if first_start:
             params["first_start"] = True
-        names = [dataset] if isinstance(dataset, str) else [d["dataset"] for d in params["datasets"]]
         label = dataset_label(names)
         run = self.store.create_run(backbone, label, params, name=name, data_dir=data_dir if len(names) == 1 else None,
                                     created_by=user, modality=self.registry.dataset(names[0]).modality)
         self.store.audit("run.start", user=user, run_id=run["id"], backbone=backbone, dataset=label)
         self.runner.submit(run["id"])
         return run
+
+    def _check_trainable(self, backbone: str, datasets: Sequence[str]) -> None:
+        """Refuse a run whose backbone or dataset the trainer process will not have: it loads the installed plugins
+        (and ``ALLOWED_PLUGINS``), not those registered in this process only (``busi_web.testing``)."""
+        missing = [(kind, name) for kind, names in (("backbones", [backbone]), ("datasets", datasets))
+                   for name in names if self.registry.in_process_only(kind, name)]
+        if missing:
+            kind, name = missing[0]
+            owner = self.registry.owner_of(kind, name)
+            raise UserError(f"{kind[:-1]} {name!r} comes from plugin {owner!r}, registered in this process only; the "
+                            "trainer runs in a process of its own and loads installed plugins. Install the plugin "
+                            "(pip install -e it while developing), or train in this process with "
+                            "busi_web.testing.train_tiny", 400, {kind[:-1]: "not installed"})
 
     # -- which model answers: defaults and the acceptance gate (web and command line alike) ---------------------
     def set_default(self, run_id: int, *, by: str | None, reason: str | None, modality: str | None = None

@@ -10,7 +10,9 @@ and the CLI validate raw input (strings from a form, JSON values, CLI
 
 from __future__ import annotations
 
+import importlib
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,14 @@ MOVED: dict[tuple[str, str], str] = {
     ("busi_web.datasets", "DatasetError"): "busi_web.data.datasets",
     ("busi_web.datasets", "read_image"): "busi_web.data.datasets",
 }
+def moved_name(module: str, name: str) -> Any:
+    """The object a moved name (:data:`MOVED`) now lives at, with a ``DeprecationWarning`` that says where."""
+    new = MOVED[(module, name)]
+    warnings.warn(f"{module}.{name} moved to {new}.{name} in plugin contract 1.0; import it from {new} (the old "
+                  "place goes in contract 2.0)", DeprecationWarning, stacklevel=3)
+    return getattr(importlib.import_module(new), name)
+
+
 # What the core passes to a factory itself: a spec must not declare these as parameters.
 RESERVED_PARAMS = {"backbone": ("num_classes", "in_channels"), "dataset": ("root",), "explainer": ()}
 

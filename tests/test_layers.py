@@ -19,7 +19,7 @@ LAYERS = [
     {"busi_web.errors", "busi_web.config"},  # the one user-error type; settings
     {"busi_web.hookspecs", "busi_web.specs"},  # the plugin contract
     {"busi_web.plugins", "busi_web.store", "busi_web.directory"},
-    {"busi_web.data", "busi_web.explain", "busi_web.dicom", "busi_web.report"},
+    {"busi_web.data", "busi_web.explain", "busi_web.dicom", "busi_web.report", "busi_web.datasets"},
     {"busi_web.model", "busi_web.pacs"},
     {"busi_web.evaluation"},
     {"busi_web.training", "busi_web.diagnosis"},
@@ -27,6 +27,7 @@ LAYERS = [
     {"busi_web.web", "busi_web.cli"},
     {"busi_web.app"},
     {"busi_web.console", "busi_web.testing", "busi_web.gunicorn_conf", "busi_web"},
+    {"busi_web.pytest_plugin"},  # the testing kit's pytest fixtures
 ]
 LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 BASICS = LAYERS[0] | LAYERS[1]

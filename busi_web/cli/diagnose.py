@@ -16,6 +16,7 @@ from busi_web.diagnosis.scanner import scanner_check
 from busi_web.diagnosis.uploads import decode_upload, modality_of
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, build_card, provenance
+from busi_web.explain.render import fast_png
 from busi_web.model.shown import WITHHELD
 from busi_web.report.content import operating_text
 from busi_web.store.acceptance import check_modality
@@ -63,11 +64,13 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
         scanner = None if upload.dicom is None else scanner_check(
             upload.dicom.manufacturer, upload.dicom.model_name, model["training_data"]["devices"])
         overlay_path = out / f"{Path(image_path).stem}_{explainer}.png"
-        overlay_path.write_bytes(pred.overlay_png(alpha=alpha))
+        # Without a usable map (map_note says why) the picture is the image alone.
+        overlay_path.write_bytes(pred.overlay_png(alpha=alpha) if pred.heatmap is not None else
+                                 fast_png(pred.picture()))
         results.append({"image": image_path, "label": pred.shown_label, "withheld": WITHHELD if pred.withheld else None,
                         "probabilities": pred.probabilities,
                         "overlay": str(overlay_path), "caution": pred.caution, "ood": pred.ood,
-                        "lesion": pred.lesion_info(upload.spacing_mm),
+                        "lesion": pred.lesion_info(upload.spacing_mm), "map_note": pred.map_note,
                         "operating_point": None if pred.withheld else pred.operating,
                         "scanner": scanner, "dicom": None if upload.dicom is None else upload.dicom.describe()})
     # Every path that diagnoses writes the same audit row (the command line's user is "cli").
@@ -95,6 +98,8 @@ def predict_command(images: tuple[str, ...], run_id: int | None, modality: str |
                            f"threshold {r['ood']['threshold']:.2f}); do not rely on this result")
             if r["caution"]:
                 click.echo(f"  caution: {r['caution']}")
+            if r["map_note"]:
+                click.echo(f"  no heatmap: {r['map_note']}")
             if r["lesion"]:
                 click.echo(f"  {r['lesion']['statement']}")
         click.echo(NOTICE)

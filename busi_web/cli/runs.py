@@ -54,7 +54,7 @@ class TrainCommand(click.Command):
 def train_command(backbone: str, datasets: tuple[str, ...], data_dirs: tuple[str, ...], epochs: int | None,
                   batch_size: int | None, lr: float | None, name: str | None, params: tuple[str, ...]) -> None:
     """Train in the foreground with a progress bar; the run is recorded in the same store."""
-    from busi_web.data.sites import Source, dataset_label
+    from busi_web.data.sites import Source, dataset_label  # with the training imports below: not at CLI start
     from busi_web.training.params import prepare_run_params  # imports torch: not at CLI start
 
     svc = services()

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from busi_web.data.datasets import DatasetError, ImageDataset, Sample, check_data_dir
-from busi_web.plugins import PluginRegistry
+from busi_web.errors import UserError
+from busi_web.plugins import PluginRegistry, one_line, owner_module, where
 
 SEPARATOR = "+"  # the run's dataset label of several datasets: "busi+busbra"
 
@@ -195,6 +196,14 @@ def open_sources(registry: PluginRegistry, sources: Sequence[Source]) -> tuple[l
         checked.append(Source(s.dataset, str(root) if root else None, values))
 
     def build(s: Source) -> ImageDataset:
-        return registry.dataset(s.dataset).build(s.params, root=s.data_dir)
+        try:
+            return registry.dataset(s.dataset).build(s.params, root=s.data_dir)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's factory may raise anything: say which plugin
+            owner = registry.owner_of("datasets", s.dataset) or "(unknown)"
+            raise DatasetError(f"plugin {owner!r}: dataset {s.dataset!r} could not be read"
+                               f"{where(exc, owner_module(registry, owner))} ({type(exc).__name__}: {one_line(exc)})"
+                               "; fix or remove the plugin") from None
 
     return checked, build_sources(checked, build)

@@ -76,6 +76,7 @@ class Prediction:
     lesion: Lesion | None = None
     lesion_threshold: float = 0.5
     operating: dict[str, Any] | None = None  # the operating point's verdict (model.operating_point.verdict)
+    map_note: str | None = None  # why no heatmap is shown although one was asked for (an unusable map)
 
     @property
     def withheld(self) -> bool:
@@ -149,8 +150,20 @@ class Prediction:
                 "target": self.target, "target_label": self.target_label, "explainer": self.explainer,
                 "region": None if self.region is None else list(self.region), "caution": self.caution,
                 "ood": self.ood, "lesion": self.lesion_info(),
-                "operating_point": None if self.withheld else self.operating,
+                "operating_point": None if self.withheld else self.operating, "map_note": self.map_note,
                 "seconds": round(self.seconds, 4)}
+
+
+def map_problem(map_: torch.Tensor, explainer: str | None, target: str | None) -> str | None:
+    """Why a map cannot be shown (a sentence), or ``None``: NaN or infinite values (the explainer broke), or no
+    value above zero (it found no evidence): a flat picture would look like a finding of nothing."""
+    if not bool(torch.isfinite(map_).all()):
+        return (f"explainer {explainer} gave an unusable map (NaN or infinite values); no heatmap is shown. An "
+                "administrator should check the plugin")
+    if float(map_.max()) <= 0.0:
+        return (f"explainer {explainer} found no evidence for {target or 'the class'} in this image (its map is "
+                "zero everywhere); no heatmap is shown")
+    return None
 
 
 @dataclass
@@ -314,8 +327,10 @@ class Predictor:
             p = probs[i]
             index = int(torch.argmax(p))
             tgt = int(explained[i]) if explained is not None and explainer is not None else None
-            heatmap = lesion_map = None
+            heatmap = lesion_map = note = None
             if maps is not None:
+                note = map_problem(maps[i], explainer, classes[int(explained[i])] if explained is not None else None)
+            if maps is not None and note is None:
                 heatmap = np.clip(paste_map(maps[i], img.shape[:2], self.config, inputs[i].box), 0.0, 1.0
                                   ).astype(np.float32)
             if lesion_maps is not None:
@@ -323,7 +338,7 @@ class Predictor:
             probabilities = {c: float(p[k]) for k, c in enumerate(classes)}
             out.append(Prediction(
                 label=classes[index], index=index, probabilities=probabilities,
-                operating=verdict(probabilities, self.operating_point),
+                operating=verdict(probabilities, self.operating_point), map_note=note,
                 target=tgt, target_label=classes[tgt] if tgt is not None else None, explainer=explainer,
                 heatmap=heatmap, image=img, seconds=seconds,
                 region=crop_pixels(img.shape[:2], self.config, inputs[i].box),

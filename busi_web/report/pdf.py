@@ -26,7 +26,7 @@ def latin1(text: object) -> str:
 def _fonts() -> dict[str, Path] | None:
     """DejaVu Sans (regular, bold, oblique) from matplotlib's data, or ``None`` when it is not there."""
     try:
-        import matplotlib
+        import matplotlib  # only to find its bundled fonts, when a report is drawn
 
         folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     except Exception:  # noqa: BLE001 - any failure here only means: use the core font

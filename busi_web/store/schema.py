@@ -99,7 +99,7 @@ def m007_name_keys_and_credential_versions(db: Database) -> None:
     """User names are unique whatever their case (``name_key``: the case-folded NFKC name). A counter per user,
     ``credential_version``, that every security event raises (disable, reset, password or role change); an API
     token carries the one its user had when it was made, and stops working when it changes."""
-    import unicodedata
+    import unicodedata  # only this migration needs it
 
     db["users"].add_column("name_key", str)
     db["users"].add_column("credential_version", int, not_null_default=0)

@@ -24,7 +24,7 @@ from busi_web.data.scan import NORMALISATIONS
 from busi_web.data.sites import Source, dataset_label, open_sources
 from busi_web.errors import UserError
 from busi_web.explain.base import default_target_layer, resolve_layer
-from busi_web.plugins import PluginRegistry
+from busi_web.plugins import PluginRegistry, one_line, owner_module, where
 from busi_web.specs import BackboneSpec, InvalidParameters, Param
 from busi_web.training.aids import LesionGuide
 
@@ -211,6 +211,7 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str | S
     # One build and one dry forward, so that a run that cannot start is refused now, not when it starts: a weights
     # file must fit the backbone, the output must be one logit per class, and the guided layers must exist.
     files = [p.name for p in bb_spec.params if p.type == "path" and bb_values.get(p.name)]
+    owner = registry.owner_of("backbones", backbone) or "(unknown)"
     try:
         model = bb_spec.build(bb_values, num_classes=len(ds.classes), in_channels=ds.channels)
     except ValueError as exc:
@@ -218,7 +219,18 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str | S
             raise InvalidParameters({files[0]: str(exc)}, backbone) from None
         raise UserError(f"backbone {backbone!r} cannot be built with these parameters: {exc}", 400,
                         {"backbone": str(exc)}) from None
+    except Exception as exc:  # noqa: BLE001 - a plugin's factory may raise anything: say which plugin
+        at = where(exc, owner_module(registry, owner))
+        raise UserError(f"plugin {owner!r}: backbone {backbone!r}'s factory failed{at} ({type(exc).__name__}: "
+                        f"{one_line(exc)}); nothing was queued: fix or remove the plugin",
+                        400, {"backbone": f"the factory failed: {type(exc).__name__}"}) from None
     _check_output(model, backbone, len(ds.classes), ds.channels, train_values["input_size"])
+    try:  # the layer the explainers map and lesion guidance teaches: found now, not after every epoch
+        resolve_layer(model, default_target_layer(model, bb_spec.target_layer))
+    except ValueError as exc:
+        raise UserError(f"plugin {owner!r}: backbone {backbone!r} names no usable target layer ({exc}); its "
+                        "BackboneSpec needs target_layer, the dotted path of the end of its feature extractor "
+                        "(e.g. 'layer4')", 400, {"backbone": "no usable target layer"}) from None
     if train_values["lesion_layers"] and bb_spec.segments:
         raise InvalidParameters({"lesion_layers": f"backbone {backbone!r} learns its own lesion map (lesion_loss "
                                                   "weighs it); leave lesion_layers empty"}, "training")

@@ -238,6 +238,7 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, model: dic
            "feature_maps_png": None, "feature_layer": None, "roi": None if roi is None else roi.to_dict(),
            "analysed_region": None if pred.region is None else list(pred.region), "caution": pred.caution,
            "ood": pred.ood, "outline_png": None, "operating_point": None if pred.withheld else pred.operating,
+           "map_note": pred.map_note,
            "scanner": scanner}
     # A pixel of the answer's image is 1 / scale pixels of the upload. A region of interest is cut and resized
     # by its dataset's own code: its pixels have no known size, so its lesion sizes stay in pixels.

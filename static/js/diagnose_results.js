@@ -204,6 +204,9 @@
         + "never seen. Do not rely on this result."));
     }
     if (opts.model) card.append(provenanceBox(opts.model, opts.notice));
+    if (result.map_note) {
+      card.append(el("p", { class: "flash warning map-note", role: "note" }, `No heatmap: ${result.map_note}.`));
+    }
     if (result.caution) {
       card.append(el("p", { class: "flash warning caution", role: "note" }, `Caution: ${result.caution}.`));
     }
