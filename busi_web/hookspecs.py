@@ -10,10 +10,10 @@ entry point in the group ``busi_web``::
 Built-in plugins ship in this project's ``plugins/`` folder (installed as
 the package ``busi_web_plugins``) and load through the very same entry-point
 group. Each ``register_*`` hook returns a list of spec objects from
-:mod:`busi_web.specs`; names must be unique across all plugins (a plugin that
-registers a taken name is reported and skipped). A hook that raises is
-reported and skipped too, and so is a plugin with a function marked as a hook
-that is not one of these (a misspelled name): the app starts. The guide for
+:mod:`busi_web.specs`; names must be unique across all plugins. Loading is all
+or nothing: a plugin that registers a taken name, whose hook raises, or that
+marks as a hook a function that is not one of these (a misspelled name) is
+refused as a whole and reported on one line; the app starts. The guide for
 plugin authors is ``docs/plugins.md``.
 """
 

@@ -57,9 +57,10 @@ class PluginFailure(RuntimeError):
     can say which plugin to fix or remove.
     """
 
-    def __init__(self, plugin: str | None, what: str, error: BaseException):
+    def __init__(self, plugin: str | None, what: str, error: BaseException, module: str = ""):
         self.plugin, self.what, self.error = plugin, what, error
-        super().__init__(f"plugin {plugin or '(unknown)'!r} failed in {what}: {type(error).__name__}: {error}")
+        super().__init__(f"plugin {plugin or '(unknown)'!r} failed in {what}{where(error, module)}: "
+                         f"{type(error).__name__}: {one_line(error)}")
 
 
 @dataclass
@@ -109,14 +110,14 @@ class PluginRegistry:
 
     # -- loading ---------------------------------------------------------
     def load_entry_points(self) -> PluginRegistry:
-        eps = sorted(metadata.entry_points(group=GROUP), key=lambda ep: (not _is_builtin(ep), ep.name))
+        eps = sorted(metadata.entry_points(group=GROUP), key=lambda ep: (not is_builtin(ep), ep.name))
         for ep in eps:
             self._load_one(ep)
         return self
 
     def _load_one(self, ep: metadata.EntryPoint) -> None:
         dist = getattr(ep, "dist", None)
-        builtin = _is_builtin(ep)
+        builtin = is_builtin(ep)
         info = PluginInfo(
             name=ep.name,
             module=ep.value,
@@ -332,7 +333,8 @@ def where(exc: BaseException, module: str) -> str:
 def where_hook(obj: object, exc: BaseException) -> str:
     """`` at FILE:LINE`` of the hook function a pluggy validation error is about (its name is in the message)."""
     text = str(exc)
-    for name, fn in vars(obj).items() if hasattr(obj, "__dict__") else ():
+    for name in dir(obj):  # a module's functions, or a plugin object's methods (on its class)
+        fn = getattr(obj, name, None)
         if callable(fn) and hasattr(fn, f"{GROUP}_impl") and (repr(name) in text or f"{name}(" in text):
             try:
                 return f" at {inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
@@ -341,7 +343,7 @@ def where_hook(obj: object, exc: BaseException) -> str:
     return ""
 
 
-def _is_builtin(ep: metadata.EntryPoint) -> bool:
+def is_builtin(ep: metadata.EntryPoint) -> bool:
     dist = getattr(ep, "dist", None)
     return bool(dist and dist.metadata["Name"] == OWN_DISTRIBUTION and ep.value.startswith(BUILTIN_PACKAGE + "."))
 

@@ -42,7 +42,8 @@ from busi_web.app import create_app
 from busi_web.plugins import PluginInfo, PluginRegistry, load_plugins
 from busi_web.services import services_of
 
-__all__ = ["isolated_registry", "registry_with", "make_app", "client_as", "train_tiny", "info_of", "TINY_TRAIN"]
+__all__ = ["isolated_registry", "registry_with", "make_app", "client_as", "train_tiny", "info_of", "check",
+           "TINY_TRAIN"]
 
 # Training settings that finish in seconds on a CPU (a tiny run proves the plugin trains, not that it learns).
 TINY_TRAIN: dict[str, Any] = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "input_size": 32, "resize": 36,
@@ -124,7 +125,19 @@ def train_tiny(app: Flask, backbone: str, dataset: str, *, data_dir: str | None 
 def info_of(registry: PluginRegistry, plugin: object) -> PluginInfo:
     """What the registry recorded about ``plugin``: its status, errors and what it registered."""
     name = getattr(plugin, "__name__", type(plugin).__name__)
-    for info in registry.plugins:
-        if info.name == name or info.module == name:
-            return info
+    # Latest first: a plugin passed to the kit is recorded after the entry points, one of which may name the same
+    # module but be disabled (a built or installed copy that ALLOWED_PLUGINS leaves out).
+    matches = [info for info in reversed(registry.plugins) if info.name == name or info.module == name]
+    for info in sorted(matches, key=lambda i: i.status == "disabled"):
+        return info
     raise KeyError(f"{name!r} was not registered; pass it to isolated_registry(), registry_with() or make_app()")
+
+
+def check(plugin: object, data_dirs: Mapping[str, str] | None = None) -> Any:
+    """What ``busi-web plugins check`` says of ``plugin``, installed or not: a report whose ``ok`` is true when
+    every spec builds and runs, and whose ``findings`` name each spec (``finding.line()`` reads as the command
+    prints it). ``data_dirs`` maps a dataset that needs a folder to one, so that a few of its samples are read."""
+    from busi_web.evaluation.plugin_check import Report, check_loaded  # builds models: torch, only when called
+
+    registry = isolated_registry(plugin)
+    return Report(check_loaded(registry, info_of(registry, plugin), data_dirs))

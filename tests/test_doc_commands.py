@@ -37,7 +37,8 @@ def doc_commands() -> list[tuple[str, str]]:
     found = []
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
-        blocks = re.findall(r"```(?:sh|bash|console)?\n(.*?)```", text, re.S)
+        blocks = [body for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.S)
+                  if lang in ("", "sh", "bash", "console")]
         text = re.sub(r"```.*?```", "", text, flags=re.S)
         blocks += ["\n".join(line[4:] for line in block.splitlines())
                    for block in re.findall(r"(?:^|\n\n)((?:    .*\n?)+)", text)]
@@ -138,6 +139,44 @@ def pip_offline(command: str, ctx: dict) -> None:
         subprocess.run([sys.executable, "-m", "pip", "-q", "uninstall", "-y", "busi-web-example-plugin"], timeout=300)
 
 
+def new_plugin_flow(command: str, ctx: dict) -> None:
+    """docs/plugins.md's walk through a new plugin, in a temporary folder instead of ``..``: write it, install it
+    (offline), check it, run its tests, train with it through the real trainer, then uninstall it."""
+    src = ctx["tmp"] / "src"
+    src.mkdir()
+    steps = [c for d, c in doc_commands() if d == "docs/plugins.md" and ("ward" in c)]
+    assert steps[0] == command and len(steps) == 5, steps
+    try:
+        for step in steps:
+            step = step.replace("..", str(src))
+            if step.startswith(".venv/bin/pip install"):
+                step += " --no-deps --no-build-isolation --no-index"
+            if step.startswith(".venv/bin/python"):
+                step = step.replace(".venv/bin/python", sys.executable, 1)
+            if " train " in step:
+                step += " " + " ".join(TINY[2:])
+            out = _run(step, ctx["env"])
+            if " plugins check " in step:
+                assert out.stdout.count("ok     busi_web_ward_plugin:") == 3, out.stdout
+            if step.startswith(f"{sys.executable} -m pytest"):
+                assert "3 passed" in out.stdout, out.stdout
+            if " train " in step:
+                assert "finished" in out.stdout, out.stdout
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "-q", "uninstall", "-y", "busi-web-ward-plugin"], timeout=300)
+    ctx["new_plugin"] = True
+
+
+def part_of_new_plugin_flow(command: str, ctx: dict) -> None:
+    """Run by :func:`new_plugin_flow`, in its order."""
+    assert ctx.get("new_plugin"), "the `plugins new` command documented before it did not run"
+
+
+def plugins_checked(command: str, ctx: dict) -> None:
+    out = _run(command, ctx["env"])
+    assert ("resnet50_cbam: builds" in out.stdout) == ("--builtins" in command), out.stdout
+
+
 def plugins_listed(command: str, ctx: dict) -> None:
     assert "phantom" in _run(command, ctx["env"]).stdout
 
@@ -183,6 +222,14 @@ HOW = {
     "http://127.0.0.1:8000/api/predict": curl_with_the_server,
     ".venv/bin/pip install ./examples/busi-web-example-plugin": pip_offline,
     ".venv/bin/busi-web plugins": plugins_listed,
+    ".venv/bin/busi-web plugins check": plugins_checked,
+    ".venv/bin/python -m pytest examples/busi-web-example-plugin/tests": as_written,
+    ".venv/bin/busi-web plugins check --builtins": plugins_checked,
+    ".venv/bin/busi-web plugins new busi-web-ward-plugin --into ..": new_plugin_flow,
+    ".venv/bin/pip install -e ../busi-web-ward-plugin": part_of_new_plugin_flow,
+    ".venv/bin/busi-web plugins check busi_web_ward_plugin": part_of_new_plugin_flow,
+    ".venv/bin/python -m pytest ../busi-web-ward-plugin/tests": part_of_new_plugin_flow,
+    ".venv/bin/busi-web train --backbone ward_cnn --dataset ward_stripes --epochs 2": part_of_new_plugin_flow,
 }
 
 

@@ -41,7 +41,7 @@ from busi_web.model.device import resolve_device
 from busi_web.model.ood import OodReference, first_batch, record_features
 from busi_web.model.operating_point import verdict
 from busi_web.model.shown import LESION_FREE, WITHHELD, is_withheld
-from busi_web.plugins import PluginFailure, PluginRegistry
+from busi_web.plugins import PluginFailure, PluginRegistry, owner_module
 from busi_web.specs import Explanation
 from busi_web.store.run_files import PARAMS_JSON
 
@@ -363,7 +363,8 @@ class Predictor:
         except ValueError:
             raise
         except Exception as exc:  # noqa: BLE001 - a third party's code may raise anything
-            raise PluginFailure(self.registry.owner_of("explainers", name), f"explainer {name!r}", exc) from exc
+            owner = self.registry.owner_of("explainers", name)
+            raise PluginFailure(owner, f"explainer {name!r}", exc, owner_module(self.registry, owner or "")) from exc
 
     @property
     def segments(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from flask import Flask
 
 from busi_web.evaluation.card import NOTICE
+from busi_web.specs import CONTRACT_VERSION
 from busi_web.web import admin, diagnose, home, models, reports, runs, runs_api, studies, system, train
 from busi_web.web.auth import init_auth
 from busi_web.web.hardening import init_hardening
@@ -33,6 +34,7 @@ def init_web(app: Flask) -> None:
     init_throttle(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
-    app.context_processor(lambda: {"notice": NOTICE})  # the decision-support notice, on every page
+    # The decision-support notice on every page, and the plugin contract the Plugins table shows for built-ins.
+    app.context_processor(lambda: {"notice": NOTICE, "contract_version": CONTRACT_VERSION})
     init_live(app)
     init_hardening(app)  # last: ProxyFix wraps everything, Socket.IO included

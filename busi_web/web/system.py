@@ -12,6 +12,7 @@ import logging
 from flask import Blueprint, current_app, g, jsonify, send_from_directory
 
 from busi_web.services import services_of
+from busi_web.specs import CONTRACT_VERSION
 from busi_web.training.params import TRAIN_PARAMS
 from busi_web.web.auth import admin_required, current_user
 
@@ -82,8 +83,11 @@ def me():
 @bp.get("/plugins")
 @admin_required
 def plugins():
-    """Admins: every plugin (distribution, version, status, errors, what it registers) and every spec."""
-    return jsonify(services_of().registry.to_dict())
+    """Admins: every plugin (distribution, version, declared contract, status, errors, what it registers), every
+    spec, busi-web's contract version, and the ``ALLOWED_PLUGINS`` names no installed plugin has."""
+    registry = services_of().registry
+    return jsonify({**registry.to_dict(), "contract_version": CONTRACT_VERSION,
+                    "allowed_unknown": registry.unknown_allowed()})
 
 
 @bp.get("/specs")

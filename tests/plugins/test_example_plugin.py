@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from busi_web.plugins import load_plugins
-from tests.helpers import ROOT, image_bytes, make_user_client, upload, wait_for
+from tests.helpers import ROOT, image_bytes, make_user_client, run_cli, upload, wait_for
 
 EXAMPLE = ROOT / "examples" / "busi-web-example-plugin"
 TRAIN = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "input_size": 32, "resize": 36, "seed": 1, "device": "cpu",
@@ -64,6 +64,17 @@ def test_the_installed_example_registers_a_backbone_two_explainers_and_a_dataset
     assert info.registers == {"backbones": ["mobilenet_v3_small"], "explainers": ["eigencam", "grad_x_input"],
                               "datasets": ["csvlist"]}
     assert [p.name for p in registry.explainer("eigencam").params] == ["center"]
+
+
+@pytest.mark.slow
+def test_installed_it_passes_plugins_check_and_its_own_tests(example, tmp_path):
+    data = csv_folder(tmp_path / "listed")
+    done = run_cli("plugins", "check", "example", "--data-dir", f"csvlist={data}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok     example:") == 4 and "24 samples" in done.stdout
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert tests.returncode == 0 and "4 passed" in tests.stdout, tests.stdout[-3000:]
 
 
 @pytest.mark.slow

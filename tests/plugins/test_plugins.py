@@ -74,6 +74,8 @@ def test_broken_plugins_are_reported_and_skipped(third_party):
     registry = PluginRegistry().load_entry_points()
     bad_import = by_name(registry, "broken_import")
     assert bad_import.status == "failed" and "busi_web_this_module_does_not_exist" in bad_import.errors[0]
+    assert "busi_broken_plugin/bad_import.py:3" in bad_import.errors[0]  # the file and line, in one line
+    assert "\n" not in bad_import.errors[0]
     bad_hook = by_name(registry, "broken_hook")
     assert bad_hook.status == "failed" and "the broken plugin's hook exploded" in bad_hook.errors[0]
     clash = by_name(registry, "name_clash")
@@ -208,4 +210,6 @@ def test_an_explainer_that_fails_is_one_line_naming_its_plugin_in_the_cli(third_
     out = run_cli("predict", str(tmp_path / "scan.png"), "--explainer", "broken_explainer", "--out",
                   str(tmp_path / "maps"), env={"BUSI_WEB_INSTANCE_PATH": str(instance)})
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert "plugin 'broken_explainer' failed in explainer 'broken_explainer': ZeroDivisionError" in out.stderr
+    # The plugin, the spec, and the line in the plugin's own file.
+    assert ("plugin 'broken_explainer' failed in explainer 'broken_explainer' at " in out.stderr
+            and "busi_broken_plugin/bad_explainer.py:9: ZeroDivisionError" in out.stderr), out.stderr

@@ -13,6 +13,10 @@ from .backbone import build_mobilenet_v3
 from .dataset import CsvListDataset
 from .explainers import EigenCAM, GradientTimesInput
 
+# The busi-web plugin contract this plugin was written for: busi-web refuses to load it, with a message, under a
+# busi-web whose contract has another major version.
+BUSI_WEB_CONTRACT = "1.0"
+
 
 @hookimpl
 def register_backbones() -> list[BackboneSpec]:
