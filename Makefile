@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 THREADS ?= 16
 
-.PHONY: run init test quick chromium slapd orthanc lint bench-explain bench-train bench-serve bench-quality bench-mias bench-ood bench-memory bench-outline clean
+.PHONY: run init test quick chromium slapd orthanc lint bench-explain bench-train bench-serve bench-quality bench-mias bench-ood bench-memory bench-outline bench-sites clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,8 @@ bench-memory: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/memory.py
 bench-outline: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/outline.py
+bench-sites: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/sites.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
