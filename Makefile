@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 THREADS ?= 16
 
-.PHONY: run init test quick chromium slapd orthanc lint bench-explain bench-train bench-serve bench-quality bench-mias bench-ood bench-memory bench-outline bench-sites clean
+.PHONY: run init test quick chromium slapd orthanc postgresql redis lint bench-explain bench-train bench-serve bench-quality bench-mias bench-ood bench-memory bench-outline bench-sites clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,18 @@ orthanc:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; }
 
-test: $(VENV)/.installed-test chromium slapd orthanc
+# Scale-out tests start Debian's PostgreSQL (a throwaway cluster) and redis-server on 127.0.0.1 themselves.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+test: $(VENV)/.installed-test chromium slapd orthanc postgresql redis
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick loop while working: everything but the slow and the browser tests.

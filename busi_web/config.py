@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS: dict[str, Any] = {
     "SECRET_KEY": None,  # generated into instance/config.py by `busi-web init`
     "DATABASE": None,  # default: <instance>/busi.db
+    "DATABASE_URL": None,  # postgresql://USER:PASSWORD@HOST:5432/NAME: the store on PostgreSQL (wins over DATABASE)
     "RUNS_DIR": None,  # default: <instance>/runs
     "DATA_DIRS": {},  # dataset name -> default data folder
     "MAX_UPLOAD_MB": 20,  # request body limit for uploads
@@ -80,7 +81,7 @@ def instance_path_from_env() -> str | None:
 def finalise(config: dict[str, Any], instance_path: str) -> None:
     """Fill derived values and check types, raising ``ValueError`` naming the key."""
     inst = Path(instance_path)
-    config["DATABASE"] = str(config.get("DATABASE") or inst / "busi.db")
+    config["DATABASE"] = str(config.get("DATABASE_URL") or config.get("DATABASE") or inst / "busi.db")
     config["RUNS_DIR"] = str(config.get("RUNS_DIR") or inst / "runs")
     try:
         mb = float(config["MAX_UPLOAD_MB"])

@@ -123,13 +123,23 @@ TINY_TRAIN = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "input_size": 32, "resiz
               "device": "cpu", "workers": 0}
 
 
+def set_modality(store, run_id: int, modality: str) -> None:
+    """Make run ``run_id`` a model of ``modality`` whatever its dataset (no public path does: a test's shortcut)."""
+    from sqlalchemy import update
+
+    from busi_web.store.tables import runs
+
+    with store.transaction() as conn:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(modality=modality))
+
+
 def finished_run(store, *, dataset: str = "phantom", width: int = 8, seed: int = 0, promote: bool = False,
                  modality: str | None = None) -> dict:
     """A finished run whose best_model.pt is an (untrained) tiny CNN: enough for everything but accuracy.
     ``modality`` makes it a model of that modality whatever its dataset."""
     run = store.create_run("tiny_cnn", dataset, {"train": TINY_TRAIN})
     if modality:
-        store.db["runs"].update(run["id"], {"modality": modality})
+        set_modality(store, run["id"], modality)
     torch.manual_seed(seed)
     model = load_plugins().backbone("tiny_cnn").build({"width": width}, num_classes=len(CLASSES), in_channels=3)
     meta = CheckpointMeta(backbone="tiny_cnn", classes=CLASSES, backbone_params={"width": width}, input_size=32,

@@ -256,3 +256,134 @@ def orthanc(home: Path):
         yield Orthanc(url=f"{rest}/dicom-web", rest=rest, proc=proc)
     finally:
         stop(proc)
+
+
+# -- PostgreSQL and Redis: what several hosts share -------------------------------------------------------------
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def _pg_bin(name: str) -> str | None:
+    import shutil
+
+    versions = sorted(PG_BIN.glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    for folder in reversed(versions):
+        if (folder / name).exists():
+            return str(folder / name)
+    return shutil.which(name)
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (trust authentication, for tests only)."""
+
+    port: int
+    proc: subprocess.Popen
+    user: str = "busi"
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A new, empty database; returns its URL."""
+        import secrets
+
+        import psycopg
+
+        name = f"t_{secrets.token_hex(6)}"
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root: then it runs as Debian's ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+@contextmanager
+def postgres():
+    """Debian's PostgreSQL: a cluster of its own in a temporary folder, on a free port of 127.0.0.1."""
+    import shutil
+    import tempfile
+
+    initdb, server = _pg_bin("initdb"), _pg_bin("postgres")
+    if initdb is None or server is None:
+        import pytest
+
+        pytest.skip("Debian's postgresql is not installed (run `make postgresql`)")
+    home = Path(tempfile.mkdtemp(prefix="busi-pg-"))
+    data = home / "data"
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres", "postgres")
+    run_as = _as_postgres_user()
+    subprocess.run([*run_as, initdb, "-D", str(data), "-U", "busi", "--auth=trust", "-E", "UTF8", "--no-sync"],
+                   check=True, capture_output=True, timeout=120)
+    port = free_port()
+    log = home / "postgres.log"
+    with open(log, "wb") as out:
+        if os.geteuid() == 0:
+            shutil.chown(log, "postgres", "postgres")
+        proc = subprocess.Popen([*run_as, server, "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
+                                 "-k", str(home), "-c", "fsync=off", "-c", "full_page_writes=off",
+                                 "-c", "synchronous_commit=off", "-c", "max_connections=300"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    cluster = Postgres(port=port, proc=proc)
+
+    def answers() -> bool:
+        import psycopg
+
+        if proc.poll() is not None:
+            raise AssertionError("PostgreSQL exited at start:\n" + log.read_text()[-3000:])
+        try:
+            psycopg.connect(cluster.url("postgres"), connect_timeout=2).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    try:
+        wait_for(answers, timeout=60, what="PostgreSQL to answer", interval=0.2)
+        yield cluster
+    finally:
+        stop(proc)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@dataclass
+class Redis:
+    url: str
+    proc: subprocess.Popen
+
+
+@contextmanager
+def redis_server(home: Path):
+    """Debian's redis-server on a free port of 127.0.0.1, in memory only."""
+    import shutil
+
+    exe = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if exe is None:
+        import pytest
+
+        pytest.skip("Debian's redis-server is not installed (run `make redis`)")
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = home / "redis.log"
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(home), "--logfile", str(log)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def answers() -> bool:
+        import redis
+
+        if proc.poll() is not None:
+            raise AssertionError("redis-server exited at start:\n" + (log.read_text()[-3000:] if log.exists() else ""))
+        try:
+            return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    try:
+        wait_for(answers, timeout=30, what="Redis to answer", interval=0.1)
+        yield Redis(url=url, proc=proc)
+    finally:
+        stop(proc)

@@ -23,7 +23,7 @@ def init_command() -> None:
     os.makedirs(current_app.config["RUNS_DIR"], exist_ok=True)
     click.echo(f"instance: {current_app.instance_path}")
     click.echo(f"config:   {path}")
-    click.echo(f"database: {store.db_path}")
+    click.echo(f"database: {store.location}")
     click.echo(f"runs:     {current_app.config['RUNS_DIR']}")
     create_first_admin(current_app)
 

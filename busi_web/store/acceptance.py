@@ -16,9 +16,12 @@ import math
 import re
 from typing import Any
 
+from sqlalchemy import func, select
+
 from busi_web.errors import UserError
 from busi_web.store.audit import AuditMixin
 from busi_web.store.db import utc_now
+from busi_web.store.tables import acceptance_results, acceptance_sets, modality_settings
 
 SOURCES = ("folder", "share")  # where an acceptance set's images come from
 # Floors on these are upper limits (lower is better); every other metric must reach its floor.
@@ -83,18 +86,18 @@ class AcceptanceMixin(AuditMixin):
     def modality_settings(self, modality: str) -> dict[str, Any]:
         """``{"modality", "auto_promote", "floors", "operating_sensitivity", "updated_at", "updated_by"}`` (off, no
         floors and no target sensitivity until set; the trainer then keeps 0.90)."""
-        rows = self._rows("SELECT * FROM modality_settings WHERE modality = ?", [modality])
+        rows = self._rows(select(modality_settings).where(modality_settings.c.modality == modality))
         if not rows:
             return {"modality": modality, "auto_promote": False, "floors": {}, "operating_sensitivity": None,
                     "updated_at": None, "updated_by": None}
-        row = dict(rows[0])
+        row = rows[0]
         row["auto_promote"] = bool(row["auto_promote"])
         row["floors"] = json.loads(row["floors"] or "{}")
         return row
 
     def list_modality_settings(self) -> list[dict[str, Any]]:
         return [self.modality_settings(r["modality"])
-                for r in self._rows("SELECT modality FROM modality_settings ORDER BY modality", [])]
+                for r in self._rows(select(modality_settings.c.modality).order_by(modality_settings.c.modality))]
 
     def update_modality_settings(self, modality: str, *, by: str | None, auto_promote: bool | None = None,
                                  floors: dict[str, Any] | None = None, operating_sensitivity: float | None = None
@@ -104,13 +107,13 @@ class AcceptanceMixin(AuditMixin):
         check_modality(modality)
         clean = None if floors is None else check_floors(floors)
         sensitivity = None if operating_sensitivity is None else check_sensitivity(operating_sensitivity)
-        with self.transaction():
+        with self.transaction() as conn:
             now = self.modality_settings(modality)
             row = {"modality": modality, "updated_at": utc_now(), "updated_by": by,
                    "auto_promote": int(now["auto_promote"] if auto_promote is None else bool(auto_promote)),
                    "floors": json.dumps(now["floors"] if clean is None else clean, sort_keys=True),
                    "operating_sensitivity": now["operating_sensitivity"] if sensitivity is None else sensitivity}
-            self.db["modality_settings"].insert(row, pk="modality", replace=True)
+            self._upsert(conn, modality_settings, row)
             self.audit("modality.settings", user=by, modality=modality, auto_promote=bool(row["auto_promote"]),
                        floors=json.loads(row["floors"]), operating_sensitivity=row["operating_sensitivity"])
         return self.modality_settings(modality)
@@ -130,12 +133,12 @@ class AcceptanceMixin(AuditMixin):
             raise UserError(f"source must be one of {', '.join(SOURCES)}, got {source!r}", 400, {"source": source})
         if not items:
             raise UserError("an acceptance set needs at least one image", 400, {"items": "empty"})
-        with self.transaction() as db:
-            set_id = db["acceptance_sets"].insert({
-                "modality": modality, "name": name or f"{modality} acceptance set", "source": source,
-                "dataset": dataset, "dataset_params": json.dumps(dataset_params or {}, sort_keys=True),
-                "data_dir": data_dir, "share": share, "seed": seed, "items": json.dumps(items),
-                "created_at": utc_now(), "created_by": by}).last_pk
+        with self.transaction() as conn:
+            set_id = conn.execute(acceptance_sets.insert().values(
+                modality=modality, name=name or f"{modality} acceptance set", source=source, dataset=dataset,
+                dataset_params=json.dumps(dataset_params or {}, sort_keys=True), data_dir=data_dir, share=share,
+                seed=seed, items=json.dumps(items), created_at=utc_now(), created_by=by
+            ).returning(acceptance_sets.c.id)).scalar_one()
             self.audit("acceptance.define", user=by, modality=modality, set_id=set_id, images=len(items),
                        source=source, dataset=dataset)
         found = self.acceptance_set(modality)
@@ -144,25 +147,25 @@ class AcceptanceMixin(AuditMixin):
 
     def acceptance_set(self, modality: str, set_id: int | None = None) -> dict[str, Any] | None:
         """The current acceptance set of ``modality`` (or set ``set_id``), with its items; ``None`` if none."""
+        a = acceptance_sets.c
         if set_id is None:
-            rows = self._rows("SELECT * FROM acceptance_sets WHERE modality = ? ORDER BY id DESC LIMIT 1",
-                              [modality])
+            rows = self._rows(select(acceptance_sets).where(a.modality == modality).order_by(a.id.desc()).limit(1))
         else:
-            rows = self._rows("SELECT * FROM acceptance_sets WHERE id = ?", [int(set_id)])
+            rows = self._rows(select(acceptance_sets).where(a.id == int(set_id)))
         if not rows:
             return None
-        row = dict(rows[0])
+        row = rows[0]
         row["items"] = json.loads(row["items"])
         row["dataset_params"] = json.loads(row["dataset_params"] or "{}")
         return row
 
     def acceptance_sets(self) -> list[dict[str, Any]]:
         """The current set of every modality, without items (their count as ``images``)."""
-        rows = self._rows("SELECT * FROM acceptance_sets a WHERE id = (SELECT MAX(id) FROM acceptance_sets b "
-                          "WHERE b.modality = a.modality) ORDER BY modality", [])
+        newest = select(func.max(acceptance_sets.c.id)).group_by(acceptance_sets.c.modality)
+        rows = self._rows(select(acceptance_sets).where(acceptance_sets.c.id.in_(newest))
+                          .order_by(acceptance_sets.c.modality))
         out = []
-        for r in rows:
-            row = dict(r)
+        for row in rows:
             row["images"] = len(json.loads(row.pop("items")))
             row["dataset_params"] = json.loads(row["dataset_params"] or "{}")
             out.append(row)
@@ -171,19 +174,19 @@ class AcceptanceMixin(AuditMixin):
     # -- results -----------------------------------------------------------------------------------------
     def record_acceptance(self, run_id: int, set_id: int, metrics: dict[str, Any], by: str | None) -> None:
         """Keep a model's result on an acceptance set (replacing an earlier evaluation on the same set)."""
-        with self.transaction() as db:
-            db["acceptance_results"].insert({"run_id": int(run_id), "set_id": int(set_id),
-                                             "metrics": json.dumps(metrics, sort_keys=True), "evaluated_at": utc_now(),
-                                             "evaluated_by": by}, pk=("run_id", "set_id"), replace=True)
+        with self.transaction() as conn:
+            self._upsert(conn, acceptance_results, {"run_id": int(run_id), "set_id": int(set_id),
+                                                    "metrics": json.dumps(metrics, sort_keys=True),
+                                                    "evaluated_at": utc_now(), "evaluated_by": by})
             self.audit("acceptance.evaluate", user=by, run_id=int(run_id), set_id=int(set_id),
                        macro_f1=metrics.get("macro_f1"), n=metrics.get("n"))
 
     def acceptance_result(self, run_id: int, set_id: int) -> dict[str, Any] | None:
-        rows = self._rows("SELECT * FROM acceptance_results WHERE run_id = ? AND set_id = ?", [int(run_id),
-                                                                                             int(set_id)])
+        r = acceptance_results.c
+        rows = self._rows(select(acceptance_results).where(r.run_id == int(run_id), r.set_id == int(set_id)))
         if not rows:
             return None
-        row = dict(rows[0])
+        row = rows[0]
         row["metrics"] = json.loads(row["metrics"])
         return row
 

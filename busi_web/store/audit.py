@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+
 from busi_web.store.db import StoreBase, utc_now
+from busi_web.store.tables import audit
 
 CSV_COLUMNS = ("id", "time", "user", "action", "run_id", "detail")
 
@@ -70,31 +73,35 @@ class AuditMixin(StoreBase):
                    rows: Sequence[dict[str, Any]]) -> None:
         """Append one row per detail in ``rows`` (e.g. each image of a diagnosis), in one transaction."""
         now = utc_now()
-        with self.transaction() as db:
-            db["audit"].insert_all([{"time": now, "user": user, "action": action, "run_id": run_id,
-                                     "detail": json.dumps(detail, sort_keys=True, default=str)} for detail in rows])
+        with self.transaction(immediate=False) as conn:  # inserts only: nothing read first
+            conn.execute(audit.insert(), [{"time": now, "user": user, "action": action, "run_id": run_id,
+                                           "detail": json.dumps(detail, sort_keys=True, default=str)}
+                                          for detail in rows])
 
     def audit_log(self, action: str | Sequence[str] | None = None, limit: int = 100, *, user: str | None = None,
                   run_id: int | None = None, since: str | None = None, until: str | None = None,
                   before_id: int | None = None) -> list[dict[str, Any]]:
         """Audit rows, newest first, filtered by action (one or several), user, run (the model), a time range
         (ISO 8601 text, ``since`` inclusive, ``until`` exclusive) and ``before_id`` (the next page)."""
-        where, args = [], []
+        c = audit.c
+        query = select(audit)
         if action is not None:
-            actions = [action] if isinstance(action, str) else list(action)
-            where.append(f"action IN ({', '.join('?' * len(actions))})")
-            args += actions
-        for column, op, value in (("user", "=", user), ("run_id", "=", run_id), ("time", ">=", since),
-                                  ("time", "<", until), ("id", "<", before_id)):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                args.append(value)
-        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
-        rows = [dict(r) for r in self._rows(sql + " ORDER BY id DESC LIMIT ?", [*args, int(limit)])]
+            query = query.where(c.action.in_([action] if isinstance(action, str) else list(action)))
+        if user is not None:
+            query = query.where(c.user == user)
+        if run_id is not None:
+            query = query.where(c.run_id == run_id)
+        if since is not None:
+            query = query.where(c.time >= since)
+        if until is not None:
+            query = query.where(c.time < until)
+        if before_id is not None:
+            query = query.where(c.id < before_id)
+        rows = self._rows(query.order_by(c.id.desc()).limit(int(limit)))
         for row in rows:
             row["detail"] = json.loads(row["detail"] or "{}")
         return rows
 
     def audit_actions(self) -> list[str]:
         """Every action that has an audit row, sorted."""
-        return [r["action"] for r in self._rows("SELECT DISTINCT action FROM audit ORDER BY action", [])]
+        return [r["action"] for r in self._rows(select(audit.c.action).distinct().order_by(audit.c.action))]

@@ -6,7 +6,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import delete, func, select
+
 from busi_web.store.db import StoreBase
+from busi_web.store.tables import metrics
 
 
 class MetricsMixin(StoreBase):
@@ -20,31 +23,29 @@ class MetricsMixin(StoreBase):
                    for r in rows]
         if not records:
             return self.latest_metric_id(run_id)
-        with self.transaction() as db:
-            db["metrics"].insert_all(records)
-            return db.execute("SELECT max(id) FROM metrics WHERE run_id = ?", [int(run_id)]).fetchone()[0]
+        # A write transaction: ids are handed out in commit order, so a reader's cursor (id > last seen) never
+        # skips a row that commits later with a smaller id.
+        with self.transaction() as conn:
+            conn.execute(metrics.insert(), records)
+            return int(conn.execute(select(func.max(metrics.c.id)).where(metrics.c.run_id == int(run_id))).scalar())
 
     def metrics(self, run_id: int, after_id: int = 0, keys: Iterable[str] | None = None,
                 limit: int | None = None) -> list[dict[str, Any]]:
         """Metric rows of a run in insertion order, those with id > ``after_id`` (the live cursor)."""
-        sql, args = "SELECT id, epoch, step, key, value, time FROM metrics WHERE run_id = ? AND id > ?", [
-            int(run_id), int(after_id or 0)]
+        c = metrics.c
+        query = (select(c.id, c.epoch, c.step, c.key, c.value, c.time)
+                 .where(c.run_id == int(run_id), c.id > int(after_id or 0)).order_by(c.id))
         if keys is not None:
-            keys = list(keys)
-            sql += f" AND key IN ({', '.join('?' * len(keys))})"
-            args += keys
-        sql += " ORDER BY id"
+            query = query.where(c.key.in_(list(keys)))
         if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
-        return [dict(r) for r in self._rows(sql, args)]
+            query = query.limit(int(limit))
+        return self._rows(query)
 
     def latest_metric_id(self, run_id: int) -> int:
-        row = self.db.execute("SELECT max(id) FROM metrics WHERE run_id = ?", [int(run_id)]).fetchone()
-        return int(row[0] or 0)
+        return int(self._scalar(select(func.max(metrics.c.id)).where(metrics.c.run_id == int(run_id))) or 0)
 
     def delete_metrics(self, run_id: int, from_epoch: int) -> int:
         """Drop rows of epochs >= ``from_epoch`` (a resumed run redoes them); returns how many went."""
-        with self.transaction() as db:
-            return db.execute("DELETE FROM metrics WHERE run_id = ? AND epoch >= ?",
-                              [int(run_id), int(from_epoch)]).rowcount
+        with self.transaction() as conn:
+            return conn.execute(delete(metrics).where(metrics.c.run_id == int(run_id),
+                                                      metrics.c.epoch >= int(from_epoch))).rowcount

@@ -13,11 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import delete, select
+
 from busi_web.errors import UserError
 from busi_web.store.acceptance import AcceptanceMixin
 from busi_web.store.db import utc_now
 from busi_web.store.run_files import BEST_PT
 from busi_web.store.runs import IllegalTransition, RunsMixin
+from busi_web.store.tables import defaults, runs
+
+# A default with its run's folder (where its checkpoint is).
+_DEFAULTS = select(defaults, runs.c.run_dir).join(runs, runs.c.id == defaults.c.run_id)
 
 
 class GateRefused(UserError):
@@ -47,7 +53,7 @@ class ModelsMixin(AcceptanceMixin, RunsMixin):
         acceptance set: :class:`GateRefused` (409) lists the failures otherwise.
         """
         why = _reason(reason)
-        with self.transaction():
+        with self.transaction() as conn:
             run = self.get_run(run_id)
             if run["status"] != "finished":
                 raise IllegalTransition(f"run {run_id} is {run['status']}; only a finished run can be a default")
@@ -60,8 +66,8 @@ class ModelsMixin(AcceptanceMixin, RunsMixin):
                     raise GateRefused(f"run {run_id} does not pass the {modality} acceptance gate: "
                                       + "; ".join(failures))
             previous = self.default_model(modality)
-            self.db["defaults"].insert({"modality": modality, "run_id": int(run_id), "set_at": utc_now(),
-                                        "set_by": by, "reason": why}, pk="modality", replace=True)
+            self._upsert(conn, defaults, {"modality": modality, "run_id": int(run_id), "set_at": utc_now(),
+                                          "set_by": by, "reason": why})
             self.audit("model.default.set", user=by, run_id=int(run_id), modality=modality, reason=why,
                        previous_run_id=None if previous is None else previous["run_id"])
         result = self.default_model(modality)
@@ -71,24 +77,22 @@ class ModelsMixin(AcceptanceMixin, RunsMixin):
     def clear_default(self, modality: str, *, by: str | None, reason: str | None) -> None:
         """Remove the default of ``modality``: Diagnose then refuses that modality until a new one is set."""
         why = _reason(reason)
-        with self.transaction():
+        with self.transaction() as conn:
             previous = self.default_model(modality)
             if previous is None:
                 raise UserError(f"{modality} has no default model to clear", 404, {"modality": "no default"})
-            self.db["defaults"].delete(modality)
+            conn.execute(delete(defaults).where(defaults.c.modality == modality))
             self.audit("model.default.clear", user=by, run_id=previous["run_id"], modality=modality, reason=why)
 
     def default_model(self, modality: str) -> dict[str, Any] | None:
         """The default of ``modality`` (``modality``, ``run_id``, ``checkpoint``, ``set_at``, ``set_by``,
         ``reason``), or ``None``."""
-        rows = self._rows("SELECT d.*, r.run_dir FROM defaults d JOIN runs r ON r.id = d.run_id "
-                          "WHERE d.modality = ?", [modality])
+        rows = self._rows(_DEFAULTS.where(defaults.c.modality == modality))
         return self._default_row(rows[0]) if rows else None
 
     def list_defaults(self) -> list[dict[str, Any]]:
         """Every modality's default, by modality."""
-        rows = self._rows("SELECT d.*, r.run_dir FROM defaults d JOIN runs r ON r.id = d.run_id "
-                          "ORDER BY d.modality", [])
+        rows = self._rows(_DEFAULTS.order_by(defaults.c.modality))
         return [self._default_row(r) for r in rows]
 
     def default_ids(self) -> dict[int, str]:

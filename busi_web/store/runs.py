@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy import func, select, update
 
 from busi_web.errors import UserError
 from busi_web.store.audit import AuditMixin
 from busi_web.store.db import private_dir, utc_now
+from busi_web.store.tables import runs
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 TERMINAL = frozenset({"finished", "failed", "cancelled"})
@@ -28,7 +30,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 # Columns a caller may set through update_run / transition.
 RUN_FIELDS = frozenset({"name", "pid", "error", "cancel_requested", "epochs_done", "best_metric", "best_metric_name",
-                        "test_macro_f1", "test_accuracy", "params", "data_dir", "created_by"})
+                        "test_macro_f1", "test_accuracy", "params", "data_dir", "created_by", "worker",
+                        "heartbeat_at"})
 
 
 class RunNotFound(UserError, KeyError):
@@ -43,11 +46,11 @@ class IllegalTransition(UserError):
     status = 409
 
 
-MAX_ID = 2**63 - 1  # SQLite's largest integer: the largest run or metric row id
+MAX_ID = 2**63 - 1  # the largest 64-bit integer (SQLite's, and PostgreSQL's BIGINT): the largest row id
 
 
 def run_id_of(value: int | str) -> int:
-    """A run id as SQLite can hold it; anything else names no run (:class:`RunNotFound`)."""
+    """A run id as the database can hold it; anything else names no run (:class:`RunNotFound`)."""
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -68,21 +71,19 @@ class RunsMixin(AuditMixin):
         ``modality`` is the dataset's (its plugin declares it): the model can only serve that modality.
         """
         now = utc_now()
-        with self.transaction() as db:
-            run_id = db["runs"].insert({
-                "name": name or f"{backbone} on {dataset}", "status": "queued", "backbone": backbone,
-                "dataset": dataset, "data_dir": data_dir, "params": json.dumps(params, sort_keys=True),
-                "created_at": now, "created_by": created_by, "cancel_requested": 0, "epochs_done": 0,
-                "modality": modality,
-            }).last_pk
+        with self.transaction() as conn:
+            run_id = conn.execute(runs.insert().values(
+                name=name or f"{backbone} on {dataset}", status="queued", backbone=backbone, dataset=dataset,
+                data_dir=data_dir, params=json.dumps(params, sort_keys=True), created_at=now, created_by=created_by,
+                cancel_requested=0, epochs_done=0, modality=modality).returning(runs.c.id)).scalar_one()
             stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
             run_dir = self.runs_dir / f"{stamp}_{run_id}"
-            db["runs"].update(run_id, {"run_dir": str(run_dir)})
+            conn.execute(update(runs).where(runs.c.id == run_id).values(run_dir=str(run_dir)))
         private_dir(run_dir)  # checkpoints and logs inside are written 0600 (tempfile + rename)
         return self.get_run(run_id)
 
     def get_run(self, run_id: int) -> dict[str, Any]:
-        rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id_of(run_id)])
+        rows = self._rows(select(runs).where(runs.c.id == run_id_of(run_id)))
         if not rows:
             raise RunNotFound(f"there is no run {run_id}; `busi-web runs` lists them")
         return self._decode(rows[0])
@@ -91,35 +92,33 @@ class RunsMixin(AuditMixin):
                   backbone: str | None = None, limit: int | None = None, oldest_first: bool = False
                   ) -> list[dict[str, Any]]:
         """Runs, newest first unless ``oldest_first``, filtered by status (one or several), dataset, backbone."""
-        where, args = [], []
+        query = select(runs)
         if status is not None:
-            statuses = [status] if isinstance(status, str) else list(status)
-            where.append(f"status IN ({', '.join('?' * len(statuses))})")
-            args += statuses
-        for column, value in (("dataset", dataset), ("backbone", backbone)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY id" + ("" if oldest_first else " DESC")
+            query = query.where(runs.c.status.in_([status] if isinstance(status, str) else list(status)))
+        if dataset is not None:
+            query = query.where(runs.c.dataset == dataset)
+        if backbone is not None:
+            query = query.where(runs.c.backbone == backbone)
+        query = query.order_by(runs.c.id if oldest_first else runs.c.id.desc())
         if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
-        return [self._decode(row) for row in self._rows(sql, args)]
+            query = query.limit(int(limit))
+        return [self._decode(row) for row in self._rows(query)]
 
     def count_runs(self, status: str | None = None) -> int:
-        if status is None:
-            return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
-        return self.db.execute("SELECT count(*) FROM runs WHERE status = ?", [status]).fetchone()[0]
+        query = select(func.count()).select_from(runs)
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        return int(self._scalar(query))
 
     def update_run(self, run_id: int, **fields: Any) -> dict[str, Any]:
         """Set bookkeeping columns of a run (not its status: use :meth:`transition`)."""
         values = self._fields(fields)
-        with self.transaction() as db:
-            if db.execute("SELECT 1 FROM runs WHERE id = ?", [run_id_of(run_id)]).fetchone() is None:
+        with self.transaction() as conn:
+            number = run_id_of(run_id)
+            if conn.execute(select(runs.c.id).where(runs.c.id == number)).first() is None:
                 raise RunNotFound(f"there is no run {run_id}")
             if values:
-                db["runs"].update(int(run_id), values)
+                conn.execute(update(runs).where(runs.c.id == number).values(**values))
         return self.get_run(run_id)
 
     def transition(self, run_id: int, status: str, **fields: Any) -> dict[str, Any]:
@@ -128,11 +127,11 @@ class RunsMixin(AuditMixin):
             raise IllegalTransition(f"unknown run state {status!r}; states are {', '.join(STATES)}")
         values = self._fields(fields)
         now = utc_now()
-        with self.transaction() as db:
-            row = db.execute("SELECT status FROM runs WHERE id = ?", [run_id_of(run_id)]).fetchone()
-            if row is None:
+        with self.transaction() as conn:
+            number = run_id_of(run_id)
+            current = conn.execute(select(runs.c.status).where(runs.c.id == number)).scalar()
+            if current is None:
                 raise RunNotFound(f"there is no run {run_id}")
-            current = row[0]
             if status not in TRANSITIONS[current]:
                 allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing (it is final)"
                 raise IllegalTransition(f"run {run_id} is {current}; it can only become {allowed}, not {status}")
@@ -143,16 +142,25 @@ class RunsMixin(AuditMixin):
                 values.update(finished_at=None, cancel_requested=0)
             if status in TERMINAL or status == "interrupted":
                 values["finished_at"] = now
-            db["runs"].update(int(run_id), values)
+            if status != "running":  # only a running run is held by a worker
+                values.setdefault("worker", None)
+                values.setdefault("heartbeat_at", None)
+            conn.execute(update(runs).where(runs.c.id == number).values(**values))
         return self.get_run(run_id)
 
-    def claim_next(self, pid: int | None = None) -> dict[str, Any] | None:
-        """Atomically move the oldest queued run to running and return it (None when the queue is empty)."""
-        with self.transaction() as db:
-            row = db.execute("SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+    def claim_next(self, pid: int | None = None, worker: str | None = None, now: float | None = None
+                   ) -> dict[str, Any] | None:
+        """Atomically move the oldest queued run to running and return it (None when the queue is empty). A
+        ``worker`` (``busi-web worker``) holds the claim with heartbeats from ``now`` on."""
+        with self.transaction() as conn:
+            # The write transaction already serialises claims; SKIP LOCKED keeps a claim from waiting on a row
+            # another transaction holds, should one ever lock runs without the store's lock.
+            row = conn.execute(select(runs.c.id).where(runs.c.status == "queued").order_by(runs.c.id).limit(1)
+                               .with_for_update(skip_locked=True)).first()
             if row is None:
                 return None
-            return self.transition(row[0], "running", pid=pid)
+            held = {} if worker is None else {"worker": worker, "heartbeat_at": now}
+            return self.transition(row[0], "running", pid=pid, **held)
 
     def _fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         unknown = set(fields) - RUN_FIELDS
@@ -165,7 +173,7 @@ class RunsMixin(AuditMixin):
         return values
 
     @staticmethod
-    def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    def _decode(row: Mapping[str, Any]) -> dict[str, Any]:
         run = dict(row)
         if isinstance(run.get("params"), str):
             run["params"] = json.loads(run["params"])

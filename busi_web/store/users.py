@@ -9,22 +9,24 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import sqlite3
 import unicodedata
 from functools import lru_cache
 from typing import Any
 
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from busi_web.errors import UserError
 from busi_web.store.audit import AuditMixin
 from busi_web.store.db import utc_now
 from busi_web.store.passwords import one_time_password, require_strong
+from busi_web.store.tables import api_tokens, users
 
 ROLES = ("admin", "clinician")
 DIRECTORY = "directory"  # users.source of accounts whose password the directory checks (LDAP)
 # What every security event does to an account: its sessions end, and so do its API tokens.
-REVOKE = "session_version = session_version + 1, credential_version = credential_version + 1"
+REVOKE = {"session_version": users.c.session_version + 1, "credential_version": users.c.credential_version + 1}
 # A user name: letters, digits, and . _ - @ inside (an e-mail address works), at most 64; NFKC first.
 USER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._@-]{0,62}[A-Za-z0-9])?$")
 USER_NAME_RULES = ("1 to 64 characters: ASCII letters and digits, and . _ - @ between them (no spaces, slashes, "
@@ -78,34 +80,35 @@ class UsersMixin(AuditMixin):
         """Insert an account row, refusing a name that exists already in any case (409)."""
         key = name_key(row["name"])
         try:
-            with self.transaction() as db:
-                found = db.execute("SELECT name FROM users WHERE name_key = ?", [key]).fetchone()
+            with self.transaction() as conn:
+                found = conn.execute(select(users.c.name).where(users.c.name_key == key)).scalar()
                 if found is not None:
-                    raise UserError(f"a user named {found[0]!r} exists already (names are the same whatever their "
+                    raise UserError(f"a user named {found!r} exists already (names are the same whatever their "
                                     "case)", 409, {"name": "taken"})
-                db["users"].insert({**row, "name_key": key})
-        except sqlite3.IntegrityError:
+                conn.execute(users.insert().values(**row, name_key=key))
+        except IntegrityError:
             raise UserError(f"a user named {row['name']!r} exists already", 409, {"name": "taken"}) from None
 
     def get_user(self, name: str) -> dict[str, Any] | None:
         """The account named ``name``, whatever the case it is typed in (``Nurse.Kim`` is ``nurse.kim``)."""
-        rows = self._rows("SELECT * FROM users WHERE name_key = ? ORDER BY name = ? DESC LIMIT 1",
-                          [name_key(name or ""), name or ""])
-        return dict(rows[0]) if rows else None
+        rows = self._rows(select(users).where(users.c.name_key == name_key(name or ""))
+                          .order_by((users.c.name == (name or "")).desc()).limit(1))
+        return rows[0] if rows else None
 
     def get_user_by_id(self, user_id: int) -> dict[str, Any] | None:
-        rows = self._rows("SELECT * FROM users WHERE id = ?", [int(user_id)])
-        return dict(rows[0]) if rows else None
+        rows = self._rows(select(users).where(users.c.id == int(user_id)))
+        return rows[0] if rows else None
 
     def list_users(self) -> list[dict[str, Any]]:
         """Every account without its password hash (``disabled`` as a bool)."""
-        return [{**{k: v for k, v in dict(r).items() if k != "password_hash"}, "disabled": bool(r["disabled"])}
-                for r in self._rows("SELECT * FROM users ORDER BY name", [])]
+        return [{**{k: v for k, v in r.items() if k != "password_hash"}, "disabled": bool(r["disabled"])}
+                for r in self._rows(select(users).order_by(users.c.name))]
 
     def count_users(self, role: str | None = None) -> int:
-        if role is None:
-            return self._rows("SELECT count(*) AS n FROM users", [])[0]["n"]
-        return self._rows("SELECT count(*) AS n FROM users WHERE role = ?", [role])[0]["n"]
+        query = select(func.count()).select_from(users)
+        if role is not None:
+            query = query.where(users.c.role == role)
+        return int(self._scalar(query))
 
     def check_password(self, name: str, password: str) -> dict[str, Any] | None:
         """The user when ``password`` is theirs and the account is enabled, else None (the same answer for an
@@ -139,9 +142,8 @@ class UsersMixin(AuditMixin):
                 self.audit("user.add", user=name, target=name, role=role, source=DIRECTORY)
             user = self.get_user(name)
         elif user["role"] != role:
-            with self.transaction() as db:
-                db.execute(f"UPDATE users SET role = ?, {REVOKE} WHERE id = ?",
-                           [role, user["id"]])
+            with self.transaction() as conn:
+                conn.execute(update(users).where(users.c.id == user["id"]).values(role=role, **REVOKE))
             self.audit("user.role", user=None, target=name, role=role, previous=user["role"], source=DIRECTORY)
             user = self.get_user(name)
         return None if user.get("disabled") else user
@@ -157,28 +159,27 @@ class UsersMixin(AuditMixin):
         theirs ends, and a required change is done."""
         require_strong(password, name)
         self._refuse_directory(name, "change it")
-        with self.transaction() as db:
+        with self.transaction() as conn:
             user = self.get_user(name)
             if user is None:
                 raise UserError(f"there is no user {name!r}")
-            db.execute("UPDATE users SET password_hash = ?, must_change_password = 0, "
-                       f"{REVOKE} WHERE id = ?",
-                       [generate_password_hash(password), user["id"]])
+            conn.execute(update(users).where(users.c.id == user["id"]).values(
+                password_hash=generate_password_hash(password), must_change_password=0, **REVOKE))
         self.audit("user.password", user=name)
 
     def delete_user(self, name: str) -> None:
-        with self.transaction() as db:
+        with self.transaction() as conn:
             user = self.get_user(name)
             if user is None:
                 raise UserError(f"there is no user {name!r}")
-            db.execute("DELETE FROM api_tokens WHERE user_id = ?", [user["id"]])
-            db.execute("DELETE FROM users WHERE id = ?", [user["id"]])
+            conn.execute(delete(api_tokens).where(api_tokens.c.user_id == user["id"]))
+            conn.execute(delete(users).where(users.c.id == user["id"]))
         self.audit("user.delete", user=name)
 
     # -- what an admin does to accounts (each audited with the admin as the user, the account as ``target``) ----
     def _other_enabled_admins(self, name: str) -> int:
-        return self._rows("SELECT count(*) AS n FROM users WHERE role = 'admin' AND NOT disabled AND name != ?",
-                          [name])[0]["n"]
+        return int(self._scalar(select(func.count()).select_from(users).where(
+            users.c.role == "admin", users.c.disabled == 0, users.c.name != name)))
 
     def _existing(self, name: str) -> dict[str, Any]:
         user = self.get_user(name)
@@ -190,37 +191,37 @@ class UsersMixin(AuditMixin):
         """Change ``name``'s role; the last enabled admin cannot stop being one."""
         if role not in ROLES:
             raise UserError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}", 400, {"role": "unknown"})
-        with self.transaction() as db:
+        with self.transaction() as conn:
             user = self._existing(name)
             if user.get("source") == DIRECTORY:
                 raise UserError(f"{name}'s role comes from the hospital directory's groups; change the groups "
                                 "there (it applies at their next login)", 409)
             if user["role"] == "admin" and role != "admin" and not self._other_enabled_admins(name):
                 raise UserError(f"{name} is the last enabled admin; make another admin first", 409)
-            db.execute(f"UPDATE users SET role = ?, {REVOKE} WHERE id = ?",
-                       [role, user["id"]])
+            conn.execute(update(users).where(users.c.id == user["id"]).values(role=role, **REVOKE))
             self.audit("user.role", user=by, target=name, role=role, previous=user["role"])
         return self._existing(name)
 
     def set_disabled(self, name: str, disabled: bool, *, by: str | None) -> dict[str, Any]:
         """Disable (or enable again) ``name``: a disabled user cannot log in, and their sessions and API tokens
         stop working at once. Nobody disables themselves or the last enabled admin."""
-        with self.transaction() as db:
+        with self.transaction() as conn:
             user = self._existing(name)
             if disabled and name == by:
                 raise UserError("you cannot disable your own account; ask another admin", 409)
             if disabled and user["role"] == "admin" and not self._other_enabled_admins(name):
                 raise UserError(f"{name} is the last enabled admin; make another admin first", 409)
-            db.execute(f"UPDATE users SET disabled = ?, {REVOKE} WHERE id = ?",
-                       [int(bool(disabled)), user["id"]])
+            conn.execute(update(users).where(users.c.id == user["id"]).values(disabled=int(bool(disabled)),
+                                                                                 **REVOKE))
             self.audit("user.disable" if disabled else "user.enable", user=by, target=name)
         return self._existing(name)
 
     def end_sessions(self, name: str) -> None:
         """End every session of ``name`` (a session carries the version it was opened with; this raises it): a
         logout. A password change, a reset, a role change and disabling do it too, and end the API tokens."""
-        with self.transaction() as db:
-            db.execute("UPDATE users SET session_version = session_version + 1 WHERE name_key = ?", [name_key(name)])
+        with self.transaction() as conn:
+            conn.execute(update(users).where(users.c.name_key == name_key(name)).values(
+                session_version=users.c.session_version + 1))
 
     def invite_user(self, name: str, role: str, *, by: str | None) -> str:
         """Create an account with a one-time password (returned once), to be changed at the first login."""
@@ -237,11 +238,10 @@ class UsersMixin(AuditMixin):
         """Give ``name`` a new one-time password (returned once): they must change it when they next log in."""
         password = one_time_password()
         self._refuse_directory(name, "reset it")
-        with self.transaction() as db:
+        with self.transaction() as conn:
             user = self._existing(name)
-            db.execute("UPDATE users SET password_hash = ?, must_change_password = 1, "
-                       f"{REVOKE} WHERE id = ?",
-                       [generate_password_hash(password), user["id"]])
+            conn.execute(update(users).where(users.c.id == user["id"]).values(
+                password_hash=generate_password_hash(password), must_change_password=1, **REVOKE))
             self.audit("user.password.reset", user=by, target=name)
         return password
 
@@ -249,9 +249,9 @@ class UsersMixin(AuditMixin):
         """Make ``name`` choose a new password at their next login (their sessions end now; the current password
         still opens the change-password page, and nothing else)."""
         self._refuse_directory(name, "ask IT to expire it")
-        with self.transaction() as db:
+        with self.transaction() as conn:
             user = self._existing(name)
-            db.execute(f"UPDATE users SET must_change_password = 1, {REVOKE} WHERE id = ?", [user["id"]])
+            conn.execute(update(users).where(users.c.id == user["id"]).values(must_change_password=1, **REVOKE))
             self.audit("user.password.require_change", user=by, target=name)
         return self.public_user(name)
 
@@ -262,9 +262,10 @@ class UsersMixin(AuditMixin):
         if user is None:
             raise UserError(f"there is no user {name!r}")
         token = "bw_" + secrets.token_urlsafe(32)
-        with self.transaction() as db:
-            db["api_tokens"].insert({"user_id": user["id"], "label": label, "token_hash": _token_hash(token),
-                                     "created_at": utc_now(), "credential_version": user["credential_version"]})
+        with self.transaction() as conn:
+            conn.execute(api_tokens.insert().values(user_id=user["id"], label=label, token_hash=_token_hash(token),
+                                                    created_at=utc_now(),
+                                                    credential_version=user["credential_version"]))
         self.audit("token.create", user=name, label=label)
         return token
 
@@ -275,31 +276,31 @@ class UsersMixin(AuditMixin):
         account is enabled (while a new password is required, the login guard answers its requests with a 403).
         A plain logout ends the browser sessions, not the scripts' tokens. ``last_used_at`` is kept to the
         minute: a busy client does not write at every request."""
-        rows = self._rows("SELECT users.*, api_tokens.id AS token_id, api_tokens.last_used_at AS token_used "
-                          "FROM api_tokens JOIN users ON users.id = api_tokens.user_id "
-                          "WHERE token_hash = ? AND NOT users.disabled "
-                          "AND api_tokens.credential_version IS users.credential_version", [_token_hash(token or "")])
+        t = api_tokens.c
+        rows = self._rows(select(users, t.id.label("token_id"), t.last_used_at.label("token_used"))
+                          .join(api_tokens, t.user_id == users.c.id)
+                          .where(t.token_hash == _token_hash(token or ""), users.c.disabled == 0,
+                                 t.credential_version == users.c.credential_version))
         if not rows:
             return None
-        user = dict(rows[0])
+        user = rows[0]
         token_id, used, now = user.pop("token_id"), user.pop("token_used"), utc_now()
         if not used or used[:16] != now[:16]:  # ISO 8601: the first 16 characters are the minute
-            with self.transaction() as db:
-                db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", [now, token_id])
+            with self.transaction(immediate=False) as conn:
+                conn.execute(update(api_tokens).where(t.id == token_id).values(last_used_at=now))
         return user
 
     def list_tokens(self, name: str | None = None) -> list[dict[str, Any]]:
-        sql = ("SELECT api_tokens.id, users.name AS user, label, api_tokens.created_at, last_used_at FROM api_tokens "
-               "JOIN users ON users.id = api_tokens.user_id")
-        args: list[Any] = []
+        t = api_tokens.c
+        query = (select(t.id, users.c.name.label("user"), t.label, t.created_at, t.last_used_at)
+                 .join(users, users.c.id == t.user_id).order_by(t.id))
         if name is not None:
-            sql += " WHERE users.name_key = ?"
-            args.append(name_key(name))
-        return [dict(r) for r in self._rows(sql + " ORDER BY api_tokens.id", args)]
+            query = query.where(users.c.name_key == name_key(name))
+        return self._rows(query)
 
     def revoke_token(self, token_id: int) -> bool:
-        with self.transaction() as db:
-            gone = db.execute("DELETE FROM api_tokens WHERE id = ?", [int(token_id)]).rowcount
+        with self.transaction() as conn:
+            gone = conn.execute(delete(api_tokens).where(api_tokens.c.id == int(token_id))).rowcount
         if gone:
             self.audit("token.revoke", token_id=int(token_id))
         return bool(gone)

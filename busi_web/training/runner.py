@@ -156,7 +156,7 @@ class JobRunner:
         run = self.store.claim_next(pid=None)
         if run is None:
             return
-        cmd = [sys.executable, "-m", TRAINER_MODULE, "--db", str(self.store.db_path),
+        cmd = [sys.executable, "-m", TRAINER_MODULE, "--db", self.store.url,
                "--runs-dir", str(self.store.runs_dir), "--run-id", str(run["id"])]
         if self.allowed_plugins is not None:
             cmd += ["--allowed-plugins", ",".join(self.allowed_plugins)]

@@ -119,7 +119,7 @@ def _finish(store: JobStore, run_id: int, outcome: str, fields: dict[str, Any],
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the trainer process; returns 0 when the run finished or was cancelled, 1 otherwise."""
     parser = argparse.ArgumentParser(prog="python -m busi_web.training.trainer", description="Train one stored run.")
-    parser.add_argument("--db", required=True, help="the SQLite job store")
+    parser.add_argument("--db", required=True, help="the job store: a SQLite file or a postgresql:// URL")
     parser.add_argument("--runs-dir", required=True, help="the folder holding the run folders")
     parser.add_argument("--run-id", required=True, type=int)
     parser.add_argument("--allowed-plugins", default=None,

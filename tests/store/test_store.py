@@ -1,4 +1,5 @@
-"""The job store on a real SQLite file: schema, run states, metrics, models and audit.
+"""The job store on a real SQLite file and a real PostgreSQL database: schema, run states, metrics, models and
+audit (the ``store`` fixture runs each test on both; see ``conftest.py``).
 
 Several processes and threads at once: ``test_store_concurrency.py``.
 """
@@ -11,13 +12,15 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from busi_web.errors import UserError
 from busi_web.store import STATES, TERMINAL, TRANSITIONS, IllegalTransition, JobStore, RunNotFound
 from busi_web.store.models import GateRefused
 
-MIGRATED = ["m001_initial", "m002_modalities_defaults_acceptance", "m003_disabled_users", "m004_session_versions",
-            "m005_account_source", "m006_sites", "m007_name_keys_and_credential_versions"]
+LEGACY = ["m001_initial", "m002_modalities_defaults_acceptance", "m003_disabled_users", "m004_session_versions",
+          "m005_account_source", "m006_sites", "m007_name_keys_and_credential_versions"]
+HEAD = "r002"
 
 # A legal path from a new (queued) run to each state.
 PATH_TO = {"queued": [], "running": ["running"], "finished": ["running", "finished"], "failed": ["failed"],
@@ -43,33 +46,50 @@ def finished_with_model(store: JobStore, f1: float | None, dataset: str = "phant
 # -- schema ----------------------------------------------------------------------------------------------------
 
 
-def test_schema_comes_from_the_migrations_in_wal_mode_and_is_applied_once(tmp_path):
-    store = JobStore(tmp_path / "busi.db", tmp_path / "runs")
-    assert store.schema_version() == MIGRATED
-    assert {"runs", "metrics", "defaults", "modality_settings", "acceptance_sets", "acceptance_results", "users",
-            "api_tokens", "audit", "_sqlite_migrations"} <= set(store.db.table_names())
+def test_the_schema_comes_from_the_migrations_is_applied_once_and_has_every_column_the_queries_use(
+        store, database, tmp_path):
+    from sqlalchemy import inspect
+
+    from busi_web.store.tables import metadata
+
+    assert store.schema_version() == HEAD
+    with store.engine.connect() as conn:
+        found = inspect(conn)
+        for table in metadata.sorted_tables:
+            assert {c.name for c in table.columns} <= {c["name"] for c in found.get_columns(table.name)}, table.name
+    store.create_run("tiny_cnn", "phantom", {"train": {"epochs": 1}})
+    again = JobStore(database, tmp_path / "runs")  # a second process starting on the same database
+    assert again.schema_version() == HEAD
+    assert [r["params"] for r in again.list_runs()] == [{"train": {"epochs": 1}}]
+
+
+def test_a_sqlite_store_is_in_wal_mode_and_private(tmp_path):
+    JobStore(tmp_path / "busi.db", tmp_path / "runs")
     # WAL is a property of the file: a plain connection that never heard of the store sees it.
     with sqlite3.connect(tmp_path / "busi.db") as plain:
         assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    store.create_run("tiny_cnn", "phantom", {"train": {"epochs": 1}})
-    again = JobStore(tmp_path / "busi.db", tmp_path / "runs")  # a second process starting on the same file
-    assert again.schema_version() == MIGRATED
-    assert again.db["_sqlite_migrations"].count == len(MIGRATED)
-    assert [r["params"] for r in again.list_runs()] == [{"train": {"epochs": 1}}]
+    assert (tmp_path / "busi.db").stat().st_mode & 0o777 == 0o600
+
+
+def _legacy_file(path: Path, upto: int) -> None:
+    """A SQLite file as an earlier busi-web left it: its first ``upto`` sqlite-utils migrations applied."""
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+    from busi_web.store import legacy
+
+    first = Migrations("busi_web")
+    for name in LEGACY[:upto]:
+        first()(getattr(legacy, name))
+    db = Database(path)
+    first.apply(db)
+    return db
 
 
 def test_a_store_of_the_first_schema_keeps_its_runs_and_its_active_models_become_defaults(tmp_path):
     """m002: the per-dataset active models of an existing instance become per-modality defaults (the latest
-    activation of each modality), runs get their modality, and nothing else is lost."""
-    from sqlite_utils import Database
-    from sqlite_utils.migrations import Migrations
-
-    from busi_web.store.schema import m001_initial
-
-    first = Migrations("busi_web")
-    first()(m001_initial)
-    db = Database(tmp_path / "busi.db")
-    first.apply(db)
+    activation of each modality), runs get their modality, and nothing else is lost; then Alembic takes over."""
+    db = _legacy_file(tmp_path / "busi.db", 1)
     for i, (dataset, at) in enumerate([("phantom", "2026-01-01T00:00:00"), ("busi", "2026-01-02T00:00:00"),
                                        ("mias", "2026-01-03T00:00:00")], start=1):
         db["runs"].insert({"id": i, "name": f"r{i}", "status": "finished", "backbone": "tiny_cnn", "dataset": dataset,
@@ -78,12 +98,27 @@ def test_a_store_of_the_first_schema_keeps_its_runs_and_its_active_models_become
                              "activated_by": "ana"})
     db.conn.close()
     store = JobStore(tmp_path / "busi.db", tmp_path / "runs")
-    assert store.schema_version() == MIGRATED
+    assert store.schema_version() == HEAD
     assert [(r["id"], r["modality"]) for r in store.list_runs(oldest_first=True)] == [
         (1, "ultrasound"), (2, "ultrasound"), (3, "mammography")]
     assert [(d["modality"], d["run_id"], d["set_by"]) for d in store.list_defaults()] == [
         ("mammography", 3, "ana"), ("ultrasound", 2, "ana")]
-    assert "models" not in store.db.table_names()
+    assert "models" not in store.table_names()
+    with sqlite3.connect(tmp_path / "busi.db") as plain:  # every old migration applied once, and recorded
+        assert [r[0] for r in plain.execute("SELECT name FROM _sqlite_migrations ORDER BY id")] == LEGACY
+    # The upgraded file works as a new one does: a run with the new columns.
+    run = store.create_run("tiny_cnn", "phantom", {})
+    assert store.claim_next(worker="w1", now=1.0)["worker"] == "w1" and run["id"] == 4
+
+
+def test_a_store_of_the_last_legacy_schema_is_stamped_and_upgraded_without_losing_users(tmp_path):
+    db = _legacy_file(tmp_path / "busi.db", len(LEGACY))
+    db["users"].insert({"id": 1, "name": "ana", "name_key": "ana", "role": "admin", "password_hash": "x",
+                        "created_at": "2026-01-01T00:00:00"})
+    db.conn.close()
+    store = JobStore(tmp_path / "busi.db", tmp_path / "runs")
+    assert store.schema_version() == HEAD and store.get_user("ANA")["name"] == "ana"
+    assert "workers" in store.table_names()
 
 
 # -- run states ------------------------------------------------------------------------------------------------
@@ -205,7 +240,7 @@ def test_metrics_are_a_long_table_read_with_an_after_id_cursor(store):
     store.add_metrics(run["id"], [{"epoch": 2, "key": "batch_loss", "value": 1}] * 3)
     assert store.delete_metrics(run["id"], from_epoch=2) == 3
     assert store.metrics(run["id"]) == rows
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(IntegrityError):
         store.add_metrics(999, [{"key": "loss", "value": 1}])  # no rows for a run that does not exist
 
 

@@ -1,4 +1,4 @@
-"""The job store with several processes and threads at once, on a real SQLite file.
+"""The job store with several processes and threads at once, on a real SQLite file and a real PostgreSQL database.
 
 The tests start real processes (multiprocessing with ``spawn``, so each child
 opens the database afresh, as a trainer process does) and let them write,
@@ -15,8 +15,10 @@ import time
 import traceback
 
 import pytest
+from sqlalchemy import func, select
 
 from busi_web.store import JobStore
+from busi_web.store.tables import metrics
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -41,8 +43,7 @@ def _write_metrics_for_own_run(db, runs_dir, barrier, name: str, batches: int) -
     # writer's last row comes after a row of the other, so the two runs' rows interleave, whatever the timing.
     while True:
         if not saw_other:
-            count = store.db.execute("SELECT count(*) FROM metrics WHERE run_id != ?", [run_id]).fetchone()[0]
-            saw_other = count > 0
+            saw_other = bool(store._scalar(select(func.count()).select_from(metrics).where(metrics.c.run_id != run_id)))
         store.add_metrics(run_id, [{"epoch": written, "step": i, "key": "loss", "value": written + i / 10}
                                    for i in range(4)])
         written += 1
@@ -92,13 +93,13 @@ def results_of(procs, out, timeout: float = 90) -> list:
     return results
 
 
-def test_two_processes_write_metrics_at_once_without_database_is_locked(tmp_path):
-    db, runs_dir = tmp_path / "busi.db", tmp_path / "runs"  # a fresh file: the two also race to create it
+def test_two_processes_write_metrics_at_once_without_database_is_locked(database, tmp_path):
+    db, runs_dir = database, tmp_path / "runs"  # a fresh database: the two also race to create its schema
     barrier = SPAWN.Barrier(2)
     procs, out = start_children(_write_metrics_for_own_run, [(db, runs_dir, barrier, n, 150) for n in "ab"])
     results = results_of(procs, out)
     store = JobStore(db, runs_dir)
-    assert store.schema_version()[0] == "m001_initial" and len(store.schema_version()) >= 3
+    assert store.schema_version() == "r002"
     ids = {}
     for r in results:
         rows = store.metrics(r["run_id"])
@@ -115,7 +116,7 @@ def test_readers_in_threads_see_whole_transactions_while_another_process_writes(
     run_id = store.create_run("tiny_cnn", "phantom", {})["id"]
     batches, per_batch = 300, 5
     go = SPAWN.Event()
-    procs, out = start_children(_write_batches, [(store.db_path, store.runs_dir, go, run_id, batches, per_batch)])
+    procs, out = start_children(_write_batches, [(store.url, store.runs_dir, go, run_id, batches, per_batch)])
     seen: dict[int, list[int]] = {}
     reads: dict[int, int] = {}
     errors: list[str] = []
@@ -156,7 +157,7 @@ def test_readers_in_threads_see_whole_transactions_while_another_process_writes(
 def test_two_processes_racing_claim_next_never_claim_the_same_run(store):
     queued = [store.create_run("tiny_cnn", "phantom", {})["id"] for _ in range(30)]
     barrier = SPAWN.Barrier(2)
-    procs, out = start_children(_claim_all, [(store.db_path, store.runs_dir, barrier)] * 2)
+    procs, out = start_children(_claim_all, [(store.url, store.runs_dir, barrier)] * 2)
     first, second = results_of(procs, out)
     assert first and second, "one process claimed everything: there was no race"
     assert not set(first) & set(second)

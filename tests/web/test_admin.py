@@ -24,7 +24,7 @@ def test_an_admin_adds_a_user_who_must_change_the_one_time_password(app, store, 
     assert login(client, "dr.lee", body["one_time_password"]).status_code == 302
     r = client.get("/api/runs")
     assert r.status_code == 403 and "one-time password" in r.get_json()["error"]  # to be changed first
-    assert admin_client.post("/api/users", json={"name": "dr.lee", "role": "clinician"}).status_code == 400
+    assert admin_client.post("/api/users", json={"name": "dr.lee", "role": "clinician"}).status_code == 409  # taken
     r = admin_client.post("/api/users", json={"name": "x y", "role": "clinician"})
     assert r.status_code == 400 and "no spaces" in r.get_json()["error"]
     r = admin_client.post("/api/users", json={"name": "z", "role": "root"})

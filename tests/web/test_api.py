@@ -12,7 +12,16 @@ import torch
 
 from busi_web.model.checkpoint import CheckpointMeta, save_checkpoint
 from busi_web.plugins import load_plugins
-from tests.helpers import CLASSES, TINY_TRAIN, decode_png, finished_run, image_bytes, make_user_client, upload
+from tests.helpers import (
+    CLASSES,
+    TINY_TRAIN,
+    decode_png,
+    finished_run,
+    image_bytes,
+    make_user_client,
+    set_modality,
+    upload,
+)
 
 torch.set_num_threads(1)
 TINY_PHANTOM = {"size": 40, "per_class": 8, "seed": 1}
@@ -169,7 +178,7 @@ def test_defaults_are_set_and_cleared_with_a_reason_per_modality_and_audited(sto
     assert r.status_code == 404 and "no default ultrasound model" in r.get_json()["error"]
     first, second = finished_run(store), finished_run(store, seed=2)
     mammo = finished_run(store, dataset="mias")
-    store.db["runs"].update(mammo["id"], {"modality": "mammography"})
+    set_modality(store, mammo["id"], "mammography")
     r = admin_client.put("/api/modalities/ultrasound/default", json={"run_id": first["id"]})
     assert r.status_code == 400 and r.get_json()["fields"] == {"reason": "required"}
     r = admin_client.put("/api/modalities/ultrasound/default", json={"run_id": mammo["id"], "reason": "x"})

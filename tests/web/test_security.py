@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.helpers import finished_run, image_bytes, make_user_client, upload
 
-PUBLIC = {"auth.login", "static", "health.healthz", "health.readyz", "metrics.scrape"}
+PUBLIC = {"auth.login", "static", "health.healthz", "health.readyz", "health.favicon", "metrics.scrape"}
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 # Endpoints that must exist and be covered by the walks below (so a walk can never pass by finding nothing).
 KNOWN = {"diagnose.predict", "train.start_run", "train.cancel_run", "models.promote_run", "runs_api.list_runs",

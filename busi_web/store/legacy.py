@@ -1,15 +1,30 @@
-"""The store's schema, as sqlite-utils migrations (applied in order, each exactly once, by :class:`JobStore`).
+"""The SQLite store's schema before Alembic: its sqlite-utils migrations m001 to m007, frozen.
 
-Never edit a migration that has shipped: add a new one. Every migration runs
-inside the store's ``BEGIN IMMEDIATE`` transaction together with its record.
+A SQLite file made by an earlier busi-web has some of these applied (they are
+recorded in its ``_sqlite_migrations`` table). When it opens, the rest are
+applied here, and the file is then stamped at Alembic's baseline revision
+``r001``, which is exactly this schema; later changes are Alembic revisions
+(:mod:`busi_web.store.migrations`). A new database of either kind starts at
+``r001`` directly. Nothing is added here any more.
 """
 
 from __future__ import annotations
 
+from sqlalchemy import Connection, inspect
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 MIGRATIONS = Migrations("busi_web")
+LEGACY_TABLE = "_sqlite_migrations"
+
+
+def upgrade_legacy(conn: Connection) -> bool:
+    """Apply the sqlite-utils migrations an old SQLite file lacks, on ``conn`` (inside the store's write
+    transaction). Returns whether the file was one (it then has the baseline schema); ``False`` for a new file."""
+    if not inspect(conn).has_table(LEGACY_TABLE):
+        return False
+    MIGRATIONS.apply(Database(conn.connection.driver_connection))
+    return True
 
 
 @MIGRATIONS()

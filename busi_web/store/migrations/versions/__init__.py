@@ -1,0 +1,1 @@
+"""Alembic revisions of the store, oldest first (``r001`` is the baseline)."""
