@@ -17,9 +17,15 @@ def _create_app() -> Flask:
     # A warning of the plugin loader is one line on stderr (the traceback only at debug level).
     logging.basicConfig(level=logging.WARNING, format="busi-web: %(message)s")
     # Imported here, not above: building the app imports torch, which `busi-web --help` must not wait for.
-    from busi_web.app import create_app
+    import click
 
-    return create_app()
+    from busi_web.app import create_app
+    from busi_web.errors import UserError
+
+    try:
+        return create_app()
+    except UserError as exc:  # e.g. the database cannot be reached: one line, not a traceback
+        raise click.ClickException(str(exc)) from None
 
 
 main = command_group(_create_app)

@@ -9,9 +9,10 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from busi_web.cli.common import services
+from busi_web.cli.common import services, user_errors
 from busi_web.cli.users import create_first_admin
 from busi_web.config import ROOT, write_instance_config
+from busi_web.store.db import hide_password
 
 
 @click.command("init")
@@ -44,4 +45,37 @@ def serve_command(host: str, port: int, threads: int) -> None:
     os.execve(sys.executable, args, env)
 
 
-COMMANDS = [init_command, serve_command]
+@click.group("db")
+def db_group() -> None:
+    """The store's database: where it is, its schema, and copying it into another (SQLite to PostgreSQL)."""
+
+
+@db_group.command("status")
+@with_appcontext
+def db_status_command() -> None:
+    """Where the store is, its schema revision, and rows per table."""
+    from busi_web.store.copy import summary, table_counts  # only this command counts rows
+
+    store = services().store
+    click.echo(f"database: {store.location} ({store.dialect})")
+    click.echo(f"schema:   {store.schema_version()}")
+    click.echo(f"rows:     {summary(table_counts(store))}")
+
+
+@db_group.command("copy")
+@click.argument("target")
+@with_appcontext
+@user_errors
+def db_copy_command(target: str) -> None:
+    """Copy every row of this instance's store into the empty database TARGET (a postgresql:// URL, or a SQLite
+    file), creating its schema first. Then point DATABASE_URL at TARGET and restart. The run folders stay where
+    they are (RUNS_DIR)."""
+    from busi_web.store import JobStore
+    from busi_web.store.copy import copy_store, summary  # as above
+
+    source = services().store
+    copied = copy_store(source, JobStore(target, current_app.config["RUNS_DIR"]))
+    click.echo(f"copied {source.location} -> {hide_password(target)}: {summary(copied)}")
+
+
+COMMANDS = [init_command, serve_command, db_group]

@@ -184,6 +184,16 @@ class StoreBase:
         """Bring the schema to the newest revision (nothing when it is there already)."""
         if self.dialect == "sqlite":
             _ensure_wal(self.engine, self.db_path)
+        try:
+            self._migrate()
+        except OperationalError as exc:
+            if self.dialect == "sqlite":
+                raise
+            reason = " ".join(str(exc.orig).split())[:300]
+            raise UserError(f"cannot reach the store's database at {self.location} ({reason}); check DATABASE_URL "
+                            "and that PostgreSQL answers there", 503) from None
+
+    def _migrate(self) -> None:
         with self.transaction() as conn:  # two processes starting at once must not both migrate
             current = _current_revision(conn)
             if current == _head():
