@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 
 from busi_web.cli import register_commands
-from busi_web.config import DEFAULTS, ROOT, env_overrides, finalise, instance_path_from_env
+from busi_web.config import ROOT, instance_path_from_env, load_settings
 from busi_web.plugins import load_plugins
 from busi_web.services import EXTENSION, make_services
 from busi_web.web import init_web
@@ -35,11 +35,7 @@ def create_app(config: Mapping[str, Any] | None = None, plugins: Iterable[object
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),
     )
-    app.config.update(DEFAULTS)
-    app.config.from_pyfile("config.py", silent=True)
-    app.config.update(env_overrides())
-    app.config.update(overrides)
-    finalise(app.config, app.instance_path)
+    app.config.update(load_settings(app.instance_path, overrides))
 
     registry = load_plugins(app.config["ALLOWED_PLUGINS"])
     for plugin in plugins:

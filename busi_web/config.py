@@ -35,6 +35,11 @@ DEFAULTS: dict[str, Any] = {
     "AUTO_FIRST_RUN": True,  # start a small phantom run when no model exists yet
     "LIVE_POLL_SECONDS": 0.25,  # how often the live pusher reads new metric rows
     "CANCEL_TIMEOUT_SECONDS": 30,  # graceful cancel, then SIGKILL
+    # local: the web host trains queued runs itself; remote: it trains nothing, trainer workers (busi-web worker) on
+    # other hosts do.
+    "TRAINERS": "local",
+    "WORKER_HEARTBEAT_SECONDS": 5,  # how often a worker stamps the runs it holds
+    "WORKER_STALE_SECONDS": 30,  # a run whose worker has been silent this long is taken back and resumed
     "DEFAULT_EXPLAINER": "gradcam",
     "BATCH_MAX_IMAGES": 32,  # images in one shared pass of the model at most
     "BATCH_WAIT_MS": 0,  # how long a pass waits for more requests to share it (0: it starts at once)
@@ -42,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     # 429 (Flask-Limiter's notation); an account is never locked for everyone (busi_web/web/throttle.py).
     "LOGIN_LIMIT_ACCOUNT": "5 per minute;20 per hour",
     "LOGIN_LIMIT_ADDRESS": "30 per minute;200 per hour",
+    # redis://HOST:6379/0: what several web workers or hosts share: the live channel's message queue, and the login
+    # counters (unless RATELIMIT_STORAGE_URI names another store).
+    "REDIS_URL": None,
     "RATELIMIT_STORAGE_URI": "memory://",  # where the counters live: redis://host:6379 for several workers
     "PUBLIC_URL": None,  # the site's URL as users reach it (https://busi.example.org); Socket.IO accepts only it
     "PROXY_FIX": 0,  # how many reverse proxies to trust for X-Forwarded-For/-Proto/-Host/-Prefix
@@ -74,6 +82,21 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
+def load_settings(instance_path: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings as the app sees them, without building it: the defaults, then ``<instance>/config.py``, then
+    ``BUSI_WEB_*`` environment variables, then ``overrides``, finalised."""
+    from flask import Config  # Flask's loader of config.py files; no app is made
+
+    folder = instance_path or instance_path_from_env() or str(ROOT / "instance")
+    config = Config(folder)
+    config.update(DEFAULTS)
+    config.from_pyfile("config.py", silent=True)
+    config.update(env_overrides())
+    config.update(overrides or {})
+    finalise(config, folder)
+    return config
+
+
 def instance_path_from_env() -> str | None:
     return os.environ.get(ENV_PREFIX + "INSTANCE_PATH")
 
@@ -83,6 +106,8 @@ def finalise(config: dict[str, Any], instance_path: str) -> None:
     inst = Path(instance_path)
     config["DATABASE"] = str(config.get("DATABASE_URL") or config.get("DATABASE") or inst / "busi.db")
     config["RUNS_DIR"] = str(config.get("RUNS_DIR") or inst / "runs")
+    if config.get("REDIS_URL") and config.get("RATELIMIT_STORAGE_URI") in (None, "", "memory://"):
+        config["RATELIMIT_STORAGE_URI"] = config["REDIS_URL"]  # a limit hit on one worker holds on the others
     try:
         mb = float(config["MAX_UPLOAD_MB"])
     except (TypeError, ValueError):
@@ -101,6 +126,9 @@ def finalise(config: dict[str, Any], instance_path: str) -> None:
         if number < 0:
             raise ValueError(f"{key} must be 0 or more, got {value!r}")
         config[key] = number
+    if config.get("TRAINERS") not in ("local", "remote"):
+        raise ValueError(f"TRAINERS must be local (this host trains) or remote (busi-web worker on other hosts "
+                         f"trains), got {config.get('TRAINERS')!r}")
     allowed = config.get("ALLOWED_PLUGINS")
     if isinstance(allowed, str):
         config["ALLOWED_PLUGINS"] = [a.strip() for a in allowed.split(",") if a.strip()]

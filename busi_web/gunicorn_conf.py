@@ -1,8 +1,11 @@
-"""gunicorn settings for busi-web: one gthread worker, many threads.
+"""gunicorn settings for busi-web: gthread workers (one by default), many threads each.
 
-Flask-SocketIO runs in ``threading`` mode with simple-websocket, which
-needs a single worker process (rooms live in that process) and threads
-for concurrent requests and long-lived WebSocket connections.
+Flask-SocketIO runs in ``threading`` mode with simple-websocket: threads for
+concurrent requests and long-lived WebSocket connections. Several workers
+(``WORKERS``) need ``REDIS_URL`` (the live channel's message queue and the
+login counters, shared) and a shared store; the pages' live channel opens a
+WebSocket straight away, which stays with the worker that accepted it, so no
+sticky sessions are needed inside one gunicorn (docs/scaling.md).
 """
 
 import ctypes
@@ -11,7 +14,7 @@ import os
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gthread"
-workers = 1
+workers = int(os.environ.get("WORKERS", "1"))
 threads = int(os.environ.get("THREADS", "16"))
 timeout = 120
 graceful_timeout = 30

@@ -303,7 +303,7 @@ def make_services(config: Mapping[str, Any], registry: PluginRegistry) -> Servic
     """Build the services of an app from its finished configuration (nothing is started)."""
     store = JobStore(config["DATABASE"], config["RUNS_DIR"])
     runner = JobRunner(store, cancel_timeout=float(config["CANCEL_TIMEOUT_SECONDS"]),
-                       allowed_plugins=registry.allowed_list())
+                       allowed_plugins=registry.allowed_list(), local=config["TRAINERS"] == "local")
     return Services(registry=registry, store=store, runner=runner,
                     predictors=PredictorCache(registry, device=config["DEVICE"]),
                     batcher=MicroBatcher(max_batch=int(config["BATCH_MAX_IMAGES"]),
@@ -321,7 +321,8 @@ def start_services(app: Flask) -> None:
     """What a serving process (gunicorn via wsgi.py) does once at start: recover runs whose trainer died with a
     previous server, start the first-start demo run when there is no model yet, and start the job runner."""
     services = services_of(app)
-    services.runner.recover()
+    if services.runner.local:
+        services.runner.recover()
     if app.config["AUTO_FIRST_RUN"] and not services.store.list_defaults() \
             and not services.store.list_runs(limit=1):
         spec = dict(FIRST_RUN)

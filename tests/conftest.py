@@ -80,3 +80,12 @@ def admin_client(app):
 def clinician_client(app):
     """A test client logged in as a clinician (user ``clin``)."""
     return make_user_client(app, *CLINICIAN, "clinician")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """Debian's PostgreSQL, one throwaway cluster for the session on 127.0.0.1 (``new_database()`` per test)."""
+    from tests.servers import postgres
+
+    with postgres() as cluster:
+        yield cluster

@@ -35,13 +35,18 @@ def stop(proc: subprocess.Popen) -> None:
 @contextmanager
 def served(home: Path, env: dict[str, str] | None = None, threads: int = 8):
     """A real gunicorn (``busi-web serve``) on a free port of 127.0.0.1 with a fresh instance under ``home``, an
-    admin (with an API token) and a clinician; ``env`` adds settings. Its trainers die with it."""
+    admin (with an API token) and a clinician; ``env`` adds settings (with ``BUSI_WEB_DATABASE_URL``, the users
+    go into that database, once: a second server on it finds them there). Its trainers die with it."""
     import signal
 
     instance = home / "instance"
-    store = JobStore(instance / "busi.db", instance / "runs")
-    store.add_user(ADMIN[0], "admin", ADMIN[1])
-    store.add_user(CLINICIAN[0], "clinician", CLINICIAN[1])
+    instance.mkdir(parents=True, exist_ok=True)
+    env = dict(env or {})
+    store = JobStore(env.get("BUSI_WEB_DATABASE_URL") or instance / "busi.db",
+                     env.get("BUSI_WEB_RUNS_DIR") or instance / "runs")
+    if store.get_user(ADMIN[0]) is None:
+        store.add_user(ADMIN[0], "admin", ADMIN[1])
+        store.add_user(CLINICIAN[0], "clinician", CLINICIAN[1])
     token = store.create_token(ADMIN[0], "tests")
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}

@@ -4,8 +4,8 @@ One module per command group: :mod:`~busi_web.cli.instance` (init, serve),
 :mod:`~busi_web.cli.plugins` (plugins, datasets), :mod:`~busi_web.cli.runs`
 (train, runs, resume, cancel), :mod:`~busi_web.cli.models` (models: defaults,
 the acceptance gate, cards), :mod:`~busi_web.cli.diagnose` (predict, evaluate)
-and :mod:`~busi_web.cli.users` (users, tokens) and :mod:`~busi_web.cli.audit`
-(audit); what
+and :mod:`~busi_web.cli.users` (users, tokens), :mod:`~busi_web.cli.audit`
+(audit) and :mod:`~busi_web.cli.workers` (worker, workers); what
 they share, the ``KEY=VALUE`` parser included, is :mod:`~busi_web.cli.common`.
 
 The ``busi-web`` entry point is :mod:`busi_web.console`, which hands
@@ -21,10 +21,11 @@ import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from busi_web.cli import audit, diagnose, instance, models, plugins, runs, users
+from busi_web.cli import audit, diagnose, instance, models, plugins, runs, users, workers
 
 COMMANDS: list[click.Command] = [*instance.COMMANDS, *plugins.COMMANDS, *runs.COMMANDS, *models.COMMANDS,
-                                 *diagnose.COMMANDS, *users.COMMANDS, *audit.COMMANDS]
+                                 *diagnose.COMMANDS, *users.COMMANDS, *audit.COMMANDS,
+                                 *workers.COMMANDS]
 
 
 def register_commands(app: Flask) -> None:

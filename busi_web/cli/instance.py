@@ -11,7 +11,7 @@ from flask.cli import with_appcontext
 
 from busi_web.cli.common import services, user_errors
 from busi_web.cli.users import create_first_admin
-from busi_web.config import ROOT, write_instance_config
+from busi_web.config import ROOT, load_settings, write_instance_config
 from busi_web.store.db import hide_password
 
 
@@ -35,13 +35,19 @@ def init_command() -> None:
 @click.option("--port", default=lambda: int(os.environ.get("PORT", "8000")), type=click.IntRange(1, 65535),
               show_default="8000", help="Port to listen on (PORT).")
 @click.option("--threads", default=lambda: int(os.environ.get("THREADS", "16")), type=click.IntRange(1, 512),
-              show_default="16", help="Request threads of the one gthread worker (THREADS).")
-def serve_command(host: str, port: int, threads: int) -> None:
-    """Serve the app with gunicorn (one gthread worker, THREADS threads)."""
-    env = dict(os.environ, HOST=host, PORT=str(port), THREADS=str(threads))
+              show_default="16", help="Request threads of each gthread worker (THREADS).")
+@click.option("--workers", default=lambda: int(os.environ.get("WORKERS", "1")), type=click.IntRange(1, 64),
+              show_default="1", help="gunicorn worker processes (WORKERS); more than one needs REDIS_URL.")
+def serve_command(host: str, port: int, threads: int, workers: int) -> None:
+    """Serve the app with gunicorn (gthread workers, THREADS threads each)."""
+    if workers > 1 and not load_settings().get("REDIS_URL"):
+        raise click.ClickException(f"{workers} workers need REDIS_URL (redis://HOST:6379/0) for the live channel and "
+                                   "the login counters they share; set it, or serve with one worker")
+    env = dict(os.environ, HOST=host, PORT=str(port), THREADS=str(threads), WORKERS=str(workers))
     conf = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gunicorn_conf.py")
     args = [sys.executable, "-m", "gunicorn", "-c", conf, "--chdir", str(ROOT), "wsgi:app"]
-    click.echo(f"serving on http://{host}:{port}/ (gunicorn gthread, 1 worker, {threads} threads)")
+    click.echo(f"serving on http://{host}:{port}/ (gunicorn gthread, {workers} worker{'s' * (workers > 1)}, "
+               f"{threads} threads each)")
     os.execve(sys.executable, args, env)
 
 

@@ -220,7 +220,7 @@ def cancel_command(run_id: int) -> None:
     while run["status"] == "running" and time.monotonic() < deadline:
         time.sleep(0.2)
         run = store.get_run(run_id)
-        if run["status"] == "running" and not pid_is_trainer(run.get("pid")):
+        if run["status"] == "running" and not run.get("worker") and not pid_is_trainer(run.get("pid")):
             # Killed before it could record the outcome itself (the runner thread above sent SIGKILL).
             run = store.transition(run_id, "cancelled", error="cancelled (the trainer was stopped)")
     click.echo(f"run {run_id} {run['status']}")

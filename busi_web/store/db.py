@@ -42,6 +42,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql import Executable
 
 from busi_web.errors import UserError
+from busi_web.store.artifacts import RunFolders
 
 BUSY_TIMEOUT_S = 30.0
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -108,6 +109,7 @@ class StoreBase:
             os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT, 0o600))
             self.db_path.chmod(0o600)
         private_dir(self.runs_dir)
+        self.folders = RunFolders(self.runs_dir)
         self._local = threading.local()
         self._engine: Engine | None = None
         self._engine_pid = -1

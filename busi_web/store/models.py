@@ -99,10 +99,9 @@ class ModelsMixin(AcceptanceMixin, RunsMixin):
         """Run id -> the modality it is the default of."""
         return {d["run_id"]: d["modality"] for d in self.list_defaults()}
 
-    @staticmethod
-    def _default_row(row: Any) -> dict[str, Any]:
+    def _default_row(self, row: Any) -> dict[str, Any]:
         out = dict(row)
-        out["checkpoint"] = str(Path(out.pop("run_dir") or "") / BEST_PT)
+        out["checkpoint"] = str(Path(self.folders.local(out.pop("run_dir")) or "") / BEST_PT)
         return out
 
     def auto_promote(self, run_id: int, by: str = "auto") -> tuple[bool, str]:

@@ -77,7 +77,7 @@ class RunsMixin(AuditMixin):
                 data_dir=data_dir, params=json.dumps(params, sort_keys=True), created_at=now, created_by=created_by,
                 cancel_requested=0, epochs_done=0, modality=modality).returning(runs.c.id)).scalar_one()
             stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-            run_dir = self.runs_dir / f"{stamp}_{run_id}"
+            run_dir = self.folders.new(f"{stamp}_{run_id}")
             conn.execute(update(runs).where(runs.c.id == run_id).values(run_dir=str(run_dir)))
         private_dir(run_dir)  # checkpoints and logs inside are written 0600 (tempfile + rename)
         return self.get_run(run_id)
@@ -172,9 +172,9 @@ class RunsMixin(AuditMixin):
             values["params"] = json.dumps(values["params"], sort_keys=True)
         return values
 
-    @staticmethod
-    def _decode(row: Mapping[str, Any]) -> dict[str, Any]:
+    def _decode(self, row: Mapping[str, Any]) -> dict[str, Any]:
         run = dict(row)
+        run["run_dir"] = self.folders.local(run.get("run_dir"))
         if isinstance(run.get("params"), str):
             run["params"] = json.loads(run["params"])
         return run

@@ -1,6 +1,6 @@
-"""Job runner: one trainer subprocess at a time, cancel, recovery and resume.
+"""Job runner: one trainer subprocess at a time on the web host, cancel, recovery and resume.
 
-The SQLite store is the source of truth: a run is claimed (queued -> running)
+The store is the source of truth: a run is claimed (queued -> running)
 in the store before its process starts, the trainer process records its own
 progress and final state, and this runner only launches, signals and reaps.
 A trainer that dies without recording an outcome (a crash, ``kill -9``, the
@@ -8,6 +8,13 @@ OOM killer) leaves its run ``interrupted``, whether this runner started it
 (seen when it is reaped) or not (a trainer of an earlier server or of the
 command line: :meth:`JobRunner.recover` finds it, at start and on every
 turn of the loop). Interrupted and cancelled runs resume from ``last.pt``.
+
+With ``TRAINERS=remote`` the web host trains nothing: trainer workers on
+other hosts (``busi-web worker``, :mod:`busi_web.training.worker`) claim the
+queued runs, and this runner only queues, cancels (through the store: the
+run's trainer sees ``cancel_requested``) and resumes. A run a worker holds is
+never judged here by its pid, which lives on another host: its worker's
+heartbeats say whether it is alive.
 """
 
 from __future__ import annotations
@@ -16,20 +23,15 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from busi_web.store import RESUMABLE, IllegalTransition, JobStore
+from busi_web.training.launch import INTERRUPTED, TRAINER_MODULE, launch, settle, signal_group
 
 log = logging.getLogger(__name__)
-
-TRAINER_MODULE = "busi_web.training.trainer"
-# The error of a run whose trainer died; its last output is in the admin-only trainer_stderr.txt.
-INTERRUPTED = ("the trainer process stopped unexpectedly; resume continues from the last saved epoch (an "
-               "administrator finds its last output in trainer_stderr.txt)")
 
 
 def pid_is_trainer(pid: int | None) -> bool:
@@ -60,8 +62,9 @@ class JobRunner:
     """Launches queued runs as trainer subprocesses, one at a time, in submission order."""
 
     def __init__(self, store: JobStore, *, cancel_timeout: float = 30.0, poll_seconds: float = 1.0,
-                 env: dict[str, str] | None = None, allowed_plugins: list[str] | None = None):
+                 env: dict[str, str] | None = None, allowed_plugins: list[str] | None = None, local: bool = True):
         self.store = store
+        self.local = local  # False (TRAINERS=remote): workers on other hosts train; this host starts nothing
         self.allowed_plugins = allowed_plugins  # passed on to the trainer processes (ALLOWED_PLUGINS)
         self.cancel_timeout = cancel_timeout
         self.poll_seconds = poll_seconds
@@ -74,11 +77,13 @@ class JobRunner:
 
     # -- public API --------------------------------------------------------
     def submit(self, run_id: int) -> None:
-        """A queued run exists in the store: make sure the runner will start it."""
+        """A queued run exists in the store: make sure the runner will start it (or, remote, a worker will)."""
         self.ensure_started()
         self._wake.set()
 
     def ensure_started(self) -> None:
+        if not self.local:
+            return
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._stopping = False
@@ -95,9 +100,11 @@ class JobRunner:
             raise IllegalTransition(f"run {run_id} is {run['status']}; only queued, interrupted or running runs can be "
                              "cancelled")
         self.store.update_run(run_id, cancel_requested=1)
+        if run.get("worker"):  # held by a worker on some host: its trainer sees the flag, its worker stops it
+            return self.store.get_run(run_id)
         pid = run.get("pid")
         if pid and pid_is_trainer(pid):
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
             threading.Thread(target=self._force_kill_later, args=(run_id, pid), daemon=True,
                              name=f"busi-cancel-{run_id}").start()
         else:
@@ -122,6 +129,8 @@ class JobRunner:
         """
         lost = []
         for run in self.store.list_runs(status="running"):
+            if run.get("worker"):  # a worker's: its heartbeats tell (busi_web.training.worker)
+                continue
             if run["id"] in self._procs or pid_is_trainer(run.get("pid")) or (launched_only and not run.get("pid")):
                 continue
             try:
@@ -151,21 +160,13 @@ class JobRunner:
             self._wake.clear()
 
     def _start_next(self) -> None:
-        if any(pid_is_trainer(r.get("pid")) for r in self.store.list_runs(status="running")):
-            return  # a trainer started elsewhere (another web process) holds the device
+        if any(pid_is_trainer(r.get("pid")) for r in self.store.list_runs(status="running") if not r.get("worker")):
+            return  # a trainer started elsewhere on this host (another web process) holds the device
         run = self.store.claim_next(pid=None)
         if run is None:
             return
-        cmd = [sys.executable, "-m", TRAINER_MODULE, "--db", self.store.url,
-               "--runs-dir", str(self.store.runs_dir), "--run-id", str(run["id"])]
-        if self.allowed_plugins is not None:
-            cmd += ["--allowed-plugins", ",".join(self.allowed_plugins)]
-        log_path = Path(run["run_dir"]) / "trainer_stderr.txt"
         try:
-            # 0600: the trainer's output can hold server paths and tracebacks; only the server's user reads it.
-            with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as err:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                        start_new_session=True, env=self.env)
+            proc = launch(self.store, run, allowed_plugins=self.allowed_plugins, env=self.env)
         except OSError as exc:
             self.store.transition(run["id"], "failed", error=f"could not start the trainer: {exc}")
             return
@@ -179,14 +180,7 @@ class JobRunner:
             if code is None:
                 continue
             del self._procs[run_id]
-            run = self.store.get_run(run_id)
-            if run["status"] == "running":
-                # The trainer died without recording an outcome (crash, OOM kill, SIGKILL): resumable.
-                if run.get("cancel_requested"):
-                    self.store.transition(run_id, "cancelled", error="cancelled (the trainer was stopped)")
-                else:
-                    log.warning("run %s: the trainer died (%s); the run is interrupted", run_id, exit_reason(code))
-                    self.store.transition(run_id, "interrupted", error=f"{INTERRUPTED} ({exit_reason(code)})")
+            settle(self.store, run_id, code)
 
     def _force_kill_later(self, run_id: int, pid: int) -> None:
         deadline = time.monotonic() + self.cancel_timeout
@@ -195,27 +189,5 @@ class JobRunner:
                 return
             time.sleep(0.2)
         log.warning("run %s ignored SIGTERM for %.0fs; killing it", run_id, self.cancel_timeout)
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
         self._wake.set()
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal the trainer and its data-loader workers: its whole process group when it leads one (the runner
-    starts trainers in their own session), else only the process (a `busi-web train` shares its shell's group)."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def exit_reason(code: int) -> str:
-    """A trainer's exit status in words: ``killed by SIGKILL`` or ``exit code 3``."""
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -116,12 +117,39 @@ def _finish(store: JobStore, run_id: int, outcome: str, fields: dict[str, Any],
     run_log(f"run {outcome}" + (f": {fields['error']}" if fields.get("error") else ""))
 
 
+class ClaimCheck:
+    """Whether a worker's trainer still holds its run: asked after every batch, read from the store at most every
+    :attr:`every_s` seconds. A trainer whose claim was taken back (its worker stopped beating and another worker
+    took the run) exits at once and writes nothing more: not ``last.pt``, not the run's state, which belong to
+    the trainer that resumed it."""
+
+    every_s = 5.0
+    EXIT_LOST = 75
+
+    def __init__(self, store: JobStore, run_id: int, worker: str):
+        self.store, self.run_id, self.worker = store, run_id, worker
+        self._checked = time.monotonic()
+
+    def lost(self) -> bool:
+        if time.monotonic() - self._checked >= self.every_s:
+            self._checked = time.monotonic()
+            run = self.store.get_run(self.run_id)
+            if run["status"] != "running" or run.get("worker") != self.worker:
+                log.warning("run %s is no longer held by worker %s (%s, held by %s): exiting without writing",
+                            self.run_id, self.worker, run["status"], run.get("worker"))
+                logging.shutdown()
+                os._exit(self.EXIT_LOST)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the trainer process; returns 0 when the run finished or was cancelled, 1 otherwise."""
     parser = argparse.ArgumentParser(prog="python -m busi_web.training.trainer", description="Train one stored run.")
     parser.add_argument("--db", required=True, help="the job store: a SQLite file or a postgresql:// URL")
     parser.add_argument("--runs-dir", required=True, help="the folder holding the run folders")
     parser.add_argument("--run-id", required=True, type=int)
+    parser.add_argument("--worker", default=None,
+                        help="the trainer worker holding the run: stop when the claim is no longer this worker's")
     parser.add_argument("--allowed-plugins", default=None,
                         help="comma-separated plugin names to load (the ALLOWED_PLUGINS setting); default: all")
     args = parser.parse_args(argv)
@@ -137,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     allowed = None if args.allowed_plugins is None else [a for a in args.allowed_plugins.split(",") if a]
     registry = load_plugins(allowed)
     store = JobStore(args.db, args.runs_dir)
+    claim = None if args.worker is None else ClaimCheck(store, args.run_id, args.worker)
     try:
-        final = run_training(store, args.run_id, registry, should_stop=lambda: stop["flag"])
+        final = run_training(store, args.run_id, registry,
+                             should_stop=lambda: stop["flag"] or (claim is not None and claim.lost()))
     except UserError as exc:  # not a trainable run: nothing was changed
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Socket.IO: pushes new metric rows and status changes of a run to room ``run:<id>``.
+"""Socket.IO: pushes new metric rows and status changes of a run to the clients watching it.
 
 Flask-SocketIO runs in ``threading`` mode (simple-websocket under gunicorn's
 gthread worker); eventlet and gevent are deliberately not used.
@@ -19,12 +19,21 @@ not had yet (its cursor then covers every row the client loaded over REST),
 a joining client is sent the rows between its ``after_id`` and the room's
 cursor, then joins the room; the pusher advances the room's cursor under the
 same lock.
+
+Several workers or hosts: each web process has its own pusher, which reads
+the shared store and serves the clients connected to that process. With
+``REDIS_URL`` set, Socket.IO's messages go through Redis (Flask-SocketIO's
+message queue), so an emit reaches a client whichever process holds it; a
+pusher's rooms carry its process's own name (``run:7@<node>``), so that two
+processes never both deliver a row to one client. A session that ends
+anywhere (a logout on another host) is seen in the store by every pusher.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any
 
 from flask import Flask, current_app, request
@@ -55,7 +64,12 @@ class LivePusher:
         self.statuses: dict[int, dict[str, Any]] = {}
         self.members: dict[int, set[str]] = {}
         self.sessions: dict[str, tuple[int, int]] = {}  # sid -> (user id, session version it connected with)
+        self.node = uuid.uuid4().hex[:12]  # this process's name in its rooms
         self._thread = None
+
+    def room(self, run_id: int) -> str:
+        """The room of this process's listeners to run ``run_id``."""
+        return f"run:{run_id}@{self.node}"
 
     def status_of(self, run_id: int) -> dict[str, Any]:
         """What a room hears of a run's state; one message goes to everyone, so server paths are hidden (the run's
@@ -78,7 +92,7 @@ class LivePusher:
             if rows:
                 socketio.emit("metrics", {"run_id": run_id, "rows": rows}, to=sid)
             socketio.emit("status", status, to=sid)
-            join_room(f"run:{run_id}", sid=sid, namespace="/")
+            join_room(self.room(run_id), sid=sid, namespace="/")
             self.members.setdefault(run_id, set()).add(sid)
         self.ensure_started()
 
@@ -88,7 +102,7 @@ class LivePusher:
                 members = self.members.get(rid, set())
                 if sid in members:
                     members.discard(sid)
-                    leave_room(f"run:{rid}", sid=sid, namespace="/")
+                    leave_room(self.room(rid), sid=sid, namespace="/")
                 if not members:
                     self.members.pop(rid, None)
                     self.cursors.pop(rid, None)
@@ -99,7 +113,7 @@ class LivePusher:
         rows = self.store.metrics(run_id, after_id=self.cursors[run_id])
         if rows:
             self.cursors[run_id] = rows[-1]["id"]
-            socketio.emit("metrics", {"run_id": run_id, "rows": rows}, to=f"run:{run_id}")
+            socketio.emit("metrics", {"run_id": run_id, "rows": rows}, to=self.room(run_id))
 
     def connect(self, sid: str, user_id: int, session_version: int) -> None:
         """A logged-in client connected: remember whose session it carries."""
@@ -136,7 +150,7 @@ class LivePusher:
                 status = self.status_of(run_id)
                 if status != self.statuses.get(run_id):
                     self.statuses[run_id] = status
-                    socketio.emit("status", status, to=f"run:{run_id}")
+                    socketio.emit("status", status, to=self.room(run_id))
 
     def ensure_started(self) -> None:
         if self._thread is None:
@@ -155,7 +169,8 @@ def init_live(app: Flask) -> None:
     """Give ``app`` its pusher and attach the Socket.IO server (threading mode; connections only from the site's
     own origin, see :func:`~busi_web.web.hardening.origin_checker`)."""
     app.extensions["busi_live"] = LivePusher(services_of(app).store, app.config["LIVE_POLL_SECONDS"])
-    socketio.init_app(app, async_mode="threading", cors_allowed_origins=origin_checker(app.config))
+    socketio.init_app(app, async_mode="threading", cors_allowed_origins=origin_checker(app.config),
+                      message_queue=app.config.get("REDIS_URL") or None, channel="busi-web-live")
 
 
 def pusher_of(app: Flask) -> LivePusher:

@@ -194,7 +194,9 @@
 
   function startLive() {
     if (!window.io) return startPolling("live updates unavailable (no Socket.IO client); polling");
-    socket = window.io({ reconnectionDelayMax: 5000 });
+    // WebSocket first: a WebSocket stays with the worker that accepted it, so several workers need no sticky
+    // sessions (long-polling, the fallback, does: docs/scaling.md).
+    socket = window.io({ reconnectionDelayMax: 5000, transports: ["websocket", "polling"], tryAllTransports: true });
     socket.on("connect", () => {
       setLive("connected");
       socket.emit("join_run", { run_id: runId, after_id: state.lastId }, (ack) => {

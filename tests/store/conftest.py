@@ -7,14 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import postgres
-
-
-@pytest.fixture(scope="session")
-def pg_cluster():
-    with postgres() as cluster:
-        yield cluster
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request, tmp_path: Path) -> str:
