@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 GOAL_RATIO = 0.9
+GOAL_OVERHEAD_MS = 12.0  # server CPU per diagnosis beyond the model's passes, with 16 clients
 METRICS_TOKEN = "serve-benchmark-metrics"
 STAGES = ("decode", "provenance", "model", "render", "audit", "respond")
 
@@ -90,12 +91,18 @@ def breakdown(before: dict, after: dict, diagnoses: int, server_cpu: float) -> l
         staged += cpu
         lines.append(f"{name:<12}{1000 * cpu / n:>9.1f}{1000 * wall / n:>10.1f}")
     busy = delta("busi_web_predict_busy_seconds_total")
+    busy_cpu = delta("busi_web_predict_busy_cpu_seconds_total")
     images = delta("busi_web_predict_images_total") or n
-    lines.append(f"{'passes':<12}{'':>9}{1000 * busy / images:>10.1f}   the batcher's shared passes, per image")
-    rest = server_cpu - staged
-    lines.append(f"server CPU {1000 * server_cpu / n:.1f} ms per diagnosis: {1000 * staged / n:.1f} in the stages "
-                 f"above, {1000 * rest / n:.1f} in the passes and everything no stage covers (HTTP, parsing, "
-                 "login, logging, the model's own threads)")
+    lines.append(f"{'passes':<12}{1000 * busy_cpu / n:>9.1f}{1000 * busy / images:>10.1f}   the batcher's shared "
+                 "passes, per image (CPU: the batcher thread's own)")
+    whole = delta("busi_web_http_request_cpu_seconds_total", method="POST", route="/api/predict")
+    lines.append(f"{'request':<12}{1000 * whole / n:>9.1f}{'':>10}   the request thread from the app's first to its "
+                 f"last step ({1000 * (whole - staged) / n:.1f} outside the stages: login check, form, options, "
+                 "the model's verdict, keeping the report, ...)")
+    rest = server_cpu - whole - busy_cpu
+    lines.append(f"server CPU {1000 * server_cpu / n:.1f} ms per diagnosis: {1000 * whole / n:.1f} on the request "
+                 f"threads inside the app, {1000 * busy_cpu / n:.1f} on the batcher thread, {1000 * rest / n:.1f} "
+                 "on every other thread (the model's worker threads, gunicorn reading and writing HTTP)")
     return lines
 
 
@@ -162,6 +169,23 @@ def baseline(checkpoint: str, images: list[np.ndarray], batch: int, explainer: s
     return rounds
 
 
+def model_cpu_ms(checkpoint: str, images: list[np.ndarray], batch: int, explainer: str, seconds: float) -> float:
+    """CPU milliseconds (all of this process's threads) per image of Predictor.predict_batch on batches of
+    ``batch``: what the model's forward and backward passes cost, without any serving."""
+    from busi_web.model.predictor import Predictor
+    from busi_web.plugins import load_plugins
+
+    predictor = Predictor.from_checkpoint(checkpoint, load_plugins())
+    batches = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)] or [images[:batch]]
+    predictor.predict_batch(batches[0], explainer)
+    done, cpu0, end = 0, cpu_seconds(), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for b in batches:
+            predictor.predict_batch(b, explainer)
+            done += len(b)
+    return 1000 * (cpu_seconds() - cpu0) / max(1, done)
+
+
 def multipart(png: bytes, name: str, explainer: str, images: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     fields = {"explainer": explainer, "images": images}
@@ -181,6 +205,9 @@ def free_port() -> int:
 def start_server(inst: Path, port: int, threads: int, log: Path, extra_env: dict[str, str] | None = None
                  ) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}
+    from busi_web.cli.instance import serving_tunables
+
+    env["GLIBC_TUNABLES"] = serving_tunables(env.get("GLIBC_TUNABLES"))  # as `busi-web serve` starts gunicorn
     env.update(BUSI_WEB_INSTANCE_PATH=str(inst), BUSI_WEB_AUTO_FIRST_RUN="false", BUSI_WEB_DEVICE="cpu",
                HOST="127.0.0.1", PORT=str(port), THREADS=str(threads), LOG_LEVEL="warning", **(extra_env or {}))
     conf = ROOT / "busi_web" / "gunicorn_conf.py"
@@ -302,13 +329,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-wait-ms", type=float, default=0, help="the server's BATCH_WAIT_MS")
     ap.add_argument("--batch-max", type=int, default=32, help="the server's BATCH_MAX_IMAGES")
     ap.add_argument("--baseline-seconds", type=float, default=5.0)
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="the server's TORCH_THREADS (0: torch's default); the model's own CPU is measured with the "
+                         "same number")
+    ap.add_argument("--workers", type=int, default=1, help="gunicorn workers (WORKERS)")
     ap.add_argument("--train-epochs", type=int, default=2)
     ap.add_argument("--untrained", action="store_true", help="save an untrained model instead of training one")
     args = ap.parse_args(argv)
 
     import torch
 
-    print(f"serve benchmark: {args.clients} clients x {args.seconds:g} s, gunicorn gthread 1 worker x "
+    print(f"serve benchmark: {args.clients} clients x {args.seconds:g} s, gunicorn gthread {args.workers} worker(s) x "
           f"{args.threads} threads, {args.backbone} @ {args.input_size} px, {args.explainer}, "
           f"{args.image_size} px PNG phantoms; CPU, torch {torch.get_num_threads()} threads", flush=True)
     with tempfile.TemporaryDirectory(prefix="busi-serve-") as tmp:
@@ -334,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         log = Path(tmp) / "gunicorn.log"
         proc = start_server(inst, port, args.threads, log, {
             "BUSI_WEB_METRICS_TOKEN": METRICS_TOKEN, "BUSI_WEB_BATCH_WAIT_MS": str(args.batch_wait_ms),
-            "BUSI_WEB_BATCH_MAX_IMAGES": str(args.batch_max)})
+            "BUSI_WEB_BATCH_MAX_IMAGES": str(args.batch_max), "BUSI_WEB_TORCH_THREADS": str(args.torch_threads),
+            "WORKERS": str(args.workers)})
         try:
             wait_up(port, headers, proc)
             warm = load(port, headers, bodies, args.clients, 2.0)  # model load, thread start, caches
@@ -360,6 +392,13 @@ def main(argv: list[str] | None = None) -> int:
         after = baseline(checkpoint, images, args.batch, args.explainer, args.baseline_seconds)
         print(f"in-process baseline (batch {args.batch}), after serving:  median {statistics.median(after):.1f} "
               f"images/s over {len(after)} rounds")
+        # The model's own CPU per image at the batch size the server reached: the rest of the server's CPU per
+        # diagnosis is what serving costs.
+        served_batch = max(1, round(stats["images"] / stats["batches"])) if stats.get("batches") else 1
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.torch_threads or threads)
+        model_ms = model_cpu_ms(checkpoint, images, served_batch, args.explainer, args.baseline_seconds)
+        torch.set_num_threads(threads)
         server_log = log.read_text(errors="replace")
 
     lat = result["latencies"]
@@ -379,8 +418,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server batching: {stats['images']} images in {stats['batches']} passes "
               f"(mean batch {stats['images'] / stats['batches']:.1f}); the model was busy "
               f"{100 * stats.get('busy_s', 0) / result['elapsed']:.0f}% of the time")
-    print("\n".join(breakdown(metrics0, metrics1, len(lat), cpu[0])))
+    if args.workers == 1:
+        print("\n".join(breakdown(metrics0, metrics1, len(lat), cpu[0])))
+    else:  # each worker keeps its own counters, and a scrape reaches one of them
+        print(f"(per-stage breakdown: run with --workers 1; server CPU {1000 * cpu[0] / max(1, len(lat)):.1f} ms per "
+              "diagnosis over all workers)")
     print(f"in-process baseline: {1000 / base:.1f} ms of wall time per image in full batches (all cores)")
+    server_ms = 1000 * cpu[0] / max(1, len(lat))
+    overhead = server_ms - model_ms
+    print(f"server CPU beyond the model: {overhead:.1f} ms per diagnosis (server {server_ms:.1f} ms - the model's "
+          f"passes {model_ms:.1f} ms per image at batch {served_batch}, measured in-process)   goal <= "
+          f"{GOAL_OVERHEAD_MS:g} ms: {'met' if overhead <= GOAL_OVERHEAD_MS else 'NOT met'}")
     print(f"errors {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
     print(f"baseline {base:.1f} images/s   ratio served/baseline {ratio:.2f}   "
           f"goal: 0 errors, ratio >= {GOAL_RATIO}: {'met' if not errors and ratio >= GOAL_RATIO else 'NOT met'}")

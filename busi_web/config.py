@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     # local: the web host trains queued runs itself; remote: it trains nothing, trainer workers (busi-web worker) on
     # other hosts do.
     "TRAINERS": "local",
+    # Threads each serving process gives the model's passes (0: torch's default, every core). One thread per
+    # worker process leaves the other cores to the request threads and to more workers (docs/scaling.md).
+    "TORCH_THREADS": 0,
     "WORKER_HEARTBEAT_SECONDS": 5,  # how often a worker stamps the runs it holds
     "WORKER_STALE_SECONDS": 30,  # a run whose worker has been silent this long is taken back and resumed
     "DEFAULT_EXPLAINER": "gradcam",
@@ -62,8 +65,9 @@ DEFAULTS: dict[str, Any] = {
 
 
 # Numeric settings checked at start (a wrong value stops the start with the key's name, not at the first use).
-WHOLE_NUMBERS = {"MAX_IMAGE_PIXELS": int, "MAX_IMAGE_SIDE": int, "DECODE_BUDGET_PIXELS": int, "PROXY_FIX": int,
-                 "BATCH_MAX_IMAGES": int, "BATCH_WAIT_MS": float, "REPORT_CACHE_MB": float, "MAX_PACS_MB": float}
+WHOLE_NUMBERS = {"TORCH_THREADS": int, "MAX_IMAGE_PIXELS": int, "MAX_IMAGE_SIDE": int, "DECODE_BUDGET_PIXELS": int,
+                 "PROXY_FIX": int, "BATCH_MAX_IMAGES": int, "BATCH_WAIT_MS": float, "REPORT_CACHE_MB": float,
+                 "MAX_PACS_MB": float}
 
 
 def _parse_env_value(raw: str) -> Any:

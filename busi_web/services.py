@@ -20,11 +20,12 @@ from flask import Flask, current_app
 
 from busi_web.data.sites import Source, dataset_label
 from busi_web.diagnosis.active import checkpoint_for
+from busi_web.diagnosis.answering import AnsweringCache
 from busi_web.diagnosis.batching import MicroBatcher
 from busi_web.diagnosis.cache import PredictorCache
 from busi_web.errors import UserError
 from busi_web.evaluation.acceptance import choose_images, score_and_keep
-from busi_web.evaluation.card import is_demo, write_card
+from busi_web.evaluation.card import build_card, is_demo, provenance, write_card
 from busi_web.evaluation.operating import refit_operating_point
 from busi_web.model.operating_point import DEFAULT_SENSITIVITY
 from busi_web.model.predictor import Predictor
@@ -66,6 +67,14 @@ class Services:
     pacs: dict[str, Endpoint] = field(default_factory=dict)  # PACS_SERVERS, checked at start
     handles: Handles = field(default_factory=lambda: Handles(secrets.token_bytes(32)))
     reports: ReportKeeper = field(default_factory=ReportKeeper)  # case reports of the newest diagnoses
+    answering: AnsweringCache = field(init=False)  # which model answers, kept per model generation
+
+    def __post_init__(self) -> None:
+        self.answering = AnsweringCache(self.store, self.verdict, self.provenance)
+
+    def provenance(self, run_id: int) -> dict[str, Any]:
+        """What every diagnosis carries about run ``run_id``'s model: the summary of its card."""
+        return provenance(build_card(self.store, self.registry, run_id))
 
     def predictor(self, run_id: int | None = None, modality: str | None = None) -> Predictor:
         """The loaded model of run ``run_id``, or of ``modality``'s default (reloaded when that changes)."""
@@ -318,9 +327,14 @@ def services_of(app: Flask | None = None) -> Services:
 
 
 def start_services(app: Flask) -> None:
-    """What a serving process (gunicorn via wsgi.py) does once at start: recover runs whose trainer died with a
-    previous server, start the first-start demo run when there is no model yet, and start the job runner."""
+    """What a serving process (gunicorn via wsgi.py) does once at start: give the model its threads
+    (``TORCH_THREADS``), recover runs whose trainer died with a previous server, start the first-start demo run
+    when there is no model yet, and start the job runner."""
     services = services_of(app)
+    if app.config["TORCH_THREADS"]:
+        import torch  # loaded already by the predictor's modules; named here for the setting
+
+        torch.set_num_threads(int(app.config["TORCH_THREADS"]))
     if services.runner.local:
         services.runner.recover()
     if app.config["AUTO_FIRST_RUN"] and not services.store.list_defaults() \

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 
@@ -24,3 +26,17 @@ def test_the_outline_benchmark_runs_and_prints_its_ratio():
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert "worst outline / forward ratio:" in result.stdout and "(1/1 images outlined)" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_serving_benchmark_runs_and_prints_the_servers_cpu_beyond_the_model():
+    """A smoke run on a tiny model (the figures are for the note, not asserted): it serves, breaks the server's CPU
+    down per stage and per thread, and compares it with the model's own."""
+    result = subprocess.run([sys.executable, "benchmarks/serve.py", "--backbone", "tiny_cnn", "--input-size", "64",
+                             "--image-size", "72", "--train-epochs", "1", "--seconds", "3", "--baseline-seconds", "1",
+                             "--clients", "4", "--threads", "4"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for line in ("server CPU beyond the model:", "request ", "passes ", "errors 0"):
+        assert line in result.stdout, result.stdout

@@ -29,6 +29,20 @@ def init_command() -> None:
     create_first_admin(current_app)
 
 
+# glibc reads its tunables when a process starts: the gunicorn master gets them, and its forked workers with it.
+# hugetlb=1 asks for transparent huge pages on the big blocks that gunicorn_conf.py's mmap threshold sends to mmap
+# (the model's activations, decoded images): one page fault per 2 MB instead of per 4 kB. Without it those faults
+# cost about 20 ms of CPU per diagnosis of a ResNet18 at 224 px (benchmarks/serve.py, docs/scaling.md).
+HUGETLB = "glibc.malloc.hugetlb=1"
+
+
+def serving_tunables(existing: str | None) -> str:
+    """``GLIBC_TUNABLES`` for a serving process: ``existing`` plus :data:`HUGETLB` unless it sets hugetlb itself."""
+    if existing and "glibc.malloc.hugetlb" in existing:
+        return existing
+    return f"{existing}:{HUGETLB}" if existing else HUGETLB
+
+
 @click.command("serve")
 @click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="127.0.0.1",
               help="Address to listen on (HOST).")
@@ -44,6 +58,7 @@ def serve_command(host: str, port: int, threads: int, workers: int) -> None:
         raise click.ClickException(f"{workers} workers need REDIS_URL (redis://HOST:6379/0) for the live channel and "
                                    "the login counters they share; set it, or serve with one worker")
     env = dict(os.environ, HOST=host, PORT=str(port), THREADS=str(threads), WORKERS=str(workers))
+    env["GLIBC_TUNABLES"] = serving_tunables(env.get("GLIBC_TUNABLES"))
     conf = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gunicorn_conf.py")
     args = [sys.executable, "-m", "gunicorn", "-c", conf, "--chdir", str(ROOT), "wsgi:app"]
     click.echo(f"serving on http://{host}:{port}/ (gunicorn gthread, {workers} worker{'s' * (workers > 1)}, "

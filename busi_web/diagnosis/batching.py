@@ -64,6 +64,7 @@ class MicroBatcher:
         self.batches = 0  # passes run, and images in them: the mean batch size is images / batches
         self.images = 0
         self.busy_s = 0.0  # time spent in passes: busy_s / wall time says whether the model is the bottleneck
+        self.busy_cpu_s = 0.0  # the batcher thread's own CPU in passes (the model's worker threads not counted)
 
     def predict(self, predictor: Predictor, images: Sequence[np.ndarray], explainer: str | None = "gradcam",
                 targets: Sequence[int] | None = None, explainer_params: Mapping[str, Any] | None = None,
@@ -121,11 +122,12 @@ class MicroBatcher:
                 self._run(group)
 
     def _run(self, group: list[_Job]) -> None:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         try:
             self._run_group(group)
         finally:
             self.busy_s += time.perf_counter() - t0
+            self.busy_cpu_s += time.thread_time() - cpu0
 
     def _run_group(self, group: list[_Job]) -> None:
         first = group[0]

@@ -114,7 +114,7 @@ def legend_stops(colormap: str = "jet", n: int = 11) -> list[str]:
 
 
 def render_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet",
-                   region: Region | None = None) -> tuple[Image.Image, Image.Image]:
+                   region: Region | None = None, blend: bool = True) -> tuple[Image.Image, Image.Image]:
     """``(overlay, coloured heatmap)`` as Pillow images: the overlay is RGB, ``(1 - alpha) * image + alpha * colour``;
     the heatmap stays a palette image (a third of the bytes to encode as PNG).
 
@@ -130,6 +130,9 @@ def render_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, c
     gives the outside index :data:`UNSEEN`, marked transparent (the map then has
     255 levels instead of 256). Painting the unseen border as "no evidence" (blue) is
     what drew a hard-edged rectangle a few percent in from every border.
+
+    ``blend=False``: only the heatmap is wanted; the first image returned is then the image itself, unblended and
+    unframed (no CPU spent on an overlay nobody asked for).
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
@@ -143,13 +146,15 @@ def render_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, c
         levels = levels.resize(base.size, Image.BILINEAR)
     heat = levels.convert("P")  # level k becomes palette index k
     heat.putpalette(palette(colormap, top + 1))
-    blended = Image.blend(base, heat.convert("RGB"), alpha)
+    blended = Image.blend(base, heat.convert("RGB"), alpha) if blend else base
     if box is None:
         return blended, heat
-    seen = Image.new("L", base.size, 0)
-    seen.paste(255, box)
-    shown = Image.composite(blended, base, seen)
-    _dashed_frame(shown, box)
+    shown = base
+    if blend:
+        seen = Image.new("L", base.size, 0)
+        seen.paste(255, box)
+        shown = Image.composite(blended, base, seen)
+        _dashed_frame(shown, box)
     unseen = Image.new("P", base.size, UNSEEN)
     unseen.paste(heat.crop(box), box[:2])
     unseen.putpalette(palette(colormap, top + 1) + b"\x00\x00\x00")
@@ -202,14 +207,15 @@ def draw_outline(image: Image.Image | np.ndarray, points: list[tuple[int, int]] 
 
 
 def annotate(image: np.ndarray, heatmap: np.ndarray | None = None, alpha: float = 0.5, colormap: str = "jet",
-             region: Region | None = None, outline: list[tuple[int, int]] | list[list[int]] | None = None
-             ) -> tuple[Image.Image, Image.Image | None]:
+             region: Region | None = None, outline: list[tuple[int, int]] | list[list[int]] | None = None,
+             blend: bool = True) -> tuple[Image.Image, Image.Image | None]:
     """``(picture, coloured heatmap)``: the heatmap blended over ``image`` (as :func:`render_heatmap`; the image
-    alone, and no heatmap, when ``heatmap`` is ``None``), with the lesion's ``outline`` drawn when one is given."""
+    alone, and no heatmap, when ``heatmap`` is ``None``; with ``blend=False`` the image unblended), with the
+    lesion's ``outline`` drawn when one is given."""
     if heatmap is None:
         picture, heat = Image.fromarray(np.ascontiguousarray(_as_rgb(image)), "RGB"), None
     else:
-        picture, heat = render_heatmap(image, heatmap, alpha, colormap, region)
+        picture, heat = render_heatmap(image, heatmap, alpha, colormap, region, blend)
     return (draw_outline(picture, outline) if outline else picture), heat
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -85,8 +86,8 @@ def hide_password(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for messages and logs)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL at all: nothing to hide in a path
-        return url
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: hide whatever stands before an @
+        return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
 
 
 class StoreBase:

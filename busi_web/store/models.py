@@ -13,14 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from busi_web.errors import UserError
 from busi_web.store.acceptance import AcceptanceMixin
 from busi_web.store.db import utc_now
 from busi_web.store.run_files import BEST_PT
 from busi_web.store.runs import IllegalTransition, RunsMixin
-from busi_web.store.tables import defaults, runs
+from busi_web.store.tables import audit, defaults, runs
+
+# What an answering model is, and what is said about it, can change only through these acts (each audited).
+MODEL_ACTIONS = ("model.default.set", "model.default.clear", "modality.settings", "acceptance.define",
+                 "acceptance.evaluate", "model.validate", "model.operating_point")
 
 # A default with its run's folder (where its checkpoint is).
 _DEFAULTS = select(defaults, runs.c.run_dir).join(runs, runs.c.id == defaults.c.run_id)
@@ -94,6 +98,12 @@ class ModelsMixin(AcceptanceMixin, RunsMixin):
         """Every modality's default, by modality."""
         rows = self._rows(_DEFAULTS.order_by(defaults.c.modality))
         return [self._default_row(r) for r in rows]
+
+    def model_generation(self) -> int:
+        """A number that changes whenever something that decides which model answers, or what its card and
+        verdict say, changes (the newest audit row of :data:`MODEL_ACTIONS`; 0 before any): what a serving
+        process keeps its answers about models under, on any host."""
+        return int(self._scalar(select(func.max(audit.c.id)).where(audit.c.action.in_(MODEL_ACTIONS))) or 0)
 
     def default_ids(self) -> dict[int, str]:
         """Run id -> the modality it is the default of."""

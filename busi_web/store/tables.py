@@ -69,7 +69,7 @@ audit = Table(
     "audit", metadata,
     _id(),
     Column("time", Text), Column("user", Text), Column("action", Text), Column("run_id", ID), Column("detail", Text),
-    Index("idx_audit_action", "action"),
+    Index("idx_audit_action", "action"), Index("idx_audit_action_id", "action", "id"),
 )
 
 defaults = Table(

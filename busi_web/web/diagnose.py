@@ -43,14 +43,14 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, render_template, request
 from torch import nn
 
-from busi_web.diagnosis.active import serving_modality, serving_run
+from busi_web.diagnosis.active import serving_modality
 from busi_web.diagnosis.record import diagnosis_row
 from busi_web.diagnosis.roi import roi_crops, roi_info
 from busi_web.diagnosis.scanner import scanner_check
 from busi_web.diagnosis.uploads import Upload, fit_side, modality_of, read_uploads
 from busi_web.dicom.privacy import identifiers
 from busi_web.errors import UserError
-from busi_web.evaluation.card import NOTICE, build_card, is_demo, provenance
+from busi_web.evaluation.card import NOTICE, is_demo
 from busi_web.explain.render import annotate, fast_png, legend_stops, palette
 from busi_web.model.predictor import Prediction, Predictor
 from busi_web.model.shown import WITHHELD
@@ -158,8 +158,7 @@ def run_model(run_id: int):
 
 
 def _provenance(run_id: int) -> dict[str, Any]:
-    services = services_of()
-    return provenance(build_card(services.store, services.registry, run_id))
+    return services_of().answering.get(run_id).provenance
 
 
 # -- predict ---------------------------------------------------------------------------------------------------
@@ -248,8 +247,9 @@ def _result(upload, pred, opts: dict[str, Any], predictor: Predictor, model: dic
     outline = out["lesion"]["outline"] if out["lesion"] and out["lesion"]["found"] else None
     try:
         if pred.heatmap is not None:
-            drawn = outline if "overlay" in opts["images"] else None  # no outline drawn on an overlay not sent
-            blended, heat = annotate(image, pred.heatmap, opts["alpha"], opts["colormap"], pred.region, drawn)
+            wanted = "overlay" in opts["images"]  # no overlay (nor its outline) made when it is not sent
+            blended, heat = annotate(image, pred.heatmap, opts["alpha"], opts["colormap"], pred.region,
+                                     outline if wanted else None, blend=wanted)
             if "overlay" in opts["images"]:
                 out["overlay_png"] = _b64(fast_png(blended))
             if "heatmap" in opts["images"]:
@@ -337,20 +337,20 @@ def diagnose_uploads(uploads: list[Upload], audit_extra: dict[str, Any] | None =
     services = services_of()
     run_id, modality = arg("run_id", RUN_ID), modality_of(uploads, _modality())
     try:
-        served = serving_run(services.store, run_id, modality)
-        verdict = services.verdict(served)
+        with stage("provenance"):  # which model answers, its verdict and its card's summary (kept between requests)
+            answering = services.answering.get(run_id, modality)
+        served, verdict = answering.run_id, answering.verdict
         if not verdict["accepted"] and not current_user.is_admin:
             raise UserError(f"run {served}'s model is {verdict['text']}; only accepted models answer clinicians: "
                             "leave the model to the modality's default, or ask an administrator", 403,
                             {"run_id": "not accepted"})
-        predictor = services.predictor(served)
+        predictor = services.predictors.get(answering.checkpoint)
     except RunNotFound as exc:
         raise UserError(str(exc), 404, {"run_id": "no such run"}) from None
     if modality is not None and predictor.checkpoint_meta.modality != modality:
         raise UserError(f"run {served} is a {predictor.checkpoint_meta.modality} model; choose a {modality} model "
                         "or leave the model to the modality's default", 400, {"run_id": f"not a {modality} model"})
-    with stage("provenance"):
-        model = {**_provenance(served), "verdict": verdict}
+    model = {**answering.provenance, "verdict": verdict}
     opts = _options(predictor.classes)
     rois = roi_crops(predictor, services.registry, [u.image for u in uploads], request.form,
                      uploads[0].scale if len(uploads) == 1 else 1.0)

@@ -62,6 +62,9 @@ class AppMetrics:
         self.stages = Counter("busi_web_diagnosis_stage_seconds", "Time the diagnosis requests spent per stage: "
                               "clock=cpu is the request thread's own CPU, clock=wall the time it took",
                               ["stage", "clock"], registry=self.registry)
+        self.request_cpu = Counter("busi_web_http_request_cpu_seconds", "The request threads' own CPU from the start "
+                                   "of the app's handling of a request to its answer", ["method", "route"],
+                                   registry=self.registry)
         ProcessCollector(registry=self.registry)
         self.registry.register(self)
 
@@ -79,6 +82,8 @@ class AppMetrics:
         yield CounterMetricFamily("busi_web_predict_images", "Images the micro-batcher ran", value=batcher.images)
         yield CounterMetricFamily("busi_web_predict_busy_seconds", "Time the micro-batcher spent in passes",
                                   value=batcher.busy_s)
+        yield CounterMetricFamily("busi_web_predict_busy_cpu_seconds", "The micro-batcher thread's own CPU in passes "
+                                  "(the model's worker threads are not counted)", value=batcher.busy_cpu_s)
         yield from _device_metrics(self.app.config.get("DEVICE") or "auto")
 
     def describe(self):
@@ -108,6 +113,7 @@ def metrics_of(app: Flask | None = None) -> AppMetrics:
 
 def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
+    g.metrics_cpu = time.thread_time()
 
 
 def _count(response):
@@ -117,6 +123,7 @@ def _count(response):
     metrics.requests.labels(request.method, rule, str(response.status_code)).inc()
     if started is not None:
         metrics.latency.labels(request.method, rule).observe(time.perf_counter() - started)
+        metrics.request_cpu.labels(request.method, rule).inc(time.thread_time() - g.pop("metrics_cpu", 0.0))
     return response
 
 

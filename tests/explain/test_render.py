@@ -148,3 +148,17 @@ def test_annotate_draws_the_outline_over_the_overlay_or_the_image_alone():
     bare = np.asarray(annotate(image, heat, 0.5, "jet")[0])
     assert tuple(bare[20, 40]) != OUTLINE_COLOUR
     assert np.array_equal(over[30, 40], bare[30, 40])  # inside the outline, the overlay is untouched
+
+
+def test_without_blending_the_heatmap_is_the_same_and_the_image_is_left_as_it_is():
+    from busi_web.explain.render import render_heatmap
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (40, 50), dtype=np.uint8)
+    heat_map = rng.random((10, 12)).astype(np.float32)
+    for region in (None, (5, 4, 45, 36)):
+        blended, heat = render_heatmap(image, heat_map, 0.5, "jet", region)
+        plain, same = render_heatmap(image, heat_map, 0.5, "jet", region, blend=False)
+        assert np.array_equal(np.asarray(same), np.asarray(heat)) and same.info == heat.info
+        assert np.array_equal(np.asarray(plain)[..., 0], image)  # no colour, no frame
+        assert not np.array_equal(np.asarray(blended), np.asarray(plain))

@@ -20,7 +20,7 @@ from busi_web.store.models import GateRefused
 
 LEGACY = ["m001_initial", "m002_modalities_defaults_acceptance", "m003_disabled_users", "m004_session_versions",
           "m005_account_source", "m006_sites", "m007_name_keys_and_credential_versions"]
-HEAD = "r002"
+HEAD = "r003"
 
 # A legal path from a new (queued) run to each state.
 PATH_TO = {"queued": [], "running": ["running"], "finished": ["running", "finished"], "failed": ["failed"],

@@ -99,7 +99,7 @@ def test_two_processes_write_metrics_at_once_without_database_is_locked(database
     procs, out = start_children(_write_metrics_for_own_run, [(db, runs_dir, barrier, n, 150) for n in "ab"])
     results = results_of(procs, out)
     store = JobStore(db, runs_dir)
-    assert store.schema_version() == "r002"
+    assert store.schema_version() == "r003"
     ids = {}
     for r in results:
         rows = store.metrics(r["run_id"])
