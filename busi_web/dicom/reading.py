@@ -243,23 +243,31 @@ def _to_uint8(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
         bits = int(ds.get("BitsStored", 8) or 8)
         return (arr * (255.0 / (2 ** bits - 1)) if bits != 8 and arr.max() > 255 else arr).clip(0, 255) \
             .astype(np.uint8)
-    arr = apply_modality_lut(arr, ds).astype(np.float64)
+    # float32 throughout, changed in place: a full-field mammogram (13.6 Mpx) costs one 54 MB buffer beside its
+    # pixels, not five float64 ones (benchmarks/memory.py's burst of DICOMs).
+    arr = apply_modality_lut(arr, ds).astype(np.float32, copy=False)
     if ds.get("VOILUTSequence") or ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
         if ds.get("VOILUTSequence") or str(ds.get("VOILUTFunction", "LINEAR")).upper() != "LINEAR":
-            arr = apply_voi_lut(arr, ds, index=0).astype(np.float64)
+            arr = apply_voi_lut(arr, ds, index=0).astype(np.float32, copy=False)
             low, high = float(arr.min()), float(arr.max())
         else:  # the DICOM linear window (PS3.3 C.11.2.1.2.1), first of several
             center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
             width = max(float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width), 1.0)
             low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
     else:
-        finite = arr[np.isfinite(arr)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    out = (255.0 * (arr - low) / max(high - low, 1e-6)).clip(0, 255)
+        low, high = float(arr.min()), float(arr.max())
+        if not (np.isfinite(low) and np.isfinite(high)):  # float pixel data with NaN or infinities (rare)
+            finite = arr[np.isfinite(arr)]
+            low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if not arr.flags.writeable or arr.base is not None:
+        arr = arr.copy()  # a view of the decoded pixels: do not write into them
+    np.subtract(arr, np.float32(low), out=arr)
+    np.multiply(arr, np.float32(255.0 / max(high - low, 1e-6)), out=arr)
+    np.clip(arr, 0, 255, out=arr)
     if photometric == "MONOCHROME1":
-        out = 255.0 - out
-    return out.astype(np.uint8)
+        np.subtract(np.float32(255.0), arr, out=arr)
+    return arr.astype(np.uint8)
 
 
 def read_dicom(source: bytes | BinaryIO, name: str, *, max_pixels: int, frame: int | None = None,
