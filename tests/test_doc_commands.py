@@ -177,6 +177,20 @@ def plugins_checked(command: str, ctx: dict) -> None:
     assert ("resnet50_cbam: builds" in out.stdout) == ("--builtins" in command), out.stdout
 
 
+def db_copy(command: str, ctx: dict) -> None:
+    """Into a throwaway PostgreSQL cluster (Debian's, started here), from an instance with a user and a run."""
+    from tests.servers import postgres
+
+    store = JobStore(ctx["instance"] / "busi.db", ctx["instance"] / "runs")
+    store.add_user("ana", "admin", "amber otter velvet 42")
+    store.create_run("tiny_cnn", "phantom", {})
+    with postgres() as cluster:
+        url = cluster.new_database()
+        out = _run(command.replace("postgresql://busi:PASSWORD@db.hospital:5432/busi", url), ctx["env"])
+        assert "1 runs" in out.stdout and "1 users" in out.stdout, out.stdout
+        assert JobStore(url, ctx["instance"] / "runs").get_user("ana") is not None
+
+
 def plugins_listed(command: str, ctx: dict) -> None:
     assert "phantom" in _run(command, ctx["env"]).stdout
 
@@ -223,6 +237,7 @@ HOW = {
     ".venv/bin/pip install ./examples/busi-web-example-plugin": pip_offline,
     ".venv/bin/busi-web plugins": plugins_listed,
     ".venv/bin/busi-web plugins check": plugins_checked,
+    ".venv/bin/busi-web db copy postgresql://busi:PASSWORD@db.hospital:5432/busi": db_copy,
     ".venv/bin/python -m pytest examples/busi-web-example-plugin/tests": as_written,
     ".venv/bin/busi-web plugins check --builtins": plugins_checked,
     ".venv/bin/busi-web plugins new busi-web-ward-plugin --into ..": new_plugin_flow,

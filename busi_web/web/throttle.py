@@ -19,7 +19,8 @@ The counters live where ``RATELIMIT_STORAGE_URI`` says: ``memory://`` by
 default (one gunicorn worker), ``redis://host:6379`` for several, so a
 limit hit on one worker holds on the others. Each refusal is audited as
 ``login.throttled``. Behind a reverse proxy the address is the client's only
-when ``PROXY_FIX`` trusts the proxy's ``X-Forwarded-For``.
+when ``PROXY_FIX`` trusts the proxy's ``X-Forwarded-For``. While Redis cannot
+be reached, each process counts in its own memory (Flask-Limiter's fallback).
 """
 
 from __future__ import annotations
@@ -98,8 +99,11 @@ def _audit(limit: RequestLimit) -> None:
 
 def init_throttle(app: Flask, view_endpoint: str = "auth.login") -> Limiter:
     """Give ``app`` its own limiter (its own counters) and put both limits on the login form's POST."""
-    limiter = Limiter(_address, app=app, storage_uri=app.config.get("RATELIMIT_STORAGE_URI") or "memory://",
-                      headers_enabled=True, key_prefix="busi-web-login")
+    storage = app.config.get("RATELIMIT_STORAGE_URI") or "memory://"
+    # Shared counters (Redis) that cannot be reached: each process counts on its own until they can, so logins
+    # go on and are still limited (per process) while Redis is away.
+    limiter = Limiter(_address, app=app, storage_uri=storage, headers_enabled=True, key_prefix="busi-web-login",
+                      in_memory_fallback_enabled=not storage.startswith("memory://"))
     view = app.view_functions[view_endpoint]
     for limit, key in ((app.config["LOGIN_LIMIT_ACCOUNT"], _account), (app.config["LOGIN_LIMIT_ADDRESS"], _address)):
         view = limiter.limit(limit, key_func=key, methods=["POST"], deduct_when=_failed, on_breach=_audit,

@@ -100,3 +100,17 @@ def test_a_disabled_account_is_told_so_only_with_its_right_password(strict_app):
     assert right.status_code == 403 and "this account is disabled" in right.get_data(as_text=True)
     wrong = attempt(client, "bob", "wrong-password")
     assert wrong.status_code == 401 and "disabled" not in wrong.get_data(as_text=True)
+
+
+def test_with_the_shared_counters_out_of_reach_logins_go_on_and_are_still_limited(app_config, monkeypatch):
+    from busi_web import create_app
+    from tests.servers import free_port
+
+    monkeypatch.setattr("busi_web.web.throttle.time.sleep", lambda _s: None)
+    app = create_app({**app_config, "LOGIN_LIMIT_ACCOUNT": "3 per minute", "LOGIN_LIMIT_ADDRESS": "6 per minute",
+                      "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})  # nothing listens there
+    app.extensions["busi_web"].store.add_user("ana", "clinician", "quiet-harbour-91")
+    client = app.test_client()
+    assert attempt(client, "ana", "quiet-harbour-91").status_code == 302
+    statuses = [attempt(app.test_client(), "ana", address="10.6.6.7").status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]  # counted in this process's memory meanwhile
