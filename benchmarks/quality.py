@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _pairs(pairs: list[str]) -> dict[str, str]:
+def param_pairs(pairs: list[str]) -> dict[str, str]:
     """``KEY=VALUE`` options as a dict, parsed as the CLI's ``--param`` is; a malformed pair ends the script."""
     from busi_web.cli.common import parse_params
     from busi_web.errors import UserError
@@ -82,9 +82,9 @@ def train(args: argparse.Namespace, registry) -> Path:
     train_params = dict(rec.get("train") or {})
     if args.epochs:
         train_params["epochs"] = args.epochs
-    train_params.update(_pairs(args.param))
+    train_params.update(param_pairs(args.param))
     bb_params = dict(rec.get("backbone_params") or {}) if backbone == rec.get("backbone") else {}
-    bb_params.update(_pairs(args.backbone_param))
+    bb_params.update(param_pairs(args.backbone_param))
     params = prepare_run_params(registry, backbone, "busi", train=train_params, backbone_params=bb_params,
                                 data_dir=str(args.data_dir))
     store = JobStore(args.out / "busi.db", args.out / "runs")

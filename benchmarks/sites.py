@@ -30,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from quality import param_pairs  # noqa: E402 - the benchmarks' shared KEY=VALUE parser
+
 DATA = ROOT.parent / "shared" / "data"
 FOLDERS = {"busi": DATA / "busi" / "Dataset_BUSI_with_GT", "busbra": DATA / "busbra" / "BUSBRA"}
 # Which datasets each experiment trains on, and what it is scored on besides its own test part.
@@ -56,16 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _pairs(pairs: list[str]) -> dict[str, str]:
-    from busi_web.cli.common import parse_params
-    from busi_web.errors import UserError
-
-    try:
-        return parse_params(tuple(pairs))
-    except UserError as exc:
-        raise SystemExit(str(exc)) from None
-
-
 def train(name: str, args: argparse.Namespace, registry) -> Path:
     """Train experiment ``name`` in a benchmark-local job store; returns the run folder."""
     from busi_web.data.sites import Source, dataset_label
@@ -76,8 +68,8 @@ def train(name: str, args: argparse.Namespace, registry) -> Path:
     names, _ = EXPERIMENTS[name]
     rec = registry.dataset("busi").recommended or {}
     backbone = rec.get("backbone", "resnet18")
-    train_params = {**(rec.get("train") or {}), "epochs": EPOCHS[name], **_pairs(args.param)}
-    bb_params = {**(rec.get("backbone_params") or {}), **_pairs(args.backbone_param)}
+    train_params = {**(rec.get("train") or {}), "epochs": EPOCHS[name], **param_pairs(args.param)}
+    bb_params = {**(rec.get("backbone_params") or {}), **param_pairs(args.backbone_param)}
     sources = [Source(n, str(FOLDERS[n])) for n in names]
     params = prepare_run_params(registry, backbone, sources, train=train_params, backbone_params=bb_params)
     store = JobStore(args.out / "busi.db", args.out / "runs")
