@@ -60,7 +60,7 @@ def test_a_clinician_diagnoses_a_pacs_study_and_writes_it_back(pacs_server, new_
     assert "demo" in page.inner_text("#written")
     page.once("dialog", lambda d: d.accept())
     page.click("#confirm-write-back")
-    page.wait_for_function("document.querySelector('#written').innerText.includes('Secondary Capture')")
+    page.wait_for_selector("#written:has-text('Secondary Capture')")
     assert "confirmed" in page.inner_text("#written")
     page.wait_for_selector(".result[data-ready='1']")
     assert "frame 2 of 3" in page.inner_text(".result .dicom-line")
