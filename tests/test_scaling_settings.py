@@ -49,3 +49,10 @@ def test_serving_processes_get_huge_pages_for_big_blocks_without_losing_other_tu
 def test_several_workers_without_redis_are_refused_with_the_fix(tmp_path):
     done = run_cli("serve", "--workers", "2", env={"BUSI_WEB_INSTANCE_PATH": str(tmp_path / "instance")})
     assert done.returncode != 0 and "2 workers need REDIS_URL" in done.stderr
+
+
+def test_a_worker_whose_runs_would_go_stale_between_two_heartbeats_is_refused(tmp_path):
+    done = run_cli("worker", env={"BUSI_WEB_INSTANCE_PATH": str(tmp_path / "instance"),
+                                  "BUSI_WEB_WORKER_HEARTBEAT_SECONDS": "10", "BUSI_WEB_WORKER_STALE_SECONDS": "15"})
+    assert done.returncode != 0 and "WORKER_STALE_SECONDS (15) must be more than twice" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -34,6 +34,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from busi_web.errors import UserError
 from busi_web.store import IllegalTransition, JobStore
 from busi_web.store.workers import LOST
 from busi_web.training.launch import launch, settle, signal_group
@@ -64,9 +65,9 @@ class Worker:
     def __init__(self, store: JobStore, *, name: str | None = None, gpus: Sequence[str] = (),
                  allowed_plugins: list[str] | None = None, heartbeat_s: float = 5.0, stale_s: float = 30.0,
                  cancel_timeout: float = 30.0, env: Mapping[str, str] | None = None):
-        if stale_s <= 2 * heartbeat_s:
-            raise ValueError(f"stale_s ({stale_s}) must be more than twice heartbeat_s ({heartbeat_s}): a worker "
-                             "that is only slow must not lose its runs")
+        if heartbeat_s <= 0 or stale_s <= 2 * heartbeat_s:
+            raise UserError(f"WORKER_STALE_SECONDS ({stale_s:g}) must be more than twice WORKER_HEARTBEAT_SECONDS "
+                            f"({heartbeat_s:g}, above 0): a worker that is only slow must not lose its runs", 400)
         self.store = store
         self.name = worker_name(name)
         self.slots = [Slot(gpu=g) for g in gpus] or [Slot()]

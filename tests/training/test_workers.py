@@ -98,3 +98,39 @@ def test_a_killed_workers_run_is_resumed_by_another_worker_and_finishes(tmp_path
             assert json.loads((folder / "metrics.json").read_text())["classes"]
             # No trainer of worker-a outlived it.
             assert not [w for w in store.list_workers() if w["name"] == "worker-b"]  # stopped cleanly: row gone
+
+
+def _queued_run(store: JobStore, registry, epochs: int) -> int:
+    from busi_web.training.params import prepare_run_params
+
+    params = prepare_run_params(registry, "tiny_cnn", "phantom", train={**TRAIN, "epochs": epochs},
+                                dataset_params={"size": 72, "per_class": 60, "seed": 1})
+    return store.create_run("tiny_cnn", "phantom", params)["id"]
+
+
+def test_a_cancel_reaches_a_workers_trainer_and_a_stopped_worker_hands_its_run_back(tmp_path, registry):
+    from busi_web.training.runner import JobRunner
+
+    instance = tmp_path / "web"
+    store = JobStore(instance / "busi.db", instance / "runs")  # one host: SQLite serves a worker too
+    shared = {"BUSI_WEB_DATABASE": str(instance / "busi.db"), "BUSI_WEB_RUNS_DIR": str(instance / "runs")}
+    web_runner = JobRunner(store, local=False)  # what a web host with TRAINERS=remote does
+    first = _queued_run(store, registry, 200)
+    worker = start_worker(tmp_path / "host", "worker-c", shared)
+    try:
+        wait_for(lambda: store.get_run(first)["epochs_done"] >= 1, timeout=120, what="the worker to train")
+        assert web_runner.cancel(first)["status"] == "running"  # asked: the worker's trainer stops it
+        done = wait_for(lambda: (lambda r: r if r["status"] != "running" else None)(store.get_run(first)),
+                        timeout=60, what="the cancel to reach the trainer")
+        assert done["status"] == "cancelled" and done["worker"] is None
+        second = _queued_run(store, registry, 200)
+        wait_for(lambda: store.get_run(second)["epochs_done"] >= 1, timeout=120, what="the second run")
+        worker.send_signal(signal.SIGTERM)  # the worker is stopped (a host going down for maintenance)
+        assert worker.wait(90) == 0
+    finally:
+        if worker.poll() is None:
+            stop(worker)
+    back = store.get_run(second)
+    assert back["status"] == "queued" and back["worker"] is None and not back["error"]  # for another worker
+    assert (Path(back["run_dir"]) / "last.pt").exists()  # which resumes it from there
+    assert store.list_workers() == []
