@@ -134,3 +134,30 @@ def test_a_cancel_reaches_a_workers_trainer_and_a_stopped_worker_hands_its_run_b
     assert back["status"] == "queued" and back["worker"] is None and not back["error"]  # for another worker
     assert (Path(back["run_dir"]) / "last.pt").exists()  # which resumes it from there
     assert store.list_workers() == []
+
+
+def test_with_two_gpus_a_worker_trains_two_runs_at_once_each_on_its_own_device(tmp_path, registry):
+    instance = tmp_path / "web"
+    store = JobStore(instance / "busi.db", instance / "runs")
+    shared = {"BUSI_WEB_DATABASE": str(instance / "busi.db"), "BUSI_WEB_RUNS_DIR": str(instance / "runs")}
+    runs = [_queued_run(store, registry, 200) for _ in range(3)]
+    home = tmp_path / "host"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUSI_WEB_")}
+    env.update(shared, BUSI_WEB_INSTANCE_PATH=str(home / "instance"), OMP_NUM_THREADS="1",
+               BUSI_WEB_WORKER_HEARTBEAT_SECONDS="1", BUSI_WEB_WORKER_STALE_SECONDS="4")
+    with open(home / "worker.log", "wb") as out:
+        worker = subprocess.Popen([str(Path(sys.executable).with_name("busi-web")), "worker", "--name", "gpu-host",
+                                   "--gpus", "0,1"], cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        both = wait_for(lambda: (lambda held: held if len(held) == 2 else None)(
+            [r for r in store.list_runs(status="running") if r["worker"] == "gpu-host"]), timeout=120,
+            what="two runs held at once")
+        assert {r["id"] for r in both} == set(runs[:2]) and store.get_run(runs[2])["status"] == "queued"
+        claims = wait_for(lambda: (lambda rows: rows if len(rows) == 2 else None)(store.audit_log("run.claim")),
+                          timeout=30, what="both claims recorded")
+        gpus = sorted(a["detail"]["gpu"] for a in claims)
+        assert gpus == ["0", "1"]
+        assert store.list_workers()[0]["slots"] == 2
+    finally:
+        stop(worker)
