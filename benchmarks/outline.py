@@ -98,7 +98,7 @@ def main() -> None:
     for batch in [int(b) for b in args.batches.split(",")]:
         images = phantoms(batch)
         prepared = predictor.prepare(images)
-        x = torch.stack(prepared).to(predictor.device)
+        x = torch.stack([p.tensor for p in prepared]).to(predictor.device)
         jobs = {
             "forward": lambda x=x: predictor.model(x),
             "outline": lambda i=images, p=prepared: predictor.predict_batch(i, None, prepared=p),

@@ -92,7 +92,7 @@ def check_run(run_dir: Path, data_dir: Path, registry) -> dict:
         out["leaked"] = np.array([i in twins for i in split.test])
     for part in PARTS:
         idx = split.part(part)
-        x = torch.stack(pred.prepare([ds.load_image(i) for i in idx]))
+        x = torch.stack([p.tensor for p in pred.prepare([ds.load_image(i) for i in idx])])
         out[part] = {"y": np.array([to_model[ds.samples[i].label] for i in idx]), "best": _probs(pred.model, x)}
         out[part]["flip"] = (out[part]["best"] + _probs(pred.model, x.flip(-1))) / 2
         if last is not None:

@@ -89,16 +89,22 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 def load_settings(instance_path: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The settings as the app sees them, without building it: the defaults, then ``<instance>/config.py``, then
     ``BUSI_WEB_*`` environment variables, then ``overrides``, finalised."""
-    from flask import Config  # Flask's loader of config.py files; no app is made
-
     folder = instance_path or instance_path_from_env() or str(ROOT / "instance")
-    config = Config(folder)
-    config.update(DEFAULTS)
-    config.from_pyfile("config.py", silent=True)
+    config: dict[str, Any] = dict(DEFAULTS)
+    config.update(read_config_file(Path(folder) / "config.py"))
     config.update(env_overrides())
     config.update(overrides or {})
     finalise(config, folder)
     return config
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The UPPERCASE names that the Python file ``path`` (an instance's ``config.py``) sets; none when it is absent."""
+    if not path.is_file():
+        return {}
+    namespace: dict[str, Any] = {"__file__": str(path)}
+    exec(compile(path.read_bytes(), str(path), "exec"), namespace)  # the operator's own settings file
+    return {k: v for k, v in namespace.items() if k.isupper()}
 
 
 def instance_path_from_env() -> str | None:

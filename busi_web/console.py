@@ -19,8 +19,8 @@ def _create_app() -> Flask:
     # Imported here, not above: building the app imports torch, which `busi-web --help` must not wait for.
     import click
 
-    from busi_web.app import create_app
-    from busi_web.errors import UserError
+    from busi_web.app import create_app  # (same reason)
+    from busi_web.errors import UserError  # (same reason)
 
     try:
         return create_app()

@@ -247,6 +247,23 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+# What the Train page's charts hold, read in the browser: the run's status and the points of each chart.
+CHART_STATE = """() => {
+  const count = (name) => {
+    const c = (window.busiCharts || {})[name];
+    return c ? Object.fromEntries(c.data.datasets.map((d) => [d.busiKey, d.data.length])) : null;
+  };
+  const run = window.busiRun || {};
+  return {status: run.status, live: run.liveRows, rest: run.restRows, epochs: run.epochsDone,
+          loss: count("loss"), accuracy: count("accuracy"), batch: count("batch")};
+}"""
+
+
+def total(sample: dict) -> int:
+    """The points of a CHART_STATE sample, all charts together."""
+    return sum(sum((sample[k] or {}).values()) for k in ("loss", "accuracy", "batch"))
+
+
 def browser_login(page, server: Server, user: tuple[str, str], next_path: str = "/"):
     """Log in through the login form; an anonymous visit to ``next_path`` must first land on the login page."""
     page.goto(server.url + next_path)
@@ -275,6 +292,15 @@ def wait_runs(server: Server, finished: int, timeout: float = 150) -> list[dict]
         time.sleep(0.5)
     raise AssertionError(f"fewer than {finished} finished runs after {timeout} s: "
                          f"{server.api('/api/runs')['runs']}\n{server.log.read_text()[-2000:]}")
+
+
+def default_model(server: Server, run_id: int | None = None) -> int:
+    """Make run ``run_id`` (default: the first finished run) the default of its modality, as an admin does on the
+    Models page: clinicians diagnose with the defaults and accepted models only. Returns the run's id."""
+    if run_id is None:
+        run_id = wait_runs(server, 1)[0]["id"]
+    server.api(f"/api/runs/{run_id}/promote", {"reason": "the browser tests' model"})
+    return run_id
 
 
 def fill_train_form(page, server: Server, *, name: str, epochs: str, per_class: int = 24, resize: str = "36"):

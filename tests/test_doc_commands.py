@@ -62,10 +62,10 @@ def _env(instance: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _run(command: str | list[str], env: dict[str, str], cwd: Path = ROOT, timeout: float = 600
-         ) -> subprocess.CompletedProcess:
+def _run(command: str | list[str], env: dict[str, str], cwd: Path = ROOT, timeout: float = 600,
+         input: str | None = None) -> subprocess.CompletedProcess:
     args = shlex.split(command) if isinstance(command, str) else command
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, input=input)
     assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -100,8 +100,15 @@ def serve_and_diagnose(command: str, ctx: dict) -> None:
     port = _free_port()
     env = {**ctx["env"], "PORT": str(port)}
     _run(".venv/bin/busi-web init", env)
+    # The README starts two servers: the first replaces the one-time password.
+    first = "one-time password not changed" in _run(".venv/bin/busi-web users list", env).stdout
     store = JobStore(ctx["instance"] / "busi.db", ctx["instance"] / "runs")
     finished_run(store, promote=True)
+    if first:  # the one-time password is replaced first (as the first login would): until then no token is made
+        refused = subprocess.run(shlex.split(".venv/bin/busi-web tokens create admin"), cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 1 and "must choose a new password first" in refused.stderr, refused
+        _run(".venv/bin/busi-web users passwd admin --password-stdin", env, input="correct-horse-battery-7\n")
     token = _run(".venv/bin/busi-web tokens create admin", env).stdout.strip()
     proc = subprocess.Popen(shlex.split(command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

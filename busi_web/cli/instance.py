@@ -91,8 +91,9 @@ def db_copy_command(target: str) -> None:
     """Copy every row of this instance's store into the empty database TARGET (a postgresql:// URL, or a SQLite
     file), creating its schema first. Then point DATABASE_URL at TARGET and restart. The run folders stay where
     they are (RUNS_DIR)."""
+    # Only this command opens a second store and copies rows.
     from busi_web.store import JobStore
-    from busi_web.store.copy import copy_store, summary  # as above
+    from busi_web.store.copy import copy_store, summary  # (same reason)
 
     source = services().store
     copied = copy_store(source, JobStore(target, current_app.config["RUNS_DIR"]))

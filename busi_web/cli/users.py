@@ -177,6 +177,10 @@ def tokens_group() -> None:
 @user_errors
 def tokens_create(name: str, label: str) -> None:
     """Create an API token acting as user NAME; it is printed once and cannot be shown again."""
+    if (_store().get_user(name) or {}).get("must_change_password"):
+        raise click.ClickException(
+            f"{name} must choose a new password first (log in at /login, or `busi-web users passwd {name}`): a "
+            "token made now would answer nothing, and the new password would end it")
     try:
         token = _store().create_token(name, label)
     except UserError as exc:

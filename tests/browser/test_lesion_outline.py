@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from tests.helpers import CLINICIAN, shot
+from tests.helpers import CLINICIAN, default_model, shot
 from tests.helpers import browser_login as login
 
 pytestmark = pytest.mark.browser
@@ -36,6 +36,7 @@ def test_the_result_card_outlines_the_lesion_and_lists_its_size_and_descriptors(
         assert time.time() < deadline, "the segmenting run did not finish"
         time.sleep(0.5)
     assert state["status"] == "finished", state["error"]
+    default_model(server, run["id"])
 
     from busi_web_plugins.phantom import CLASSES, render_phantom
 
@@ -46,8 +47,8 @@ def test_the_result_card_outlines_the_lesion_and_lists_its_size_and_descriptors(
         Image.fromarray(image).save(paths[-1])
     page = new_page()
     login(page, server, CLINICIAN, "/diagnose")
-    page.wait_for_selector("#diagnose[data-model-loaded]")
-    page.select_option("#model", str(run["id"]))
+    page.wait_for_selector("#diagnose[data-model-loaded='1']")
+    assert page.eval_on_selector("#model", "s => s.selectedOptions[0].dataset.run") == str(run["id"])
     page.set_input_files("#files", [str(p) for p in paths])
     page.fill("#pixel-spacing", "0.2")
     page.click("#diagnose-submit")

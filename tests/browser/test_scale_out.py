@@ -12,8 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.browser.test_browser import CHART_STATE, total
-from tests.helpers import ADMIN, browser_login, wait_for
+from tests.helpers import ADMIN, CHART_STATE, browser_login, total, wait_for
 from tests.servers import redis_server, served
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -87,6 +87,16 @@ def test_tokens_create_list_revoke_and_use(cli, store, app):
     assert "no API tokens" in cli("tokens", "list").output
 
 
+def test_no_token_for_a_user_who_must_choose_a_password(cli, store):
+    """A token would answer nothing until the one-time password is replaced, and the new password would end it."""
+    cli("users", "add", "cara", "--role", "clinician", "--password-stdin", input="amber-lantern-48\n")
+    assert cli("users", "expire", "cara").exit_code == 0
+    r = cli("tokens", "create", "cara")
+    assert r.exit_code != 0 and "must choose a new password first" in r.output and "bw_" not in r.output
+    cli("users", "passwd", "cara", "--password-stdin", input="amber-lantern-49\n")
+    assert cli("tokens", "create", "cara").stdout.startswith("bw_")
+
+
 @pytest.mark.slow
 def test_init_creates_the_first_admin_once_with_a_one_time_password(tmp_path):
     inst = tmp_path / "inst"

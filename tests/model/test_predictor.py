@@ -103,7 +103,13 @@ def test_no_explainer_classifies_only_and_targets_are_checked(predictor):
     with pytest.raises(ValueError, match="no heatmap"):
         pred.overlay_png()
     explained = predictor.predict(img, target=1)
-    assert explained.target == 1 and explained.label == "normal" and explained.heatmap.shape == (40, 40)
+    assert explained.target == 1 and explained.target_label == "lesion" and explained.label == "normal"
+    # Grad-CAM of "lesion" on a normal image: a map of shape (40, 40), or, when it has no value above zero, no
+    # picture and a note that says so (a flat picture would look like a finding of nothing).
+    if explained.heatmap is None:
+        assert "no evidence for lesion" in explained.map_note
+    else:
+        assert explained.heatmap.shape == (40, 40) and explained.map_note is None
     assert explained.probabilities == pytest.approx(pred.probabilities, abs=1e-6)
     with pytest.raises(ValueError, match=r"target class must be an index from 0 to 1 \(normal, lesion\), got 2"):
         predictor.predict(img, target=2)
@@ -224,7 +230,8 @@ class _Inverted(GradCAM):
         self.gain = gain
 
     def raw_maps(self, inp):
-        return -self.gain * super().raw_maps(inp)
+        raw = super().raw_maps(inp)
+        return self.gain * (raw.amax(dim=(-2, -1), keepdim=True) - raw)
 
 
 class _ExplainerPlugin:
