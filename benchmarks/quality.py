@@ -71,11 +71,27 @@ def param_pairs(pairs: list[str]) -> dict[str, str]:
         raise SystemExit(str(exc)) from None
 
 
+def train_to_the_end(store, run_id: int, registry) -> Path:
+    """Train run ``run_id`` of ``store`` here, printing its log lines; returns its folder, or ends the script when
+    the run does not finish."""
+    from busi_web.training.trainer import run_training
+
+    def progress(event: dict) -> None:
+        if event.get("type") == "log":
+            print(event["line"], flush=True)
+
+    start = time.perf_counter()
+    final = run_training(store, run_id, registry=registry, progress=progress)
+    print(f"training {final['status']} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    if final["status"] != "finished":
+        raise SystemExit(f"training {final['status']}: {final.get('error')}")
+    return Path(final["run_dir"])
+
+
 def train(args: argparse.Namespace, registry) -> Path:
     """Train the recipe as a run in a benchmark-local job store; returns the run folder."""
     from busi_web.store import JobStore
     from busi_web.training.params import prepare_run_params
-    from busi_web.training.trainer import run_training
 
     rec = registry.dataset("busi").recommended or {}
     backbone = args.backbone or rec.get("backbone", "resnet18")
@@ -96,16 +112,7 @@ def train(args: argparse.Namespace, registry) -> Path:
         shutil.copyfile(args.split_from / "split.json", Path(run["run_dir"]) / "split.json")
         print(f"the split of {args.split_from}", flush=True)
 
-    def progress(event: dict) -> None:
-        if event.get("type") == "log":
-            print(event["line"], flush=True)
-
-    start = time.perf_counter()
-    final = run_training(store, run["id"], registry=registry, progress=progress)
-    print(f"training {final['status']} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-    if final["status"] != "finished":
-        raise SystemExit(f"training {final['status']}: {final.get('error')}")
-    return Path(final["run_dir"])
+    return train_to_the_end(store, run["id"], registry)
 
 
 def naive_split(registry, data_dir: Path, train_params: dict, run_dir: Path) -> str:

@@ -25,15 +25,16 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from quality import param_pairs  # noqa: E402 - the benchmarks' shared KEY=VALUE parser
+from quality import param_pairs, train_to_the_end  # noqa: E402 - shared with the quality benchmark
 
 DATA = ROOT.parent / "shared" / "data"
-FOLDERS = {"busi": DATA / "busi" / "Dataset_BUSI_with_GT", "busbra": DATA / "busbra" / "BUSBRA"}
+# Each dataset's folder under the data folder (--data; ../shared/data by default).
+LAYOUT = {"busi": ("busi", "Dataset_BUSI_with_GT"), "busbra": ("busbra", "BUSBRA")}
+FOLDERS = {name: DATA.joinpath(*parts) for name, parts in LAYOUT.items()}
 # Which datasets each experiment trains on, and what it is scored on besides its own test part.
 EXPERIMENTS = {
     "busi": (["busi"], [("busbra", {})]),
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", action="append", choices=sorted(EXPERIMENTS), help="run only these experiments")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "sites")
+    ap.add_argument("--data", type=Path, default=DATA, help="the folder holding busi/ and busbra/")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a training parameter of the recipe (e.g. seed=1)")
     ap.add_argument("--backbone-param", action="append", default=[], metavar="KEY=VALUE")
@@ -63,7 +65,6 @@ def train(name: str, args: argparse.Namespace, registry) -> Path:
     from busi_web.data.sites import Source, dataset_label
     from busi_web.store import JobStore
     from busi_web.training.params import prepare_run_params
-    from busi_web.training.trainer import run_training
 
     names, _ = EXPERIMENTS[name]
     rec = registry.dataset("busi").recommended or {}
@@ -79,16 +80,7 @@ def train(name: str, args: argparse.Namespace, registry) -> Path:
     print(f"run {run['id']} ({name}): {backbone} {params['backbone']} on {label}, training {params['train']}",
           flush=True)
 
-    def progress(event: dict) -> None:
-        if event.get("type") == "log":
-            print(event["line"], flush=True)
-
-    start = time.perf_counter()
-    final = run_training(store, run["id"], registry=registry, progress=progress)
-    print(f"training {final['status']} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-    if final["status"] != "finished":
-        raise SystemExit(f"training {final['status']}: {final.get('error')}")
-    return Path(final["run_dir"])
+    return train_to_the_end(store, run["id"], registry)
 
 
 def score(name: str, run_dir: Path, registry) -> dict:
@@ -127,6 +119,7 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    FOLDERS.update({name: args.data.joinpath(*parts) for name, parts in LAYOUT.items()})
     absent = [str(p) for p in FOLDERS.values() if not p.is_dir()]
     if absent:
         print(f"skipped: {', '.join(absent)} absent (the sites benchmark needs ../shared/data)")

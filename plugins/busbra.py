@@ -41,7 +41,8 @@ LAYOUT = ("the BUS-BRA download: <root>/Images/bus_NNNN-x.png, <root>/Masks/mask
 _PARTITION = re.compile(r"^(?P<cv>5-fold|10-fold):(?P<fold>\d+)$")
 _NEEDED = ("ID", "Case", "Pathology", "Device")
 
-# The recipe the Train page offers: the BUSI recipe (S), epochs budgeted for three times as many images.
+# The recipe the Train page offers: BUSI's (S with the scan steps, adopted by the sites rule of docs/quality.md),
+# epochs budgeted for three times as many images.
 RECOMMENDED = {
     "backbone": "resnet18",
     "backbone_params": {"dropout": 0.3, "output_stride": 16},
@@ -49,7 +50,7 @@ RECOMMENDED = {
               "scheduler": "cosine", "input_size": 128, "resize": 128, "hflip": True, "rotation": 15.0,
               "crop_scale": 0.5, "intensity": 0.2, "label_smoothing": 0.1, "ema": 0.99, "lesion_loss": 1.0,
               "balance": "weighted_loss", "monitor": "val_macro_f1", "patience": 0, "seed": 42,
-              "val_frac": 0.15, "test_frac": 0.15},
+              "val_frac": 0.15, "test_frac": 0.15, "scan_crop": True, "normalise": "equalize", "scanner": 0.5},
     "note": "CPU recipe: BUSI's, with fewer epochs for three times the images. Train it together with busi to "
             "learn the normal class and two sites; see docs/quality.md.",
 }
