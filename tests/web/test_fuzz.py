@@ -72,8 +72,12 @@ def hostile(tmp_path_factory):
 
 def keep_admin(app, client) -> None:
     """Undo what an earlier example did to the walking admin (a reset password, a role change, disabling, a
-    logout by session version), so every example runs with an admin's session."""
+    logout by session version), so every example runs with an admin's session; and put a default model back
+    when an example cleared it or deleted its run (a long walk does both)."""
     store = app.extensions["busi_web"].store
+    if store.default_model("ultrasound") is None:
+        runs = store.list_runs(status="finished") or [finished_run(store)]
+        store.set_default(runs[0]["id"], by="admin", reason="the fuzzed instance's model, put back")
     user = store.get_user(ADMIN[0])
     if user["role"] != "admin":
         store.set_role(ADMIN[0], "admin", by="fuzz")
