@@ -10,6 +10,7 @@ from flask import Flask
 
 from busi_web.cli import register_commands
 from busi_web.config import ROOT, instance_path_from_env, load_settings
+from busi_web.errors import UserError
 from busi_web.plugins import load_plugins
 from busi_web.services import EXTENSION, make_services
 from busi_web.web import init_web
@@ -35,7 +36,12 @@ def create_app(config: Mapping[str, Any] | None = None, plugins: Iterable[object
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),
     )
-    app.config.update(load_settings(app.instance_path, overrides))
+    try:
+        app.config.update(load_settings(app.instance_path, overrides))
+    except UserError:
+        raise
+    except ValueError as exc:  # a setting or the settings file is wrong: said in one line, with the name at fault
+        raise UserError(str(exc)) from None
 
     registry = load_plugins(app.config["ALLOWED_PLUGINS"])
     for plugin in plugins:

@@ -103,8 +103,24 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     namespace: dict[str, Any] = {"__file__": str(path)}
-    exec(compile(path.read_bytes(), str(path), "exec"), namespace)  # the operator's own settings file
+    try:
+        exec(compile(path.read_bytes(), str(path), "exec"), namespace)  # the operator's own settings file
+    except Exception as exc:  # noqa: BLE001 - any mistake in the file: one line that says where, not a traceback
+        line = getattr(exc, "lineno", None) or _line_of(exc, path)
+        what = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        raise ValueError(f"{path}{f', line {line}' if line else ''}: {type(exc).__name__}: {what}; it is a Python "
+                         "file of NAME = value lines (fix it, or remove it to start from the defaults)") from None
     return {k: v for k, v in namespace.items() if k.isupper()}
+
+
+def _line_of(exc: BaseException, path: Path) -> int | None:
+    """The line of ``path`` where ``exc`` was raised, from its traceback."""
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == str(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def instance_path_from_env() -> str | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from busi_web import create_app
+from busi_web.errors import UserError
 from tests.helpers import ROOT, make_user_client, run_cli
 
 
@@ -30,6 +31,19 @@ def test_config_precedence_instance_file_then_env_then_argument(instance_path, m
     assert app.config["DEVICE"] == "cuda"
     assert app.config["DATABASE"] == str(instance_path / "busi.db")
     assert Path(app.config["DATABASE"]).exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("SECRET_KEY = 'x'\nMAX_UPLOAD_MB = (\n", r"config.py, line 2: SyntaxError"),
+    ("SECRET_KEY = 'x'\nDEVICE = cpu\n", r"config.py, line 2: NameError: name 'cpu' is not defined"),
+])
+def test_a_broken_config_file_is_one_line_naming_the_file_and_line(instance_path, text, message):
+    instance_path.mkdir(parents=True)
+    (instance_path / "config.py").write_text(text)
+    with pytest.raises(UserError, match=message):
+        create_app({"INSTANCE_PATH": str(instance_path)})
+    result = run_cli("users", "list", env={"BUSI_WEB_INSTANCE_PATH": str(instance_path)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "line 2" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
