@@ -87,6 +87,7 @@ def test_the_favicon_and_the_keyboard_drop_zone(server, new_page):
         assert r.status == 200 and r.read(4) == b"\x00\x00\x01\x00"  # an ICO file, for everyone, logged in or not
     page = new_page()
     browser_login(page, server, CLINICIAN, "/diagnose")
+    page.wait_for_selector("#diagnose[data-model-loaded]", state="attached")  # the page's script is listening
     page.focus("#drop-zone")
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
