@@ -118,21 +118,33 @@ class TransformedImages(Dataset):
     ``(image, label, mask, has_mask)``: the lesion mask moved by the same
     augmentation (``transform(image, mask)``), or zeros and ``False`` for an
     image without a mask file.
+
+    With ``sites`` (one integer per index) each item ends with its image's
+    site index, for a loss that teaches each site only its own classes
+    (:class:`busi_web.training.site_loss.SiteClassLoss`).
     """
 
     def __init__(self, source: ImageSource, indices: Sequence[int], labels: Sequence[int],
-                 transform: Callable[..., Any], variants: Sequence[int] | None = None, masks: bool = False):
+                 transform: Callable[..., Any], variants: Sequence[int] | None = None, masks: bool = False,
+                 sites: Sequence[int] | None = None):
         self.source, self.indices, self.transform = source, list(indices), transform
         self.labels = [int(labels[i]) for i in self.indices]
         self.variants = None if variants is None else list(variants)
         if masks and self.variants is not None and any(self.variants):
             raise ValueError("lesion masks cannot follow a dataset's own training variants")
         self.masks = masks
+        if sites is not None and len(sites) != len(self.indices):
+            raise ValueError(f"one site per image: {len(sites)} sites for {len(self.indices)} images")
+        self.sites = None if sites is None else [int(s) for s in sites]
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> tuple[Any, ...]:
+        item = self._item(k)
+        return item if self.sites is None else (*item, self.sites[k])
+
+    def _item(self, k: int) -> tuple[Any, ...]:
         i = self.indices[k]
         image = None if self.variants is None else self.source.dataset.training_image(i, self.variants[k])
         image = self.source(i) if image is None else self.source.prepare(image)

@@ -82,7 +82,9 @@ class Engine:
     model is a segmenting backbone (``BackboneSpec.segments``): batches carry
     masks too, the model's ``segment(x, masks)`` gives its lesion map, and
     :func:`~busi_web.training.aids.segmentation_loss` times ``segment_loss``
-    joins the loss.
+    joins the loss. A ``criterion`` that ``takes_sites``
+    (:class:`~busi_web.training.site_loss.SiteClassLoss`) gets each image's
+    site index, which the training batches then carry as their last item.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
@@ -146,8 +148,12 @@ class Engine:
         stopped = False
         start = last = time.perf_counter()
         mark = (0.0, 0, 0)  # loss sum, correct, seen at the last log point
+        takes_sites = getattr(crit, "takes_sites", False)
         for batch in batches:
             x, y = self._to_device(batch[0], batch[1])
+            site = None
+            if takes_sites:
+                site, batch = batch[-1].to(self.device, non_blocking=True), batch[:-1]
             masks = None
             if guide is not None or self.segment_loss > 0:
                 if len(batch) < 4:
@@ -161,9 +167,11 @@ class Engine:
                     logits, lesion = model.segment(x, masks)
                 else:
                     logits = model(x)
-                loss = crit(logits, y)
+                loss = crit(logits, y) if site is None else crit(logits, y, site)
                 if mix is not None:
-                    loss = mix.share * loss + (1.0 - mix.share) * crit(logits, y[mix.partner])
+                    partner = y[mix.partner]
+                    other = crit(logits, partner) if site is None else crit(logits, partner, site[mix.partner])
+                    loss = mix.share * loss + (1.0 - mix.share) * other
                 if masks is not None:
                     loss = loss + (self.segment_loss * segmentation_loss(lesion, *masks) if self.segment_loss > 0
                                    else guide.loss(*masks))

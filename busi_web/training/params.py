@@ -84,6 +84,9 @@ TRAIN_PARAMS: tuple[Param, ...] = (
           "explained layer (empty: the explained layer only).", advanced=True),
     Param("balance_sites", "bool", False, "With several datasets, draw each site equally often in training (and "
           "each class of a site equally often when balance is 'oversample'), whatever its size."),
+    Param("site_classes", "bool", False, "With several datasets, each image's loss compares only the classes "
+          "its site has: a site without normal images (BUS-BRA) then teaches nothing for or against 'normal', "
+          "so the look of a site cannot become evidence for a class it alone has."),
     Param("balance", "choice", "weighted_loss", "Class balancing: 'weighted_loss' weighs the loss by inverse "
           "class frequency, 'oversample' draws rare classes more often, 'none' does neither.", choices=BALANCING),
     Param("monitor", "choice", "val_macro_f1", "Validation metric that picks the best model and drives early "
@@ -202,9 +205,10 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str | S
         _check_paths(registry.dataset(s.dataset).params, dict(s.params), s.dataset)
     ds.check_usable()
     label = dataset_label([s.dataset for s in checked])
-    if train_values["balance_sites"] and len(checked) < 2:
-        raise InvalidParameters({"balance_sites": "balances several datasets, and this run has one; add a dataset "
-                                                  "or switch it off"}, "training")
+    for name, what in (("balance_sites", "balances"), ("site_classes", "compares the classes of")):
+        if train_values[name] and len(checked) < 2:
+            raise InvalidParameters({name: f"{what} several datasets, and this run has one; add a dataset or "
+                                           "switch it off"}, "training")
     if train_values["lesion_loss"] > 0 and not ds.has_masks():
         raise InvalidParameters({"lesion_loss": f"dataset {label!r} has no lesion masks to learn from; set it to "
                                                 "0, or add masks (NAME_mask.png beside NAME.png)"}, "training")

@@ -39,6 +39,7 @@ from busi_web.training.feeding import (
 from busi_web.training.loop import Engine, TrainingDiverged, build_optimizer, build_scheduler
 from busi_web.training.params import lesion_training, validate_train_params
 from busi_web.training.resume import epoch_seed, load_state, rng_state, save_state, seed_everything, set_rng_state
+from busi_web.training.site_loss import SiteClassLoss, site_class_table
 from busi_web.training.splitting import run_split
 from busi_web.training.trust import checkpoint_extras, fit_trust, operating_point
 
@@ -162,7 +163,9 @@ class TrainingRun:
         if guided and not ds.has_masks():
             raise DatasetError(f"lesion_loss needs lesion masks and dataset {self.run['dataset']!r} has none; set "
                                "lesion_loss to 0")
-        tr = TransformedImages(source, train_idx, labels, augment, variants, masks=guided)
+        site_rows = self._site_rows(train_idx, train_labels) if p["site_classes"] else None
+        tr = TransformedImages(source, train_idx, labels, augment, variants, masks=guided,
+                               sites=None if site_rows is None else site_rows[0])
         self.train_loader = make_loader(tr, p["batch_size"], train=True, workers=workers, device=device,
                                         generator=self.generator, sampler=sampler)
         self.loaders = {part: make_loader(TransformedImages(source, self.split.part(part), labels,
@@ -178,7 +181,8 @@ class TrainingRun:
             self.log(f"{what}; {sum(source.mask(i) is not None for i in self.split.train)} of "
                      f"{len(self.split.train)} training images have masks")
         optimizer = build_optimizer(model, p, guide.parameters() if guide is not None else ())
-        criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=p["label_smoothing"])
+        criterion = (torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=p["label_smoothing"])
+                     if site_rows is None else SiteClassLoss(site_rows[1], weight, p["label_smoothing"]))
         self.engine = Engine(model, optimizer, criterion, device, amp=p["amp"], channels_last=p["channels_last"],
                              ema_decay=p["ema"], guide=guide, mixup=p["mixup"],
                              segment_loss=segment_loss)
@@ -188,6 +192,14 @@ class TrainingRun:
                      f"Beta({p['mixup']:g}, {p['mixup']:g})")
         self.log(f"classes {self.classes}; train/val/test {len(self.split.train)}/{len(self.split.val)}/"
                  f"{len(self.split.test)} images; device {device}, {workers} loader workers")
+
+    def _site_rows(self, train_idx: list[int], train_labels: list[int]) -> tuple[list[int], torch.Tensor]:
+        """For the per-site class loss: each training item's site index, and each site's classes."""
+        names, rows, table = site_class_table([self.dataset.site_of(i)[0] for i in train_idx], train_labels,
+                                              len(self.classes))
+        for name, has in zip(names, table.tolist(), strict=True):
+            self.log(f"site {name} teaches {', '.join(c for c, on in zip(self.classes, has, strict=True) if on)}")
+        return rows, table
 
     def _resume(self) -> None:
         path = self.dir / art.LAST_PT
