@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from busi_web.store import JobStore
-from tests.helpers import ADMIN, CLINICIAN, Server, wait_for
+from tests.browser_steps import Server
+from tests.helpers import ADMIN, CLINICIAN, wait_for
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@
 
 Playwright never downloads a browser: without ``chromium`` on the PATH
 (``make chromium``) every browser test skips, saying so. The steps the tests
-take (log in, fill the train form, ...) are in ``tests/helpers.py``.
+take (log in, fill the train form, ...) are in ``tests/browser_steps.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from tests.helpers import SHOTS
+from tests.browser_steps import SHOTS
 from tests.servers import served
 
 

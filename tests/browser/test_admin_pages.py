@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ADMIN, shot
-from tests.helpers import browser_login as login
+from tests.browser_steps import browser_login as login
+from tests.browser_steps import shot
+from tests.helpers import ADMIN
 
 pytestmark = pytest.mark.browser
 

@@ -18,18 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import (
-    ADMIN,
-    CHART_STATE,
-    CLINICIAN,
-    default_model,
-    fill_train_form,
-    shot,
-    submit_train_form,
-    total,
-    wait_runs,
-)
-from tests.helpers import browser_login as login
+from tests.browser_steps import CHART_STATE, default_model, fill_train_form, shot, submit_train_form, total, wait_runs
+from tests.browser_steps import browser_login as login
+from tests.helpers import ADMIN, CLINICIAN
 
 pytestmark = pytest.mark.browser
 

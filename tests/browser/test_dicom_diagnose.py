@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
+from tests.browser_steps import browser_login as login
+from tests.browser_steps import shot, wait_runs
 from tests.dicom_phantoms import PATIENT_ID, PATIENT_NAME, compressed, instance, phantom, to_bytes
-from tests.helpers import CLINICIAN, shot, wait_runs
-from tests.helpers import browser_login as login
+from tests.helpers import CLINICIAN
 
 pytestmark = pytest.mark.browser
 

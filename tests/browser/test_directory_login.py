@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import browser_login
+from tests.browser_steps import browser_login
 from tests.servers import LDAP_PEOPLE, served, slapd
 
 pytestmark = pytest.mark.browser

@@ -11,8 +11,9 @@ import time
 import pytest
 from PIL import Image
 
-from tests.helpers import CLINICIAN, default_model, shot
-from tests.helpers import browser_login as login
+from tests.browser_steps import browser_login as login
+from tests.browser_steps import default_model, shot
+from tests.helpers import CLINICIAN
 
 pytestmark = pytest.mark.browser
 

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from busi_web.store import JobStore
-from tests.helpers import ADMIN, CLASSES, CLINICIAN, shot, wait_runs, write_busi_folder
-from tests.helpers import browser_login as login
+from tests.browser_steps import browser_login as login
+from tests.browser_steps import shot, wait_runs
+from tests.helpers import ADMIN, CLASSES, CLINICIAN, write_busi_folder
 
 pytestmark = pytest.mark.browser
 

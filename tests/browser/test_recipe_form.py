@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from busi_web.plugins import load_plugins
+from tests.browser_steps import browser_login as login
 from tests.helpers import ADMIN
-from tests.helpers import browser_login as login
 
 pytestmark = pytest.mark.browser
 

@@ -12,7 +12,8 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import ADMIN, CHART_STATE, browser_login, total, wait_for
+from tests.browser_steps import CHART_STATE, browser_login, total
+from tests.helpers import ADMIN, wait_for
 from tests.servers import redis_server, served
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

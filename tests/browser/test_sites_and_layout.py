@@ -6,7 +6,9 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import ADMIN, CLINICIAN, browser_login, shot, wait_for, write_busbra_folder
+from tests.browser_steps import browser_login, shot
+from tests.helpers import ADMIN, CLINICIAN, wait_for
+from tests.synthetic_data import write_busbra_folder
 
 pytestmark = pytest.mark.browser
 

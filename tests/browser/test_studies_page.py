@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
+from tests.browser_steps import browser_login as login
+from tests.browser_steps import shot, wait_runs
 from tests.dicom_phantoms import ACCESSION, PATIENT_ID, compressed, instance, phantom
-from tests.helpers import CLINICIAN, shot, wait_runs
-from tests.helpers import browser_login as login
+from tests.helpers import CLINICIAN
 from tests.servers import orthanc, served
 
 pytestmark = pytest.mark.browser

@@ -7,7 +7,8 @@ import numpy as np
 
 from busi_web.data.fingerprints import data_hash, fingerprint, fingerprints, overlap, pixel_hash
 from busi_web.data.splits import split_dataset
-from tests.helpers import ArrayDataset, noisy, pattern, write_busi_folder
+from tests.helpers import write_busi_folder
+from tests.synthetic_data import ArrayDataset, noisy, pattern
 
 
 def test_the_pixel_hash_sees_every_pixel_and_the_shape():

@@ -12,7 +12,8 @@ from busi_web_plugins.busbra import BusbraDataset
 from busi_web.data.datasets import DatasetError
 from busi_web.data.sites import CombinedDataset, Source, dataset_label, dataset_names, open_sources, sources_of
 from busi_web.data.splits import Split, split_dataset
-from tests.helpers import synthetic_mias, write_busbra_folder, write_busi_folder
+from tests.helpers import write_busi_folder
+from tests.synthetic_data import synthetic_mias, write_busbra_folder
 
 
 @pytest.fixture

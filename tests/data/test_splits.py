@@ -14,7 +14,7 @@ from PIL import Image
 
 from busi_web.data.datasets import DatasetError
 from busi_web.data.splits import PARTS, Split, hamming, near_duplicate_groups, perceptual_hash, split_dataset
-from tests.helpers import ArrayDataset, noisy, pattern
+from tests.synthetic_data import ArrayDataset, noisy, pattern
 
 
 def where(split: Split) -> dict[int, str]:

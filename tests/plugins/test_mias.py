@@ -22,7 +22,8 @@ from PIL import Image
 from busi_web.data.datasets import DatasetError
 from busi_web.data.splits import PARTS, split_dataset
 from busi_web.plugins import load_plugins
-from tests.helpers import SIDE, make_user_client, scan, synthetic_mias, write_folder
+from tests.helpers import make_user_client
+from tests.synthetic_data import SIDE, scan, synthetic_mias, write_folder
 
 torch.set_num_threads(1)
 INFO_QUIRKS = """REFNUM BG CLASS SEVERITY X Y RADIUS

@@ -14,7 +14,8 @@ from busi_web.store import run_files as art
 from busi_web.training.loop import Engine
 from busi_web.training.params import prepare_run_params
 from busi_web.training.site_loss import SiteClassLoss, site_class_table
-from tests.helpers import PHANTOM, TINY, start_trainer, write_busbra_folder
+from tests.helpers import PHANTOM, TINY, start_trainer
+from tests.synthetic_data import write_busbra_folder
 
 # Site 0 has all three classes (benign, malignant, normal); site 1 has no normal images.
 TABLE = torch.tensor([[True, True, True], [True, True, False]])

@@ -21,7 +21,8 @@ from busi_web.specs import InvalidParameters
 from busi_web.store import run_files as art
 from busi_web.training.feeding import balanced_sampler, draw_weights, drawn_class_weights
 from busi_web.training.params import prepare_run_params
-from tests.helpers import PHANTOM, TINY, run_cli, start_trainer, write_busbra_folder, write_busi_folder
+from tests.helpers import PHANTOM, TINY, run_cli, start_trainer, write_busi_folder
+from tests.synthetic_data import write_busbra_folder
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from pypdf import PdfReader
 from busi_web.evaluation.card import build_card
 from busi_web.store import run_files as art
 from busi_web.training.params import prepare_run_params
-from tests.helpers import TINY, image_bytes, start_trainer, upload, write_busbra_folder, write_busi_folder
+from tests.helpers import TINY, image_bytes, start_trainer, upload, write_busi_folder
+from tests.synthetic_data import write_busbra_folder
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_RUN, wait_for
+from tests.browser_steps import TINY_RUN
+from tests.helpers import wait_for
 from tests.servers import served
 
 pytestmark = pytest.mark.slow
