@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from busi_web.training.adversary import SiteAdversary
 from busi_web.training.aids import LesionGuide, WeightAverage, segmentation_loss
 from busi_web.training.mixup import mix_batch
 
@@ -84,12 +85,16 @@ class Engine:
     :func:`~busi_web.training.aids.segmentation_loss` times ``segment_loss``
     joins the loss. A ``criterion`` that ``takes_sites``
     (:class:`~busi_web.training.site_loss.SiteClassLoss`) gets each image's
-    site index, which the training batches then carry as their last item.
+    site index, and an ``adversary`` (a :class:`SiteAdversary`, moved to the
+    device here; its head's parameters must be in ``optimizer``) adds its
+    loss; the training batches then carry each image's site index as their
+    last item.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                  device: torch.device, amp: bool = True, channels_last: bool = True, ema_decay: float = 0.0,
-                 guide: LesionGuide | None = None, mixup: float = 0.0, segment_loss: float = 0.0):
+                 guide: LesionGuide | None = None, mixup: float = 0.0, segment_loss: float = 0.0,
+                 adversary: SiteAdversary | None = None):
         if mixup < 0:
             raise ValueError(f"the mixup strength must be 0 (off) or positive, got {mixup}")
         if segment_loss < 0 or (segment_loss > 0 and not callable(getattr(model, "segment", None))):
@@ -102,6 +107,7 @@ class Engine:
         self.model = model.to(device, memory_format=torch.channels_last) if self.channels_last else model.to(device)
         self.ema = WeightAverage(self.model, ema_decay) if ema_decay > 0 else None
         self.guide = guide.to(device) if guide is not None else None
+        self.adversary = adversary.to(device) if adversary is not None else None
         self.optimizer, self.criterion = optimizer, criterion.to(device)
         self.amp_dtype: torch.dtype | None = None
         if amp and cuda:
@@ -133,8 +139,9 @@ class Engine:
         ``should_stop()`` is asked after every batch; when true the epoch ends
         early with ``stopped=True``. ``step`` is the global step before the epoch.
         """
-        guide = self.guide
-        with guide.capture() if guide is not None else nullcontext():
+        guide, adversary = self.guide, self.adversary
+        with guide.capture() if guide is not None else nullcontext(), \
+                adversary.capture() if adversary is not None else nullcontext():
             return self._train_epoch(batches, epoch, step, on_log, log_interval, should_stop)
 
     def _train_epoch(self, batches: Iterable[Sequence[torch.Tensor]], epoch: int, step: int,
@@ -148,11 +155,11 @@ class Engine:
         stopped = False
         start = last = time.perf_counter()
         mark = (0.0, 0, 0)  # loss sum, correct, seen at the last log point
-        takes_sites = getattr(crit, "takes_sites", False)
+        takes_sites, adversary = getattr(crit, "takes_sites", False), self.adversary
         for batch in batches:
             x, y = self._to_device(batch[0], batch[1])
             site = None
-            if takes_sites:
+            if takes_sites or adversary is not None:
                 site, batch = batch[-1].to(self.device, non_blocking=True), batch[:-1]
             masks = None
             if guide is not None or self.segment_loss > 0:
@@ -167,11 +174,13 @@ class Engine:
                     logits, lesion = model.segment(x, masks)
                 else:
                     logits = model(x)
-                loss = crit(logits, y) if site is None else crit(logits, y, site)
+                loss = crit(logits, y, site) if takes_sites else crit(logits, y)
                 if mix is not None:
                     partner = y[mix.partner]
-                    other = crit(logits, partner) if site is None else crit(logits, partner, site[mix.partner])
+                    other = crit(logits, partner, site[mix.partner]) if takes_sites else crit(logits, partner)
                     loss = mix.share * loss + (1.0 - mix.share) * other
+                if adversary is not None:  # a blend counts as its larger share's image (its own, with mixup)
+                    loss = loss + adversary.loss(y, site)
                 if masks is not None:
                     loss = loss + (self.segment_loss * segmentation_loss(lesion, *masks) if self.segment_loss > 0
                                    else guide.loss(*masks))

@@ -21,12 +21,13 @@ from typing import Any
 import torch
 
 from busi_web.data.scan import NORMALISATIONS
-from busi_web.data.sites import Source, dataset_label, open_sources
+from busi_web.data.sites import Source, dataset_label, open_sources, sites_of
 from busi_web.errors import UserError
 from busi_web.explain.base import default_target_layer, resolve_layer
 from busi_web.plugins import PluginRegistry, one_line, owner_module, where
 from busi_web.specs import BackboneSpec, InvalidParameters, Param
 from busi_web.training.aids import LesionGuide
+from busi_web.training.site_loss import site_class_table
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("plateau", "cosine", "none")
@@ -87,6 +88,11 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("site_classes", "bool", False, "With several datasets, each image's loss compares only the classes "
           "its site has: a site without normal images (BUS-BRA) then teaches nothing for or against 'normal', "
           "so the look of a site cannot become evidence for a class it alone has."),
+    Param("site_adversary", "float", 0.0, "With several datasets, the strength of a site adversary: a small head "
+          "learns to tell the site from the explained layer's features of the images whose class every site has, "
+          "and the features are trained against it (gradient reversal, ramped up over the run), so that they "
+          "carry as little of the site as they can (0: off; 0.1 to 1 is usual).", minimum=0.0, maximum=10.0,
+          advanced=True),
     Param("balance", "choice", "weighted_loss", "Class balancing: 'weighted_loss' weighs the loss by inverse "
           "class frequency, 'oversample' draws rare classes more often, 'none' does neither.", choices=BALANCING),
     Param("monitor", "choice", "val_macro_f1", "Validation metric that picks the best model and drives early "
@@ -205,10 +211,16 @@ def prepare_run_params(registry: PluginRegistry, backbone: str, dataset: str | S
         _check_paths(registry.dataset(s.dataset).params, dict(s.params), s.dataset)
     ds.check_usable()
     label = dataset_label([s.dataset for s in checked])
-    for name, what in (("balance_sites", "balances"), ("site_classes", "compares the classes of")):
+    for name, what in (("balance_sites", "balances"), ("site_classes", "compares the classes of"),
+                       ("site_adversary", "hides the site among")):
         if train_values[name] and len(checked) < 2:
             raise InvalidParameters({name: f"{what} several datasets, and this run has one; add a dataset or "
                                            "switch it off"}, "training")
+    if train_values["site_adversary"] > 0:
+        _, _, table = site_class_table(sites_of(ds), ds.labels, len(ds.classes))
+        if not bool(table.all(0).any()):
+            raise InvalidParameters({"site_adversary": "the datasets share no class, and the adversary is shown only "
+                                                       "images of a class every site has; switch it off"}, "training")
     if train_values["lesion_loss"] > 0 and not ds.has_masks():
         raise InvalidParameters({"lesion_loss": f"dataset {label!r} has no lesion masks to learn from; set it to "
                                                 "0, or add masks (NAME_mask.png beside NAME.png)"}, "training")

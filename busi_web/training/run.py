@@ -27,6 +27,7 @@ from busi_web.model.device import hardware, resolve_device
 from busi_web.model.operating_point import DEFAULT_SENSITIVITY
 from busi_web.plugins import PluginRegistry
 from busi_web.store import run_files as art
+from busi_web.training.adversary import site_adversary
 from busi_web.training.feeding import (
     TransformedImages,
     balanced_sampler,
@@ -163,7 +164,8 @@ class TrainingRun:
         if guided and not ds.has_masks():
             raise DatasetError(f"lesion_loss needs lesion masks and dataset {self.run['dataset']!r} has none; set "
                                "lesion_loss to 0")
-        site_rows = self._site_rows(train_idx, train_labels) if p["site_classes"] else None
+        by_sites = p["site_classes"] or p["site_adversary"] > 0
+        site_rows = self._site_rows(train_idx, train_labels) if by_sites else None
         tr = TransformedImages(source, train_idx, labels, augment, variants, masks=guided,
                                sites=None if site_rows is None else site_rows[0])
         self.train_loader = make_loader(tr, p["batch_size"], train=True, workers=workers, device=device,
@@ -180,12 +182,21 @@ class TrainingRun:
         if what:
             self.log(f"{what}; {sum(source.mask(i) is not None for i in self.split.train)} of "
                      f"{len(self.split.train)} training images have masks")
-        optimizer = build_optimizer(model, p, guide.parameters() if guide is not None else ())
-        criterion = (torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=p["label_smoothing"])
-                     if site_rows is None else SiteClassLoss(site_rows[1], weight, p["label_smoothing"]))
+        adversary = None
+        if p["site_adversary"] > 0:
+            assert site_rows is not None
+            layer = default_target_layer(model, bb_spec.target_layer)
+            adversary = site_adversary(model, layer, site_rows[1], p["input_size"], ds.channels, p["site_adversary"])
+            self.log(f"site adversary on {layer} (strength up to {p['site_adversary']:g}), shown "
+                     f"{', '.join(c for c, on in zip(self.classes, adversary.shared.tolist(), strict=True) if on)}")
+        aids = [*(guide.parameters() if guide is not None else ()),
+                *(adversary.parameters() if adversary is not None else ())]
+        optimizer = build_optimizer(model, p, aids)
+        criterion = (SiteClassLoss(site_rows[1], weight, p["label_smoothing"]) if p["site_classes"]
+                     else torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=p["label_smoothing"]))
         self.engine = Engine(model, optimizer, criterion, device, amp=p["amp"], channels_last=p["channels_last"],
                              ema_decay=p["ema"], guide=guide, mixup=p["mixup"],
-                             segment_loss=segment_loss)
+                             segment_loss=segment_loss, adversary=adversary)
         self.scheduler = build_scheduler(optimizer, p)
         if p["mixup"] > 0:
             self.log(f"mixup: every training image blended with another of its batch, shares from "
@@ -217,6 +228,8 @@ class TrainingRun:
                 eng.scaler.load_state_dict(state["scaler"])
             if eng.guide is not None and state.get("lesion_head"):
                 eng.guide.load_state_dict(state["lesion_head"])
+            if eng.adversary is not None and state.get("site_adversary"):
+                eng.adversary.load_state_dict(state["site_adversary"])
             if eng.ema is not None:
                 if state.get("ema"):
                     eng.ema.load_state_dict(state["ema"])
@@ -257,6 +270,8 @@ class TrainingRun:
         np.random.seed(seed % 2**32)
         self.generator.manual_seed(seed + 1)
         lr = float(eng.optimizer.param_groups[0]["lr"])
+        if eng.adversary is not None:
+            eng.adversary.set_progress((epoch - 1) / p["epochs"])
         res = eng.train_epoch(self.train_loader, epoch=epoch, step=self.step, on_log=self._on_batch,
                               should_stop=self.stop_requested)
         self.step += res.steps
@@ -354,6 +369,7 @@ class TrainingRun:
             "scaler": eng.scaler.state_dict() if eng.scaler is not None else None,
             "ema": eng.ema.state_dict() if eng.ema is not None else None,
             "lesion_head": eng.guide.state_dict() if eng.guide is not None else None,
+            "site_adversary": eng.adversary.state_dict() if eng.adversary is not None else None,
             "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
             "history": self.history, "rng": rng_state(),
         })
