@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from busi_web.data.scan import Box
-from busi_web.model.predictor import Prediction, Predictor
+from busi_web.model.prediction import Prediction
+from busi_web.model.predictor import Predictor
 
 WAIT_LIMIT_S = 600.0  # a request never waits forever for the worker
 IDLE_EXIT_S = 60.0  # an idle worker thread ends (a new one starts with the next request)

@@ -15,7 +15,7 @@ from busi_web.dicom.privacy import keyed_digest, uid_digests
 
 if TYPE_CHECKING:  # torch-free at run time: the command line imports this at start
     from busi_web.diagnosis.uploads import Upload
-    from busi_web.model.predictor import Prediction
+    from busi_web.model.prediction import Prediction
 
 
 def audited_model(model: Mapping[str, Any]) -> dict[str, Any]:

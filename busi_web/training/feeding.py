@@ -11,6 +11,7 @@ transform still runs on it, so training sees the same pixels prediction does.
 from __future__ import annotations
 
 import os
+import signal
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -228,3 +229,10 @@ def make_loader(data: TransformedImages, batch_size: int, *, train: bool, worker
         # come from ``generator``, which the trainer reseeds per epoch (reproducible, resumable).
         persistent_workers=False,
     )
+
+
+def ignore_signals(_worker_id: int) -> None:
+    """A DataLoader worker's start (its ``worker_init_fn``): the runner signals the whole process group, and the
+    workers leave the graceful stop to the main process."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -52,7 +52,8 @@ from busi_web.dicom.privacy import identifiers
 from busi_web.errors import UserError
 from busi_web.evaluation.card import NOTICE, is_demo
 from busi_web.explain.render import annotate, fast_png, legend_stops, palette
-from busi_web.model.predictor import Prediction, Predictor
+from busi_web.model.prediction import Prediction
+from busi_web.model.predictor import Predictor
 from busi_web.model.shown import WITHHELD
 from busi_web.report.content import CaseReport, case_report
 from busi_web.services import services_of

@@ -18,7 +18,8 @@ from busi_web.explain.methods import GradCAM
 from busi_web.hookspecs import hookimpl
 from busi_web.model.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
 from busi_web.model.device import resolve_device
-from busi_web.model.predictor import Prediction, Predictor
+from busi_web.model.prediction import Prediction
+from busi_web.model.predictor import Predictor
 from busi_web.plugins import PluginRegistry, UnknownPlugin, load_plugins
 from busi_web.specs import ExplainerSpec, Param
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from busi_web.explain.lesion import find_lesion
-from busi_web.model.predictor import Prediction
+from busi_web.model.prediction import Prediction
 from busi_web.model.shown import WITHHELD
 
 
