@@ -200,7 +200,9 @@ class TrainingRun(RunScoring):
         names, rows, table = site_class_table([self.dataset.site_of(i)[0] for i in train_idx], train_labels,
                                               len(self.classes))
         for name, has in zip(names, table.tolist(), strict=True):
-            self.log(f"site {name} teaches {', '.join(c for c, on in zip(self.classes, has, strict=True) if on)}")
+            self.log(f"site {name} has {', '.join(c for c, on in zip(self.classes, has, strict=True) if on)}")
+        if self.train is not None and self.train["site_classes"]:
+            self.log("each image's loss compares only the classes its site has")
         return rows, table
 
     def _resume(self) -> None:

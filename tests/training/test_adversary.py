@@ -111,6 +111,7 @@ def test_a_two_site_run_trains_against_the_site_and_keeps_the_head_for_resuming(
     folder = Path(run["run_dir"])
     log = (folder / art.LOG_TXT).read_text()
     assert "site adversary on" in log and "shown benign, malignant" in log
+    assert "site busbra has benign, malignant" in log and "compares only the classes" not in log
     state = load_state(folder / art.LAST_PT)
     assert state["site_adversary"] and all(torch.isfinite(v).all() for v in state["site_adversary"].values())
 

@@ -90,8 +90,9 @@ def test_a_two_site_run_trains_each_site_on_its_own_classes(registry, store, tmp
     run = store.get_run(run["id"])
     assert run["status"] == "finished", run["error"]
     log = (Path(run["run_dir"]) / art.LOG_TXT).read_text()
-    assert "site phantom teaches benign, malignant, normal" in log
-    assert "site busbra teaches benign, malignant" in log and "busbra teaches benign, malignant, normal" not in log
+    assert "site phantom has benign, malignant, normal" in log
+    assert "site busbra has benign, malignant" in log and "busbra has benign, malignant, normal" not in log
+    assert "each image's loss compares only the classes its site has" in log
     metrics = json.loads((Path(run["run_dir"]) / art.METRICS_JSON).read_text())
     assert set(metrics["sites"]) == {"phantom", "busbra"}
 
