@@ -211,3 +211,23 @@ def start_trainer(store: JobStore, run_id: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "busi_web.training.trainer", "--db", str(store.db_path),
                              "--runs-dir", str(store.runs_dir), "--run-id", str(run_id)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def train_in_trainer(store: JobStore, run_id: int) -> dict:
+    """Train run ``run_id`` in the real trainer process to its end; returns the run, which must have finished."""
+    proc = start_trainer(store, run_id)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    run = store.get_run(run_id)
+    assert run["status"] == "finished", run["error"]
+    return run
+
+
+def two_site_run(store: JobStore, registry, busbra: Path, **train) -> dict:
+    """A tiny_cnn run (not yet trained) on two sites: the phantom dataset (benign, malignant, normal) and the
+    BUS-BRA-layout folder ``busbra`` (benign and malignant only); ``train`` overrides :data:`TINY`."""
+    from busi_web.data.sites import Source
+
+    sources = [Source("phantom", None, PHANTOM), Source("busbra", str(busbra))]
+    params = prepare_run_params(registry, "tiny_cnn", sources, train={**TINY, "epochs": 2, **train})
+    return store.create_run("tiny_cnn", "phantom+busbra", params)

@@ -19,14 +19,13 @@ training aid only: it is not part of the saved model.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from busi_web.explain.base import resolve_layer
+from busi_web.training.aids import LayerHeads
 
 
 class _Reverse(torch.autograd.Function):
@@ -47,7 +46,7 @@ def reverse_gradient(x: torch.Tensor, strength: float) -> torch.Tensor:
     return _Reverse.apply(x, float(strength))
 
 
-class SiteAdversary:
+class SiteAdversary(LayerHeads):
     """The site head on ``layer``'s pooled output (see the module docstring).
 
     ``shared``: ``(K,)`` booleans, the classes every site has (the images it
@@ -65,66 +64,30 @@ class SiteAdversary:
         self.shared = torch.as_tensor(shared, dtype=torch.bool)
         if not bool(self.shared.any()):
             raise ValueError("the sites share no class: a site adversary has no images it may be shown")
-        self.layer, self.weight, self.strength = layer, float(weight), 0.0
-        self._features: torch.Tensor | None = None
-        with self.capture(), torch.no_grad():  # one dry forward tells the layer's channel count
-            was_training = model.training
-            model.eval()
-            model(sample)
-            model.train(was_training)
-            feats = self._take()
-        if feats.dim() != 4:
-            raise ValueError(f"a site adversary needs a layer with (N, C, H, W) output; "
-                             f"{type(layer).__name__} gives shape {tuple(feats.shape)}")
-        channels = feats.shape[1]
-        self.head = nn.Sequential(nn.Linear(channels, 64), nn.ReLU(), nn.Linear(64, sites))
+        self.weight, self.strength = float(weight), 0.0
+        super().__init__(model, [layer], sample, "a site adversary")
+        channels = self._probe()[0].shape[1]
+        self.heads = nn.Sequential(nn.Linear(channels, 64), nn.ReLU(), nn.Linear(64, sites))
 
     def to(self, device: torch.device) -> SiteAdversary:
-        self.head.to(device)
+        super().to(device)
         self.shared = self.shared.to(device)
         return self
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.head.parameters()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu") for k, v in self.head.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.head.load_state_dict(state)
 
     def set_progress(self, progress: float) -> None:
         """The share of the run done (0 to 1): the strength becomes ``weight * (2 / (1 + exp(-10 p)) - 1)``."""
         p = min(1.0, max(0.0, float(progress)))
         self.strength = self.weight * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
 
-    @contextmanager
-    def capture(self) -> Iterator[None]:
-        """While inside, every forward of the model keeps the layer's output for :meth:`loss`."""
-        def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            self._features = output
-        handle = self.layer.register_forward_hook(keep)
-        try:
-            yield
-        finally:
-            handle.remove()
-            self._features = None
-
-    def _take(self) -> torch.Tensor:
-        feats, self._features = self._features, None
-        if feats is None:
-            raise RuntimeError("the adversary's layer produced no output in the last forward pass")
-        return feats
-
     def loss(self, y: torch.Tensor, site: torch.Tensor) -> torch.Tensor:
         """The adversarial loss of the last forward pass: cross-entropy of the head's site guess over the images
         whose class every site has. Its gradient trains the head to find the site and, reversed, the features
         to hide it."""
-        pooled = self._take().float().mean((2, 3))
+        pooled = self._take()[0].float().mean((2, 3))
         shown = self.shared[y]
         if not bool(shown.any()):
             return pooled.sum() * 0.0  # no shared-class image in this batch; keeps the graph whole
-        logits = self.head(reverse_gradient(pooled[shown], self.strength))
+        logits = self.heads(reverse_gradient(pooled[shown], self.strength))
         return nn.functional.cross_entropy(logits, site[shown])
 
 

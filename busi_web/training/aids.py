@@ -59,7 +59,74 @@ class WeightAverage:
         self.updates = int(state["updates"])
 
 
-class LesionGuide:
+class LayerHeads:
+    """A training aid's plumbing: heads (:attr:`heads`, an ``nn.Module`` a subclass sets) that read the outputs of
+    some of a model's ``layers``, kept by forward hooks while :meth:`capture` is open.
+
+    The constructor runs one dry forward of ``sample`` and returns nothing; :meth:`_probe` gives each layer's
+    output of it (for the channel counts). The heads are not part of the saved model: only their
+    :meth:`state_dict` is kept with a run's training state.
+    """
+
+    heads: nn.Module
+
+    def __init__(self, model: nn.Module, layers: Sequence[nn.Module], sample: torch.Tensor, what: str):
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError(f"{what} needs at least one layer")
+        self._features: list[torch.Tensor | None] = [None] * len(self.layers)
+        with self.capture(), torch.no_grad():  # one dry forward tells each layer's channel count
+            was_training = model.training
+            model.eval()
+            model(sample)
+            model.train(was_training)
+            self._probed = self._take()
+        for layer, f in zip(self.layers, self._probed, strict=True):
+            if f.dim() != 4:
+                raise ValueError(f"{what} needs layers with (N, C, H, W) output; "
+                                 f"{type(layer).__name__} gives shape {tuple(f.shape)}")
+
+    def _probe(self) -> list[torch.Tensor]:
+        """Each layer's output of the dry forward (once: it is not kept)."""
+        probed, self._probed = self._probed, []
+        return probed
+
+    def to(self, device: torch.device) -> LayerHeads:
+        self.heads.to(device)
+        return self
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.heads.parameters()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu") for k, v in self.heads.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.heads.load_state_dict(state)
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        """While inside, every forward of the model keeps the layers' outputs for the loss."""
+        def keeper(i: int) -> Callable[..., None]:
+            def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                self._features[i] = output
+            return keep
+        handles = [layer.register_forward_hook(keeper(i)) for i, layer in enumerate(self.layers)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._features = [None] * len(self.layers)
+
+    def _take(self) -> list[torch.Tensor]:
+        feats, self._features = self._features, [None] * len(self.layers)
+        if any(f is None for f in feats):
+            raise RuntimeError("a layer read by a training aid produced no output in the last forward pass")
+        return feats  # type: ignore[return-value]
+
+
+class LesionGuide(LayerHeads):
     """Lesion guidance: an auxiliary loss that asks the feature maps of ``layers`` to say where the lesion is.
 
     For each layer a 1x1 convolution turns its features into one logit per
@@ -79,60 +146,15 @@ class LesionGuide:
                  weight: float):
         if weight <= 0:
             raise ValueError(f"the lesion loss weight must be positive, got {weight}")
-        self.layers = [layers] if isinstance(layers, nn.Module) else list(layers)
-        if not self.layers:
-            raise ValueError("lesion guidance needs at least one layer")
         self.weight = float(weight)
-        self._features: list[torch.Tensor | None] = [None] * len(self.layers)
-        with self.capture(), torch.no_grad():  # one dry forward tells each layer's channel count
-            was_training = model.training
-            model.eval()
-            model(sample)
-            model.train(was_training)
-            feats = self._take()
-        heads = []
-        for layer, f in zip(self.layers, feats, strict=True):
-            if f.dim() != 4:
-                raise ValueError(f"lesion guidance needs layers with (N, C, H, W) output; "
-                                 f"{type(layer).__name__} gives shape {tuple(f.shape)}")
-            heads.append(nn.Conv2d(f.shape[1], 1, kernel_size=1))
-        self.heads = nn.ModuleList(heads)
-
-    def to(self, device: torch.device) -> LesionGuide:
-        self.heads.to(device)
-        return self
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.heads.parameters()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu") for k, v in self.heads.state_dict().items()}
+        super().__init__(model, [layers] if isinstance(layers, nn.Module) else list(layers), sample,
+                         "lesion guidance")
+        self.heads = nn.ModuleList(nn.Conv2d(f.shape[1], 1, kernel_size=1) for f in self._probe())
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if set(state) == {"weight", "bias"}:  # saved by the one-layer guide of earlier versions
             state = {f"0.{k}": v for k, v in state.items()}
         self.heads.load_state_dict(state)
-
-    @contextmanager
-    def capture(self) -> Iterator[None]:
-        """While inside, every forward of the model keeps the layers' outputs for :meth:`loss`."""
-        def keeper(i: int) -> Callable[..., None]:
-            def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
-                self._features[i] = output
-            return keep
-        handles = [layer.register_forward_hook(keeper(i)) for i, layer in enumerate(self.layers)]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            self._features = [None] * len(self.layers)
-
-    def _take(self) -> list[torch.Tensor]:
-        feats, self._features = self._features, [None] * len(self.layers)
-        if any(f is None for f in feats):
-            raise RuntimeError("a guided layer produced no output in the last forward pass")
-        return feats  # type: ignore[return-value]
 
     def loss(self, masks: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
         """The weighted auxiliary loss of the last forward pass, for ``masks`` ``(N, H, W)`` in [0, 1]."""

@@ -15,7 +15,7 @@ from busi_web.training.adversary import SiteAdversary, reverse_gradient
 from busi_web.training.loop import Engine
 from busi_web.training.params import prepare_run_params
 from busi_web.training.resume import load_state
-from tests.helpers import PHANTOM, TINY, make_image_folder, start_trainer
+from tests.helpers import TINY, make_image_folder, train_in_trainer, two_site_run
 from tests.synthetic_data import write_busbra_folder
 
 SHARED = torch.tensor([True, True, False])  # benign and malignant at every site, normal at one
@@ -100,14 +100,8 @@ def test_the_adversary_keeps_the_site_out_of_the_features():
 
 def test_a_two_site_run_trains_against_the_site_and_keeps_the_head_for_resuming(registry, store, tmp_path: Path):
     busbra = write_busbra_folder(tmp_path / "BUSBRA", cases=30, size=40)
-    sources = [Source("phantom", None, PHANTOM), Source("busbra", str(busbra))]
-    params = prepare_run_params(registry, "tiny_cnn", sources, train={**TINY, "epochs": 2, "site_adversary": 0.5})
-    run = store.create_run("tiny_cnn", "phantom+busbra", params)
-    proc = start_trainer(store, run["id"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()
-    run = store.get_run(run["id"])
-    assert run["status"] == "finished", run["error"]
+    run = two_site_run(store, registry, busbra, site_adversary=0.5)
+    run = train_in_trainer(store, run["id"])
     folder = Path(run["run_dir"])
     log = (folder / art.LOG_TXT).read_text()
     assert "site adversary on" in log and "shown benign, malignant" in log

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from busi_web.data.sites import Source
 from busi_web.specs import InvalidParameters
 from busi_web.store import run_files as art
 from busi_web.training.loop import Engine
 from busi_web.training.params import prepare_run_params
 from busi_web.training.site_loss import SiteClassLoss, site_class_table
-from tests.helpers import PHANTOM, TINY, start_trainer
+from tests.helpers import TINY, train_in_trainer, two_site_run
 from tests.synthetic_data import write_busbra_folder
 
 # Site 0 has all three classes (benign, malignant, normal); site 1 has no normal images.
@@ -80,15 +79,8 @@ def test_the_engine_hands_each_images_site_to_the_loss_with_and_without_mixup():
 
 def test_a_two_site_run_trains_each_site_on_its_own_classes(registry, store, tmp_path: Path):
     busbra = write_busbra_folder(tmp_path / "BUSBRA", cases=30, size=40)
-    sources = [Source("phantom", None, PHANTOM), Source("busbra", str(busbra))]
-    params = prepare_run_params(registry, "tiny_cnn", sources,
-                                train={**TINY, "epochs": 2, "site_classes": True, "label_smoothing": 0.1})
-    run = store.create_run("tiny_cnn", "phantom+busbra", params)
-    proc = start_trainer(store, run["id"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()
-    run = store.get_run(run["id"])
-    assert run["status"] == "finished", run["error"]
+    run = two_site_run(store, registry, busbra, site_classes=True, label_smoothing=0.1)
+    run = train_in_trainer(store, run["id"])
     log = (Path(run["run_dir"]) / art.LOG_TXT).read_text()
     assert "site phantom has benign, malignant, normal" in log
     assert "site busbra has benign, malignant" in log and "busbra has benign, malignant, normal" not in log

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from busi_web.data.sites import Source, sources_of
+from busi_web.data.sites import sources_of
 from busi_web.evaluation.card import build_card
 from busi_web.model.checkpoint import read_checkpoint
 from busi_web.specs import InvalidParameters
 from busi_web.store import run_files as art
 from busi_web.training.feeding import balanced_sampler, draw_weights, drawn_class_weights
 from busi_web.training.params import prepare_run_params
-from tests.helpers import PHANTOM, TINY, run_cli, start_trainer, write_busi_folder
+from tests.helpers import TINY, run_cli, start_trainer, train_in_trainer, two_site_run, write_busi_folder
 from tests.synthetic_data import write_busbra_folder
 
 
@@ -30,19 +30,9 @@ def busbra(tmp_path: Path) -> Path:
     return write_busbra_folder(tmp_path / "BUSBRA", cases=30, size=40)
 
 
-def two_site_run(store, registry, busbra: Path, **train) -> dict:
-    sources = [Source("phantom", None, PHANTOM), Source("busbra", str(busbra))]
-    params = prepare_run_params(registry, "tiny_cnn", sources, train={**TINY, "epochs": 2, **train})
-    return store.create_run("tiny_cnn", "phantom+busbra", params)
-
-
 def test_a_run_on_two_sites_trains_and_reports_each_site(registry, store, busbra):
     run = two_site_run(store, registry, busbra, balance_sites=True, scanner=0.5, lesion_loss=1.0)
-    proc = start_trainer(store, run["id"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()
-    run = store.get_run(run["id"])
-    assert run["status"] == "finished", run["error"]
+    run = train_in_trainer(store, run["id"])
     folder = Path(run["run_dir"])
     split = json.loads((folder / art.SPLIT_JSON).read_text())
     sites = split["sites"]
