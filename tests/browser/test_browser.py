@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from busi_web_plugins.mias_crops import mias_to_pixel
 from PIL import Image
 
 from tests.browser_steps import CHART_STATE, default_model, fill_train_form, shot, submit_train_form, total, wait_runs
 from tests.browser_steps import browser_login as login
 from tests.helpers import ADMIN, CLINICIAN
+from tests.synthetic_data import SIDE, scan, synthetic_mias
 
 pytestmark = pytest.mark.browser
 
@@ -296,8 +298,6 @@ def test_history_filters_and_compares_two_runs(server, new_page):
 def test_mammography_model_takes_a_click_and_explains_the_crop(server, new_page, tmp_path):
     """A mammography model (trained on ROI crops) asks for one full mammogram and a click; the heatmap is of the
     crop around the click. The model is chosen under its modality, mammography."""
-    from tests.helpers import SIDE, mias_to_pixel, scan, synthetic_mias
-
     root = synthetic_mias(tmp_path / "all-mias", pairs=10)
     run = server.api("/api/runs", {
         "backbone": "mammo_cnn", "dataset": "mias", "data_dir": str(root), "name": "mammo tiny",
