@@ -121,8 +121,9 @@ class TransformedImages(Dataset):
     image without a mask file.
 
     With ``sites`` (one integer per index) each item ends with its image's
-    site index, for a loss that teaches each site only its own classes
-    (:class:`busi_web.training.site_loss.SiteClassLoss`).
+    site index, for what trains by site: the per-site class loss
+    (:class:`busi_web.training.site_loss.SiteClassLoss`) and the site
+    adversary (:class:`busi_web.training.adversary.SiteAdversary`).
     """
 
     def __init__(self, source: ImageSource, indices: Sequence[int], labels: Sequence[int],
