@@ -26,6 +26,13 @@ def test_the_sites_benchmark_skips_cleanly_without_the_shared_data(tmp_path):
     assert "no-data/busi/Dataset_BUSI_with_GT" in result.stdout and not (tmp_path / "out").exists()
 
 
+def test_the_site_probe_skips_cleanly_without_the_shared_data(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/site_probe.py", f"pooled={tmp_path}", "--data",
+                             str(tmp_path / "no-data")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("skipped:"), result.stderr
+    assert "no-data/busbra/BUSBRA" in result.stdout
+
+
 def test_the_outline_benchmark_runs_and_prints_its_ratio():
     """It needs no shared data; a smoke run keeps it working (the ratio itself is for the note, not asserted)."""
     result = subprocess.run([sys.executable, "benchmarks/outline.py", "--batches", "1", "--repeats", "1"],
