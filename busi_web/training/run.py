@@ -142,7 +142,9 @@ class TrainingRun(RunScoring):
         train_labels = [labels[i] for i in train_idx]
         self.generator = torch.Generator()
         by_class, by_site = p["balance"] == "oversample", p["balance_sites"]
-        train_sites = [ds.site_of(i)[0] for i in train_idx] if by_site else None
+        by_sites = p["site_classes"] or p["site_adversary"] > 0
+        item_sites = [ds.site_of(i)[0] for i in train_idx] if by_site or by_sites else None
+        train_sites = item_sites if by_site else None
         sampler = (balanced_sampler(train_labels, len(self.classes), self.generator, train_sites, classes=by_class)
                    if by_class or by_site else None)
         draws = draw_weights(train_labels, train_sites, classes=by_class) if sampler is not None else None
@@ -155,8 +157,7 @@ class TrainingRun(RunScoring):
         if guided and not ds.has_masks():
             raise DatasetError(f"lesion_loss needs lesion masks and dataset {self.run['dataset']!r} has none; set "
                                "lesion_loss to 0")
-        by_sites = p["site_classes"] or p["site_adversary"] > 0
-        site_rows = self._site_rows(train_idx, train_labels) if by_sites else None
+        site_rows = self._site_rows(item_sites, train_labels) if by_sites and item_sites is not None else None
         tr = TransformedImages(source, train_idx, labels, augment, variants, masks=guided,
                                sites=None if site_rows is None else site_rows[0])
         self.train_loader = make_loader(tr, p["batch_size"], train=True, workers=workers, device=device,
@@ -195,10 +196,9 @@ class TrainingRun(RunScoring):
         self.log(f"classes {self.classes}; train/val/test {len(self.split.train)}/{len(self.split.val)}/"
                  f"{len(self.split.test)} images; device {device}, {workers} loader workers")
 
-    def _site_rows(self, train_idx: list[int], train_labels: list[int]) -> tuple[list[int], torch.Tensor]:
-        """For the per-site class loss: each training item's site index, and each site's classes."""
-        names, rows, table = site_class_table([self.dataset.site_of(i)[0] for i in train_idx], train_labels,
-                                              len(self.classes))
+    def _site_rows(self, item_sites: list[str], train_labels: list[int]) -> tuple[list[int], torch.Tensor]:
+        """For the per-site class loss and the adversary: each training item's site index, and each site's classes."""
+        names, rows, table = site_class_table(item_sites, train_labels, len(self.classes))
         for name, has in zip(names, table.tolist(), strict=True):
             self.log(f"site {name} has {', '.join(c for c, on in zip(self.classes, has, strict=True) if on)}")
         if self.train is not None and self.train["site_classes"]:

@@ -19,11 +19,6 @@ def cli(app):
     return invoke
 
 
-@pytest.fixture
-def store(app):
-    return app.extensions["busi_web"].store
-
-
 def test_models_commands_set_defaults_define_the_gate_and_print_cards(cli, store, tmp_path):
     run_id = finished_run(store)["id"]
     assert store.list_defaults() == []  # a run never makes itself the default

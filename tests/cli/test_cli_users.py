@@ -20,11 +20,6 @@ def cli(app):
     return invoke
 
 
-@pytest.fixture
-def store(app):
-    return app.extensions["busi_web"].store
-
-
 def test_users_add_with_prompt_or_stdin_list_and_login(cli, store, app):
     r = cli("users", "add", "ana", "--role", "clinician", input="hollow-pepper-12\nhollow-pepper-12\n")
     assert r.exit_code == 0 and "created clinician ana" in r.output

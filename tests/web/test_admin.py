@@ -5,14 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-import pytest
-
 from tests.helpers import ADMIN, CLINICIAN, login
-
-
-@pytest.fixture
-def store(app):
-    return app.extensions["busi_web"].store
 
 
 def test_an_admin_adds_a_user_who_must_change_the_one_time_password(app, store, admin_client):

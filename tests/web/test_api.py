@@ -25,11 +25,6 @@ torch.set_num_threads(1)
 TINY_PHANTOM = {"size": 40, "per_class": 8, "seed": 1}
 
 
-@pytest.fixture
-def store(app):
-    return app.extensions["busi_web"].store
-
-
 def test_runs_list_detail_metrics_and_artifacts(store, clinician_client, admin_client):
     done = finished_run(store)
     queued = store.create_run("tiny_cnn", "phantom", {})

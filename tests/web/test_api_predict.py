@@ -21,11 +21,6 @@ from tests.helpers import (
 torch.set_num_threads(1)
 
 
-@pytest.fixture
-def store(app):
-    return app.extensions["busi_web"].store
-
-
 def test_predict_without_a_model_is_409_with_the_fix(clinician_client):
     r = clinician_client.post("/api/predict", data=upload((image_bytes(), "a.png")))
     assert r.status_code == 409 and "no default ultrasound model yet" in r.get_json()["error"]

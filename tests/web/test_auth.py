@@ -18,11 +18,6 @@ def csrf_app(app_config):
     return create_app({**app_config, "WTF_CSRF_ENABLED": True})
 
 
-@pytest.fixture
-def store(app):
-    return app.extensions["busi_web"].store
-
-
 def csrf_token_of(client, path: str = "/login") -> str:
     page = client.get(path).get_data(as_text=True)
     return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)

@@ -26,11 +26,6 @@ class ManualPusher(LivePusher):
 
 
 @pytest.fixture
-def store(app):
-    return app.extensions["busi_web"].store
-
-
-@pytest.fixture
 def pusher(app, store) -> LivePusher:
     pusher = app.extensions["busi_live"] = ManualPusher(store)
     return pusher

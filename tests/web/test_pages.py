@@ -17,11 +17,6 @@ from busi_web.store import run_files as art
 from tests.helpers import CLASSES, finished_run
 
 
-@pytest.fixture
-def store(app):
-    return app.extensions["busi_web"].store
-
-
 def html(response) -> str:
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     assert response.mimetype == "text/html"
