@@ -22,8 +22,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-LAYOUT = {"busi": ("busi", "Dataset_BUSI_with_GT"), "busbra": ("busbra", "BUSBRA")}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sites import LAYOUT  # noqa: E402 - where each dataset lies under the data folder, as the sites benchmark reads it
 
 
 def features(run_dir: Path, folders: dict[str, Path], registry) -> tuple[np.ndarray, np.ndarray]:
