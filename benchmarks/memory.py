@@ -169,7 +169,8 @@ def stream(port: int, headers: dict, bodies: list[tuple[bytes, str]], total: int
 
 # What "unbounded" turns off: the early downscaling, the decode budget and the worker's malloc settings.
 UNBOUNDED_CONFIG = "MAX_IMAGE_SIDE = 0\nDECODE_BUDGET_PIXELS = 0\n"
-UNBOUNDED_ENV = {"MALLOC_MMAP_THRESHOLD": "0", "MALLOC_ARENA_MAX_WORKER": "0", "MALLOC_TRIM_EVERY": "0"}
+UNBOUNDED_ENV = {"MALLOC_MMAP_THRESHOLD": "0", "MALLOC_ARENA_MAX_WORKER": "0", "MALLOC_TRIM_THRESHOLD": "0",
+                 "MALLOC_TRIM_EVERY": "0"}
 
 
 def measure(inst: Path, tmp: Path, args, *, big: int, diagnoses: int, unbounded: bool, bodies: dict) -> dict:

@@ -63,7 +63,8 @@ from serving_load import (  # noqa: E402 - the server and its clients
     request,
     scrape,
     start_server,
-    tree_cpu_seconds,
+    tree_usage,
+    usage,
     wait_up,
 )
 
@@ -166,21 +167,24 @@ def baseline(checkpoint: str, images: list[np.ndarray], batch: int, explainer: s
     return rounds
 
 
-def model_cpu_ms(checkpoint: str, images: list[np.ndarray], batch: int, explainer: str, seconds: float) -> float:
-    """CPU milliseconds (all of this process's threads) per image of Predictor.predict_batch on batches of
-    ``batch``: what the model's forward and backward passes cost, without any serving."""
+def model_cpu_ms(checkpoint: str, images: list[np.ndarray], batch: int, explainer: str, seconds: float
+                 ) -> tuple[float, float, float]:
+    """CPU milliseconds (all of this process's threads), of which system time, and minor page faults per image
+    of Predictor.predict_batch on batches of ``batch``: what the model's forward and backward passes cost,
+    without any serving."""
     from busi_web.model.predictor import Predictor
     from busi_web.plugins import load_plugins
 
     predictor = Predictor.from_checkpoint(checkpoint, load_plugins())
     batches = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)] or [images[:batch]]
     predictor.predict_batch(batches[0], explainer)
-    done, cpu0, end = 0, cpu_seconds(), time.perf_counter() + seconds
+    done, use0, end = 0, usage(), time.perf_counter() + seconds
     while time.perf_counter() < end:
         for b in batches:
             predictor.predict_batch(b, explainer)
             done += len(b)
-    return 1000 * (cpu_seconds() - cpu0) / max(1, done)
+    used, n = [b - a for a, b in zip(use0, usage(), strict=True)], max(1, done)
+    return 1000 * (used[0] + used[1]) / n, 1000 * used[1] / n, used[2] / n
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -212,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
+
+    from busi_web.gunicorn_conf import tune_malloc
+
+    # The model's own cost is measured at its cheapest: with glibc's malloc reusing the activations' memory from
+    # pass to pass (its default moves its thresholds as blocks come and go, and some runs fault on every pass).
+    tune_malloc(32 << 20, 0, 256 << 20)
 
     print(f"serve benchmark: {args.clients} clients x {args.seconds:g} s, gunicorn gthread {args.workers} worker(s) x "
           f"{args.threads} threads, {args.backbone} @ {args.input_size} px, {args.explainer}, "
@@ -250,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
                                 headers)
             stats0 = json.loads(health).get("predict", {})
             metrics0 = scrape(port)
-            cpu0 = (tree_cpu_seconds(proc.pid), cpu_seconds(), machine_cpu_seconds())
+            use0 = tree_usage(proc.pid)
+            cpu0 = (sum(use0[:2]), cpu_seconds(), machine_cpu_seconds())
             result = load(port, headers, bodies, args.clients, args.seconds)
-            cpu = (tree_cpu_seconds(proc.pid) - cpu0[0], cpu_seconds() - cpu0[1], machine_cpu_seconds() - cpu0[2])
+            served_use = [b - a for a, b in zip(use0, tree_usage(proc.pid), strict=True)]
+            cpu = (sum(served_use[:2]), cpu_seconds() - cpu0[1], machine_cpu_seconds() - cpu0[2])
             metrics1 = scrape(port)
             _, health = request(http.client.HTTPConnection("127.0.0.1", port, timeout=10), "GET", "/api/health",
                                 headers)
@@ -271,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         served_batch = max(1, round(stats["images"] / stats["batches"])) if stats.get("batches") else 1
         threads = torch.get_num_threads()
         torch.set_num_threads(args.torch_threads or threads)
-        model_ms = model_cpu_ms(checkpoint, images, served_batch, args.explainer, args.baseline_seconds)
+        model_ms, model_sys_ms, model_faults = model_cpu_ms(checkpoint, images, served_batch, args.explainer,
+                                                            args.baseline_seconds)
         torch.set_num_threads(threads)
         server_log = log.read_text(errors="replace")
 
@@ -298,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(per-stage breakdown: run with --workers 1; server CPU {1000 * cpu[0] / max(1, len(lat)):.1f} ms per "
               "diagnosis over all workers)")
     print(f"in-process baseline: {1000 / base:.1f} ms of wall time per image in full batches (all cores)")
+    n = max(1, len(lat))
+    print(f"system CPU and minor page faults per diagnosis: server {1000 * served_use[1] / n:.1f} ms, "
+          f"{served_use[2] / n:.0f} faults; the model's passes alone {model_sys_ms:.1f} ms, {model_faults:.0f} faults")
     server_ms = 1000 * cpu[0] / max(1, len(lat))
     overhead = server_ms - model_ms
     print(f"server CPU beyond the model: {overhead:.1f} ms per diagnosis (server {server_ms:.1f} ms - the model's "

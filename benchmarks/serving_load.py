@@ -124,13 +124,21 @@ def load(port: int, headers: dict, bodies: list[tuple[bytes, str]], clients: int
     return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
 
 
-def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one by default), from /proc (0.0 where unavailable)."""
+def usage(pid: int | None = None) -> tuple[float, float, int]:
+    """User and system CPU seconds and minor page faults of a process (this one by default), from /proc
+    (zeros where unavailable)."""
     try:
         fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return 0.0, 0.0, 0
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one by default), from /proc (0.0 where unavailable)."""
+    user, system, _ = usage(pid)
+    return user + system
 
 
 def machine_cpu_seconds() -> float:
@@ -143,10 +151,12 @@ def machine_cpu_seconds() -> float:
     return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its children (gunicorn's master and its worker)."""
+def tree_usage(pid: int) -> tuple[float, float, int]:
+    """:func:`usage` of a process and its children (gunicorn's master and its worker), summed."""
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         children = []
-    return cpu_seconds(pid) + sum(tree_cpu_seconds(int(c)) for c in children)
+    parts = [usage(pid), *(tree_usage(int(c)) for c in children)]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
+
