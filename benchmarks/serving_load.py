@@ -159,4 +159,3 @@ def tree_usage(pid: int) -> tuple[float, float, int]:
         children = []
     parts = [usage(pid), *(tree_usage(int(c)) for c in children)]
     return sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
-
