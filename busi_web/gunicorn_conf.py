@@ -40,10 +40,10 @@ if os.environ.get("CONTROL_SOCKET"):
 #   (malloc_trim: a millisecond or two); without it the small blocks of a long stream of diagnoses fragment the
 #   arenas and the resident size creeps up. 0: never.
 # - MALLOC_TRIM_THRESHOLD (0: glibc's 128 kB) is how much free memory an arena keeps at its top.
-# The price is CPU: memory handed back is faulted in afresh, 4 kB at a time, on the next model pass (about 3,500
-# page faults and 17 ms of system CPU per ResNet18 diagnosis). A host with memory to spare can keep the model's
-# working set instead (MALLOC_MMAP_THRESHOLD=33554432 MALLOC_TRIM_THRESHOLD=268435456 MALLOC_TRIM_EVERY=1024):
-# docs/scaling.md gives both sides, measured by benchmarks/serve.py and benchmarks/memory.py.
+# The price is CPU: memory handed back is faulted in afresh, 4 kB at a time, on the next model pass (3,500 to
+# 4,000 page faults and 17 to 25 ms of system CPU per ResNet18 diagnosis). A host with memory to spare can keep
+# the model's working set instead (MALLOC_MMAP_THRESHOLD=33554432 MALLOC_TRIM_THRESHOLD=268435456
+# MALLOC_TRIM_EVERY=1024): docs/scaling.md gives both sides, measured by benchmarks/serve.py and memory.py.
 MALLOC_MMAP_THRESHOLD = int(os.environ.get("MALLOC_MMAP_THRESHOLD", str(1 << 20)))
 MALLOC_TRIM_THRESHOLD = int(os.environ.get("MALLOC_TRIM_THRESHOLD", "0"))
 MALLOC_ARENA_MAX = int(os.environ.get("MALLOC_ARENA_MAX_WORKER", "4"))
