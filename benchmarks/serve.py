@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     n = max(1, len(lat))
     print(f"system CPU and minor page faults per diagnosis: server {1000 * served_use[1] / n:.1f} ms, "
           f"{served_use[2] / n:.0f} faults; the model's passes alone {model_sys_ms:.1f} ms, {model_faults:.0f} faults")
-    server_ms = 1000 * cpu[0] / max(1, len(lat))
+    server_ms = 1000 * cpu[0] / n
     overhead = server_ms - model_ms
     print(f"server CPU beyond the model: {overhead:.1f} ms per diagnosis (server {server_ms:.1f} ms - the model's "
           f"passes {model_ms:.1f} ms per image at batch {served_batch}, measured in-process)   goal <= "

@@ -70,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from busi_web.plugins import load_plugins
 
+    runs = [r.partition("=")[::2] for r in args.runs]
+    for (name, run), given in zip(runs, args.runs, strict=True):
+        if not name or not (Path(run) / "split.json").is_file() or not (Path(run) / "best_model.pt").is_file():
+            ap.error(f"{given!r} must be NAME=RUN_DIR, a two-site run's folder holding split.json and best_model.pt")
     registry = load_plugins()
-    for name, run in (r.split("=", 1) for r in args.runs):
+    for name, run in runs:
         x, is_busi = features(Path(run), folders, registry)
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         scores = cross_val_score(probe, x, is_busi, scoring="balanced_accuracy",
